@@ -1,0 +1,5 @@
+"""Allow `python -m devbus`."""
+
+from devbus.cli import main
+
+main()

@@ -1,0 +1,54 @@
+"""create_app(settings): the whole aiohttp application, for `devbus run` and the tests."""
+
+from __future__ import annotations
+
+import time
+
+from aiohttp import web
+
+from devbus import views
+from devbus.dispatcher import Dispatcher
+from devbus.keys import DISPATCHER, ENDPOINTS, METRICS, SETTINGS, STARTED
+from devbus.metrics import Metrics
+from devbus.security import add_cors_headers, guard
+from devbus.settings import Settings
+from devbus.sse import stream_events
+
+__all__ = ["create_app"]
+
+
+async def _close_streams(app: web.Application) -> None:
+    # on_shutdown runs before aiohttp waits for open handlers, so ending the
+    # outlets here lets every SSE stream finish instead of holding the exit.
+    app[DISPATCHER].close()
+
+
+def create_app(settings: Settings | None = None) -> web.Application:
+    """Build the bus: dispatcher, routes, guards and background services."""
+    settings = settings or Settings()
+    app = web.Application(middlewares=[guard], client_max_size=settings.max_body)
+    metrics = Metrics()
+    app[SETTINGS] = settings
+    app[METRICS] = metrics
+    app[STARTED] = time.monotonic()
+    app[ENDPOINTS] = {}
+    app[DISPATCHER] = Dispatcher(
+        history=settings.history,
+        subscriber_buffer=settings.subscriber_buffer,
+        max_subscribers=settings.max_subscribers,
+        metrics=metrics,
+    )
+    api = settings.api
+    app.router.add_post(f"{api}/webhook", views.webhook)
+    app.router.add_post(f"{api}/trigger", views.trigger)
+    app.router.add_post(f"{api}/batch", views.batch)
+    app.router.add_get(f"{api}/events", stream_events)
+    app.router.add_get(f"{api}/history", views.history)
+    app.router.add_get(f"{api}/health", views.health)
+    app.router.add_get("/metrics", views.metrics)
+    app.router.add_get("/", views.static_file("dashboard.html"))
+    app.router.add_get("/devbus.js", views.static_file("devbus.js"))
+    app.router.add_get("/devbus.d.ts", views.static_file("devbus.d.ts"))
+    app.on_response_prepare.append(add_cors_headers)
+    app.on_shutdown.append(_close_streams)
+    return app

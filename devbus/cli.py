@@ -1,0 +1,172 @@
+"""The `devbus` command line: run the bus, and talk to it from a shell."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+from typing import Any
+from urllib.parse import urlsplit
+
+import click
+
+from devbus import __version__
+from devbus.errors import DevbusError
+from devbus.server import serve
+from devbus.settings import DEFAULT_EGRESS, DEFAULT_HOST, DEFAULT_INGEST, DEFAULT_PORT, DEFAULT_URL, Settings
+
+__all__ = ["main"]
+
+_SIZE = re.compile(r"^\s*(\d+)\s*(b|k|kb|kib|m|mb|mib|g|gb|gib)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+
+
+def _size(ctx: click.Context, param: click.Parameter, value: str) -> int:
+    """Parse a size in bytes: 1048576, 512k, 1MiB."""
+    match = _SIZE.match(str(value))
+    if match is None:
+        raise click.BadParameter(f"{value!r} is not a size; use bytes or a unit such as 512k or 1MiB")
+    return int(match.group(1)) * _UNITS[(match.group(2) or "")[:1].lower()]
+
+
+class DevbusGroup(click.Group):
+    """Turn every DevbusError into one clear line and a non-zero exit, in one place."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except DevbusError as exc:
+            raise click.ClickException(str(exc)) from exc
+
+
+@click.group(cls=DevbusGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="devbus")
+def main() -> None:
+    """devbus: a local development event bus (HTTP + SSE + ZeroMQ)."""
+
+
+def _url_default(part: str) -> str | int:
+    url = urlsplit(os.environ.get("DEVBUS_URL") or DEFAULT_URL)
+    if part == "host":
+        return url.hostname or DEFAULT_HOST
+    return url.port or DEFAULT_PORT
+
+
+@main.command()
+@click.option(
+    "--host",
+    envvar="DEVBUS_HOST",
+    default=lambda: _url_default("host"),
+    show_default=DEFAULT_HOST,
+    help="Interface for HTTP (loopback unless --token or --insecure).",
+)
+@click.option(
+    "--port",
+    envvar="DEVBUS_PORT",
+    type=int,
+    default=lambda: _url_default("port"),
+    show_default=str(DEFAULT_PORT),
+    help="HTTP port (0 picks a free one).",
+)
+@click.option("--prefix", envvar="DEVBUS_PREFIX", default="/api/dev", show_default=True, help="API path prefix.")
+@click.option(
+    "--ingest",
+    envvar="DEVBUS_INGEST",
+    default=DEFAULT_INGEST,
+    show_default=True,
+    help="ZeroMQ endpoint to receive events on ('' disables).",
+)
+@click.option(
+    "--egress",
+    envvar="DEVBUS_EGRESS",
+    default=DEFAULT_EGRESS,
+    show_default=True,
+    help="ZeroMQ endpoint to publish events on ('' disables).",
+)
+@click.option("--token", envvar="DEVBUS_TOKEN", default=None, help="Require this token on every endpoint but health.")
+@click.option(
+    "--allow-origin",
+    "allow_origins",
+    envvar="DEVBUS_ALLOW_ORIGIN",
+    multiple=True,
+    help="Another browser origin to accept (repeatable).",
+)
+@click.option(
+    "--allow-host",
+    "allow_hosts",
+    envvar="DEVBUS_ALLOW_HOST",
+    multiple=True,
+    help="Another Host header to accept (repeatable).",
+)
+@click.option("--insecure", envvar="DEVBUS_INSECURE", is_flag=True, help="Allow a non-loopback bind without a token.")
+@click.option(
+    "--history",
+    envvar="DEVBUS_HISTORY",
+    type=click.IntRange(1, 10_000_000),
+    default=10_000,
+    show_default=True,
+    help="Events retained for replay.",
+)
+@click.option(
+    "--heartbeat",
+    envvar="DEVBUS_HEARTBEAT",
+    type=click.FloatRange(0.1, 3600),
+    default=15.0,
+    show_default=True,
+    help="Seconds between SSE heartbeat comments.",
+)
+@click.option(
+    "--max-body",
+    envvar="DEVBUS_MAX_BODY",
+    callback=_size,
+    default="1MiB",
+    show_default=True,
+    help="Largest accepted HTTP body.",
+)
+@click.option(
+    "--max-message",
+    envvar="DEVBUS_MAX_MESSAGE",
+    callback=_size,
+    default="1MiB",
+    show_default=True,
+    help="Largest accepted ZeroMQ message.",
+)
+@click.option(
+    "--max-subscribers",
+    envvar="DEVBUS_MAX_SUBSCRIBERS",
+    type=click.IntRange(1),
+    default=1000,
+    show_default=True,
+    help="Concurrent SSE subscribers (503 beyond).",
+)
+@click.option(
+    "--subscriber-buffer",
+    envvar="DEVBUS_SUBSCRIBER_BUFFER",
+    callback=_size,
+    default="4MiB",
+    show_default=True,
+    help="Unsent bytes a subscriber may fall behind before it is evicted.",
+)
+@click.option("--forward", envvar="DEVBUS_FORWARD", multiple=True, help="POST every event to this URL (repeatable).")
+@click.option(
+    "--forward-types", envvar="DEVBUS_FORWARD_TYPES", multiple=True, help="Only forward events matching these globs."
+)
+@click.option("--quiet", "-q", envvar="DEVBUS_QUIET", is_flag=True, help="Do not print a line per event.")
+@click.option(
+    "--log-level",
+    envvar="DEVBUS_LOG_LEVEL",
+    default="warning",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+)
+def run(quiet: bool, log_level: str, **options: Any) -> None:
+    """Start the bus and print its URLs, then a line per event."""
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in ("ingest", "egress"):
+        options[name] = options[name] or None
+    for name in ("allow_origins", "allow_hosts", "forward", "forward_types"):
+        options[name] = tuple(options[name])
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve(Settings(**options), quiet=quiet))

@@ -1,0 +1,60 @@
+"""What `devbus run` prints per event: a compact line each, bursts folded per second."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+
+from devbus.dispatcher import Published
+
+__all__ = ["EventPrinter"]
+
+LINES_PER_SECOND = 10
+
+
+class EventPrinter:
+    """Print up to LINES_PER_SECOND events a second, then one summary line for the rest."""
+
+    def __init__(self, write: Callable[[str], None]) -> None:
+        self._write = write
+        self._second = 0
+        self._printed = 0
+        self._folded: Counter[str] = Counter()
+        self._flush: asyncio.TimerHandle | None = None
+
+    def __call__(self, batch: Sequence[Published]) -> None:
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._summarize()
+            self._second = second
+            self._printed = 0
+        for item in batch:
+            if self._printed < LINES_PER_SECOND:
+                self._printed += 1
+                self._write(self._line(item))
+            else:
+                self._folded[item.event.type] += 1
+        if self._folded and self._flush is None:
+            self._flush = asyncio.get_running_loop().call_later(second + 1 - now, self._summarize)
+
+    @staticmethod
+    def _line(item: Published) -> str:
+        event = item.event
+        clock = event.timestamp[11:23]
+        plural = "" if item.reached == 1 else "s"
+        return f"{clock}  {event.type:<32} {event.source:<10} {event.id:<16} → {item.reached} subscriber{plural}"
+
+    def _summarize(self) -> None:
+        if self._flush is not None:
+            self._flush.cancel()
+            self._flush = None
+        if not self._folded:
+            return
+        total = sum(self._folded.values())
+        top = ", ".join(f"{name} ×{count}" for name, count in self._folded.most_common(3))
+        more = f", +{len(self._folded) - 3} more types" if len(self._folded) > 3 else ""
+        self._write(f"… +{total} more events this second ({top}{more})")
+        self._folded.clear()

@@ -1,0 +1,168 @@
+"""Event envelopes: the msgspec structs, their encoders and the SSE framing."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import msgspec
+
+from devbus.errors import InvalidEvent, MalformedInput
+
+__all__ = [
+    "BatchIn",
+    "Draft",
+    "Event",
+    "HttpEventIn",
+    "WireEventIn",
+    "check_name",
+    "decode_batch",
+    "decode_http_event",
+    "decode_wire_event",
+    "encode_json",
+    "encode_msgpack",
+    "sse_comment",
+    "sse_frame",
+]
+
+MAX_TYPE_LENGTH = 200
+MAX_SOURCE_LENGTH = 100
+MAX_BATCH = 10_000
+
+# Whitespace or control characters (C0, DEL, C1) would let a type break SSE
+# framing or a terminal line, so they are refused everywhere a name enters.
+_BAD_NAME_CHAR = re.compile(r"[\s\x00-\x1f\x7f-\x9f]")
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True):
+    """One event as the bus delivers it."""
+
+    id: str
+    type: str
+    data: dict[str, Any] = {}
+    timestamp: str
+    source: str
+
+
+class Draft(msgspec.Struct, frozen=True):
+    """A validated event that the dispatcher has not yet numbered."""
+
+    type: str
+    data: dict[str, Any]
+    source: str
+
+
+class HttpEventIn(msgspec.Struct, frozen=True):
+    """The body of POST /webhook and /trigger (the old dev-webhook shape)."""
+
+    event_type: str
+    data: dict[str, Any] | None = None
+    source: str | None = None
+
+
+class BatchIn(msgspec.Struct, frozen=True):
+    """The body of POST /batch."""
+
+    events: list[HttpEventIn]
+
+
+class WireEventIn(msgspec.Struct, frozen=True):
+    """The MessagePack body of a ZeroMQ ingest message."""
+
+    type: str
+    data: dict[str, Any] | None = None
+    source: str | None = None
+
+
+def check_name(value: str, *, field: str, max_length: int = MAX_TYPE_LENGTH) -> str:
+    """Return ``value`` if it is a valid event type or source, else raise InvalidEvent."""
+    if not 1 <= len(value) <= max_length:
+        raise InvalidEvent(f"`{field}` must be 1-{max_length} characters long (got {len(value)})")
+    bad = _BAD_NAME_CHAR.search(value)
+    if bad is not None:
+        raise InvalidEvent(
+            f"`{field}` must not contain whitespace or control characters "
+            f"(found {bad.group()!r} at position {bad.start()}); use e.g. 'agent.created'"
+        )
+    return value
+
+
+def _draft(type_: str, data: dict[str, Any] | None, source: str | None, *, default_source: str, at: str) -> Draft:
+    check_name(type_, field=at)
+    if source is not None:
+        check_name(source, field="source", max_length=MAX_SOURCE_LENGTH)
+    return Draft(type_, data if data is not None else {}, source or default_source)
+
+
+def _convert(obj: object, type_: type[msgspec.Struct], what: str) -> Any:
+    try:
+        return msgspec.convert(obj, type=type_)
+    except msgspec.ValidationError as exc:
+        raise InvalidEvent(f"{what}: {exc}") from exc
+
+
+def _decode_json(body: bytes) -> object:
+    try:
+        return msgspec.json.decode(body)
+    except msgspec.DecodeError as exc:
+        raise MalformedInput(f"Body is not valid JSON: {exc}") from exc
+
+
+_HTTP_SHAPE = 'expected {"event_type": str, "data": object, "source"?: str}'
+
+
+def decode_http_event(body: bytes, *, default_source: str) -> Draft:
+    """Decode and validate the JSON body of a webhook or trigger POST."""
+    incoming: HttpEventIn = _convert(_decode_json(body), HttpEventIn, _HTTP_SHAPE)
+    return _draft(incoming.event_type, incoming.data, incoming.source, default_source=default_source, at="event_type")
+
+
+def decode_batch(body: bytes, *, default_source: str) -> list[Draft]:
+    """Decode and validate a batch body; any invalid event rejects the whole batch."""
+    batch: BatchIn = _convert(_decode_json(body), BatchIn, 'expected {"events": [{"event_type", "data"}, ...]}')
+    if not 1 <= len(batch.events) <= MAX_BATCH:
+        raise InvalidEvent(f"`events` must hold 1-{MAX_BATCH} events (got {len(batch.events)})")
+    drafts = []
+    for index, item in enumerate(batch.events):
+        try:
+            drafts.append(
+                _draft(item.event_type, item.data, item.source, default_source=default_source, at="event_type")
+            )
+        except InvalidEvent as exc:
+            raise InvalidEvent(f"events[{index}]: {exc}") from exc
+    return drafts
+
+
+def decode_wire_event(payload: bytes, *, default_source: str = "zmq") -> Draft:
+    """Decode and validate the MessagePack body of a ZeroMQ ingest message."""
+    try:
+        obj = msgspec.msgpack.decode(payload)
+    except msgspec.DecodeError as exc:
+        raise MalformedInput(f"Body is not valid MessagePack: {exc}") from exc
+    incoming: WireEventIn = _convert(obj, WireEventIn, 'expected {"type": str, "data": map, "source"?: str}')
+    return _draft(incoming.type, incoming.data, incoming.source, default_source=default_source, at="type")
+
+
+_json_encoder = msgspec.json.Encoder()
+_msgpack_encoder = msgspec.msgpack.Encoder()
+encode_json = _json_encoder.encode
+encode_msgpack = _msgpack_encoder.encode
+
+
+def sse_frame(
+    data: bytes, *, event_id: str | None = None, name: str | None = None, retry_ms: int | None = None
+) -> bytes:
+    """Frame one SSE message; ``data`` must be a single line (compact JSON is)."""
+    head = b""
+    if retry_ms is not None:
+        head += b"retry: %d\n" % retry_ms
+    if event_id is not None:
+        head += b"id: " + event_id.encode() + b"\n"
+    if name is not None:
+        head += b"event: " + name.encode() + b"\n"
+    return head + b"data: " + data + b"\n\n"
+
+
+def sse_comment(text: str) -> bytes:
+    """Frame an SSE comment line, which EventSource ignores (used as heartbeat)."""
+    return b": " + text.encode() + b"\n\n"

@@ -1,0 +1,84 @@
+"""The devbus exception tree.
+
+DevbusError
+├── InvalidEvent            an event or request of the wrong shape (HTTP 422)
+│   └── MalformedInput      bytes that are not JSON / MessagePack at all (HTTP 400)
+├── BodyTooLarge            a request body over --max-body (HTTP 413)
+├── UnsupportedMediaType    a POST that is not application/json (HTTP 415)
+├── Unauthorized            a missing or wrong token (HTTP 401)
+├── Forbidden               a disallowed Host or Origin (HTTP 403)
+├── TooManySubscribers      over --max-subscribers (HTTP 503)
+├── ConfigError             settings that devbus refuses to start with
+└── BusUnavailable          a client that cannot reach the bus
+"""
+
+from __future__ import annotations
+
+
+class DevbusError(Exception):
+    """Base class of every error devbus raises on purpose."""
+
+    status = 500
+    reason = "error"
+
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        if reason is not None:
+            self.reason = reason
+
+
+class InvalidEvent(DevbusError):
+    """An event or request body of the wrong shape."""
+
+    status = 422
+    reason = "invalid_event"
+
+
+class MalformedInput(InvalidEvent):
+    """Input that cannot be decoded at all."""
+
+    status = 400
+    reason = "malformed_json"
+
+
+class BodyTooLarge(DevbusError):
+    """A request body larger than the configured limit."""
+
+    status = 413
+    reason = "body_too_large"
+
+
+class UnsupportedMediaType(DevbusError):
+    """A POST whose content type is not exactly application/json."""
+
+    status = 415
+    reason = "unsupported_media_type"
+
+
+class Unauthorized(DevbusError):
+    """A request without the right token."""
+
+    status = 401
+    reason = "unauthorized"
+
+
+class Forbidden(DevbusError):
+    """A request from a disallowed Host or Origin."""
+
+    status = 403
+    reason = "forbidden"
+
+
+class TooManySubscribers(DevbusError):
+    """A subscription past the subscriber cap."""
+
+    status = 503
+    reason = "too_many_subscribers"
+
+
+class ConfigError(DevbusError):
+    """Settings that the bus refuses to start with."""
+
+
+class BusUnavailable(DevbusError):
+    """The bus could not be reached at the address tried."""

@@ -1,0 +1,19 @@
+"""Typed keys for the shared state of the aiohttp app, declared in one place."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from devbus.dispatcher import Dispatcher
+from devbus.metrics import Metrics
+from devbus.settings import Settings
+
+__all__ = ["DISPATCHER", "ENDPOINTS", "METRICS", "SETTINGS", "STARTED"]
+
+SETTINGS = web.AppKey("settings", Settings)
+DISPATCHER = web.AppKey("dispatcher", Dispatcher)
+METRICS = web.AppKey("metrics", Metrics)
+STARTED = web.AppKey("started", float)  # time.monotonic() at start
+
+# Where background services listen (name → bound address), for the banner.
+ENDPOINTS = web.AppKey("endpoints", dict[str, str])

@@ -1,0 +1,51 @@
+"""Prometheus metrics of one bus, in a registry of its own."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
+
+# Sources are chosen by senders; cap the distinct label values so that a
+# script inventing a source per event cannot grow the registry without bound.
+MAX_SOURCE_LABELS = 32
+
+
+class Metrics:
+    """The counters and gauges that GET /metrics exposes."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.events_in = Counter("devbus_events", "Events accepted, by source.", ["source"], registry=self.registry)
+        self.deliveries = Counter("devbus_deliveries", "Event frames queued to subscribers.", registry=self.registry)
+        self.evictions = Counter(
+            "devbus_evictions", "Subscribers disconnected for falling behind.", registry=self.registry
+        )
+        self.rejected = Counter("devbus_rejected", "Inputs refused, by reason.", ["reason"], registry=self.registry)
+        self.subscribers = Gauge("devbus_subscribers", "Connected SSE subscribers.", registry=self.registry)
+        self.history = Gauge("devbus_history_events", "Events retained for replay.", registry=self.registry)
+        self._sources: set[str] = set()
+
+    def count_in(self, source: str, amount: int = 1) -> None:
+        """Count accepted events from ``source``."""
+        if source not in self._sources:
+            if len(self._sources) >= MAX_SOURCE_LABELS:
+                source = "other"
+            else:
+                self._sources.add(source)
+        self.events_in.labels(source).inc(amount)
+
+    def reject(self, reason: str) -> None:
+        """Count one refused input."""
+        self.rejected.labels(reason).inc()
+
+    def watch(self, gauge: Gauge, read: Callable[[], float]) -> None:
+        """Make ``gauge`` read its value from ``read`` at scrape time."""
+        gauge.set_function(read)
+
+    def render(self) -> bytes:
+        """Return the Prometheus text exposition."""
+        return generate_latest(self.registry)

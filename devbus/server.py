@@ -1,0 +1,103 @@
+"""Serve a bus until SIGINT or SIGTERM: sites, banner, per-event output, clean stop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import resource
+import signal
+import sys
+from collections.abc import Callable
+from urllib.parse import urlsplit
+
+from aiohttp import web
+
+from devbus import __version__
+from devbus.app import create_app
+from devbus.console import EventPrinter
+from devbus.errors import ConfigError
+from devbus.keys import DISPATCHER, ENDPOINTS
+from devbus.security import is_loopback_host
+from devbus.settings import Settings
+
+__all__ = ["check_exposure", "serve"]
+
+log = logging.getLogger(__name__)
+
+SHUTDOWN_TIMEOUT = 1.0
+
+
+def _zmq_host(endpoint: str) -> str | None:
+    """The host of a tcp:// endpoint, None for ipc:// and inproc://."""
+    parts = urlsplit(endpoint)
+    if parts.scheme != "tcp":
+        return None
+    return parts.netloc.rsplit(":", 1)[0].strip("[]")
+
+
+def check_exposure(settings: Settings) -> None:
+    """Refuse to listen beyond loopback without a token (or an explicit --insecure)."""
+    if settings.token or settings.insecure:
+        return
+    exposed = [f"HTTP on {settings.host}"] if not is_loopback_host(settings.host) else []
+    for name, endpoint in (("ingest", settings.ingest), ("egress", settings.egress)):
+        host = _zmq_host(endpoint) if endpoint else None
+        if host is not None and not is_loopback_host(host):
+            exposed.append(f"ZeroMQ {name} on {endpoint}")
+    if exposed:
+        raise ConfigError(
+            f"Refusing to listen beyond this machine ({'; '.join(exposed)}) without a token: "
+            "pass --token SECRET (or DEVBUS_TOKEN), or --insecure if every peer on that network is trusted"
+        )
+
+
+def _raise_fd_limit() -> None:
+    # Every SSE subscriber holds a socket; the common soft limit of 1024 would
+    # cap the bus long before memory does.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else 65536, hard))
+
+
+def _banner(settings: Settings, port: int, app: web.Application) -> str:
+    base = f"http://{settings.host if ':' not in settings.host else f'[{settings.host}]'}:{port}"
+    rows = [
+        ("dashboard", f"{base}/"),
+        ("events", f"{base}{settings.api}/events  (SSE)"),
+        ("webhook", f"{base}{settings.api}/webhook  (POST JSON)"),
+    ]
+    for name, endpoint in app[ENDPOINTS].items():
+        rows.append((name, endpoint))
+    lines = [f"devbus {__version__} on {base}"]
+    lines += [f"  {name:<10} {where}" for name, where in rows]
+    lines.append("ready (Ctrl-C to stop)")
+    return "\n".join(lines)
+
+
+async def serve(settings: Settings, *, quiet: bool = False, write: Callable[[str], None] | None = None) -> None:
+    """Run the bus until a stop signal, then close every stream and return."""
+    out = write or (lambda line: print(line, flush=True))
+    check_exposure(settings)
+    _raise_fd_limit()
+    app = create_app(settings)
+    runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=SHUTDOWN_TIMEOUT)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise ConfigError(f"Cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}") from exc
+        port = runner.addresses[0][1]
+        out(_banner(settings, port, app))
+        if not quiet:
+            app[DISPATCHER].add_listener(EventPrinter(out))
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        await stop.wait()
+        out("devbus stopping")
+    finally:
+        await runner.cleanup()
+    sys.stdout.flush()

@@ -1,0 +1,43 @@
+"""Settings of a running bus, with the defaults the spec names."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8765
+DEFAULT_URL = f"http://{DEFAULT_HOST}:{DEFAULT_PORT}"
+DEFAULT_INGEST = "tcp://127.0.0.1:8766"
+DEFAULT_EGRESS = "tcp://127.0.0.1:8767"
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Everything `devbus run` can be told; the tests build these directly."""
+
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    prefix: str = "/api/dev"
+    ingest: str | None = DEFAULT_INGEST
+    egress: str | None = DEFAULT_EGRESS
+    token: str | None = None
+    allow_origins: tuple[str, ...] = ()
+    allow_hosts: tuple[str, ...] = ()
+    insecure: bool = False
+    history: int = 10_000
+    heartbeat: float = 15.0
+    retry_ms: int = 1000
+    max_body: int = MIB
+    max_message: int = MIB
+    max_subscribers: int = 1000
+    subscriber_buffer: int = 4 * MIB
+    ingest_queue: int = 10_000
+    forward: tuple[str, ...] = ()
+    forward_types: tuple[str, ...] = ()
+    forward_queue: int = 10_000
+
+    @property
+    def api(self) -> str:
+        """The API prefix without a trailing slash ('' for the root)."""
+        return self.prefix.rstrip("/")

@@ -1,0 +1,69 @@
+"""The SSE stream: GET {prefix}/events, fed by the dispatcher through an outlet."""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+from aiohttp_sse import EventSourceResponse
+
+from devbus.envelope import encode_json, sse_frame
+from devbus.filters import TypeFilter, parse_patterns
+from devbus.keys import DISPATCHER, SETTINGS
+
+__all__ = ["stream_events"]
+
+log = logging.getLogger(__name__)
+
+TRUE_VALUES = frozenset({"1", "true", "yes", "on"})
+
+
+def _resume_id(request: web.Request) -> str | None:
+    # EventSource sends Last-Event-ID on reconnect; the query forms serve a first
+    # connection that already knows where it stopped.
+    for value in (
+        request.headers.get("Last-Event-ID"),
+        request.query.get("since"),
+        request.query.get("last_event_id"),
+    ):
+        if value:
+            return value
+    return None
+
+
+async def stream_events(request: web.Request) -> web.StreamResponse:
+    """Stream events as SSE: connected frame, replay after a resume id, then live."""
+    settings = request.app[SETTINGS]
+    dispatcher = request.app[DISPATCHER]
+    type_filter = TypeFilter(parse_patterns(request.query.getall("types", [])))
+    named = request.query.get("named", "").lower() in TRUE_VALUES
+    connected = encode_json(
+        {
+            "type": "connected",
+            "message": "SSE connected",
+            "run": dispatcher.run,
+            "last_id": dispatcher.last_id,
+            "types": list(type_filter.patterns),
+        }
+    )
+    first = sse_frame(connected, retry_ms=settings.retry_ms)
+    outlet = dispatcher.subscribe(type_filter, named=named, since=_resume_id(request), first=first)
+    response = EventSourceResponse(ping_interval=settings.heartbeat, sep="\n")
+    try:
+        await response.prepare(request)
+        while (chunk := await outlet.take(idle=settings.heartbeat)) is not None:
+            if chunk:
+                await response.write(chunk)
+            elif request.transport is None or request.transport.is_closing():
+                break
+        if outlet.evicted and request.transport is not None:
+            # Abort rather than close: the peer is not reading, so a graceful
+            # close would wait on a buffer that never drains.
+            request.transport.abort()
+    except ConnectionResetError:
+        log.debug("subscriber went away")
+    finally:
+        dispatcher.unsubscribe(outlet)
+        if response.is_connected():
+            response.stop_streaming()
+    return response

@@ -1,0 +1,120 @@
+"""HTTP handlers of the API, the metrics endpoint and the static browser files."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from importlib import resources
+
+from aiohttp import web
+
+from devbus import __version__
+from devbus.envelope import decode_batch, decode_http_event
+from devbus.errors import InvalidEvent
+from devbus.filters import TypeFilter, parse_patterns
+from devbus.history import parse_id
+from devbus.keys import DISPATCHER, METRICS, SETTINGS, STARTED
+from devbus.metrics import CONTENT_TYPE_LATEST
+from devbus.security import read_body
+
+__all__ = ["batch", "health", "history", "metrics", "static_file", "trigger", "webhook"]
+
+DEFAULT_HISTORY_LIMIT = 100
+
+
+async def webhook(request: web.Request) -> web.Response:
+    """Broadcast one event (the old dev-webhook contract)."""
+    draft = decode_http_event(await read_body(request), default_source="http")
+    [published] = request.app[DISPATCHER].publish([draft])
+    reached = published.reached
+    return web.json_response(
+        {
+            "success": True,
+            "id": published.event.id,
+            "message": f"Event {draft.type} broadcasted to {reached} subscribers",
+            "subscribers": reached,
+        }
+    )
+
+
+async def trigger(request: web.Request) -> web.Response:
+    """Broadcast one event sent by a backend or script."""
+    draft = decode_http_event(await read_body(request), default_source="trigger")
+    [published] = request.app[DISPATCHER].publish([draft])
+    return web.json_response({"success": True, "id": published.event.id, "subscribers_notified": published.reached})
+
+
+async def batch(request: web.Request) -> web.Response:
+    """Broadcast many events in order, all or none."""
+    drafts = decode_batch(await read_body(request), default_source="http")
+    published = request.app[DISPATCHER].publish(drafts)
+    return web.json_response({"success": True, "ids": [p.event.id for p in published]})
+
+
+def _limit(request: web.Request) -> int:
+    raw = request.query.get("limit", str(DEFAULT_HISTORY_LIMIT))
+    maximum = request.app[SETTINGS].history
+    if not raw.isdigit() or not 1 <= int(raw) <= maximum:
+        raise InvalidEvent(f"`limit` must be a whole number from 1 to {maximum} (got {raw!r})")
+    return int(raw)
+
+
+async def history(request: web.Request) -> web.Response:
+    """Return retained events, oldest first, filtered by type and resume id."""
+    dispatcher = request.app[DISPATCHER]
+    type_filter = TypeFilter(parse_patterns(request.query.getall("types", [])))
+    limit = _limit(request)
+    after = None
+    since = request.query.get("since")
+    if since:
+        parsed = parse_id(since)
+        if parsed is None:
+            raise InvalidEvent(f"`since` must be an event id such as {dispatcher.last_id or 'abc-1'!r} (got {since!r})")
+        # An id from another run means everything retained is new to the caller.
+        after = parsed[1] if parsed[0] == dispatcher.run else 0
+    entries = dispatcher.history.query(after=after, limit=limit, match=type_filter)
+    body = b'{"events":[' + b",".join(e.json for e in entries) + b"]}"
+    return web.Response(body=body, content_type="application/json")
+
+
+async def health(request: web.Request) -> web.Response:
+    """Report liveness and a few numbers; needs no token."""
+    dispatcher = request.app[DISPATCHER]
+    return web.json_response(
+        {
+            "status": "ok",
+            "version": __version__,
+            "uptime_s": round(time.monotonic() - request.app[STARTED], 3),
+            "subscribers": dispatcher.subscribers,
+            "events": dispatcher.total,
+            "retained": len(dispatcher.history),
+            "run": dispatcher.run,
+            "last_id": dispatcher.last_id,
+        }
+    )
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Expose Prometheus metrics."""
+    body = request.app[METRICS].render()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+_STATIC_TYPES = {
+    "dashboard.html": "text/html",
+    "devbus.js": "text/javascript",
+    "devbus.d.ts": "application/typescript",
+}
+
+
+def static_file(name: str) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """Serve a file shipped in devbus/static, read once at startup."""
+    body = resources.files("devbus").joinpath("static", name).read_bytes()
+    content_type = _STATIC_TYPES[name]
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(
+            body=body, content_type=content_type, charset="utf-8", headers={"Cache-Control": "no-cache"}
+        )
+
+    return handler

@@ -1,0 +1,64 @@
+"""`devbus run` as a real process: banner, events end to end, clean stop."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
+from conftest import BusProcess
+
+
+def post(url: str, body: dict[str, Any]) -> dict[str, Any]:
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}, method="POST"
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        result: dict[str, Any] = json.load(response)
+        return result
+
+
+def test_run_serves_posts_streams_and_stops_on_sigterm(bus_process: Callable[..., BusProcess]) -> None:
+    bus = bus_process()
+    with urllib.request.urlopen(f"{bus.url}/api/dev/events", timeout=10) as stream:
+        assert stream.readline() == b"retry: 1000\n"
+        assert json.loads(stream.readline().removeprefix(b"data: "))["type"] == "connected"
+        assert stream.readline() == b"\n"
+        sent = post(f"{bus.url}/api/dev/webhook", {"event_type": "test.event", "data": {"message": "Hello"}})
+        assert sent["subscribers"] == 1
+        assert stream.readline() == f"id: {sent['id']}\n".encode()
+        event = json.loads(stream.readline().removeprefix(b"data: "))
+        assert event["data"] == {"message": "Hello"}
+        bus.wait_for_line(r"test\.event\s+http\s+\S+\s+→ 1 subscriber$")
+        assert bus.stop(timeout=5) == 0
+        # The stream ends cleanly instead of hanging on a dead bus.
+        assert stream.read() == b"\n"
+
+
+def test_run_reads_environment_variables(bus_process: Callable[..., BusProcess]) -> None:
+    from conftest import bus_env
+
+    bus = bus_process(env=bus_env(DEVBUS_PREFIX="/bus", DEVBUS_QUIET="1"))
+    assert post(f"{bus.url}/bus/trigger", {"event_type": "x"})["success"] is True
+    assert bus.stop(timeout=5) == 0
+    assert not any("→" in line for line in bus.lines)
+
+
+def test_run_refuses_a_public_bind_without_token(bus_process: Callable[..., BusProcess]) -> None:
+    import subprocess
+    import sys
+
+    from conftest import ROOT, bus_env
+
+    result = subprocess.run(
+        [sys.executable, "-m", "devbus", "run", "--host", "0.0.0.0", "--port", "0"],
+        capture_output=True,
+        text=True,
+        env=bus_env(),
+        cwd=ROOT,
+        timeout=30,
+    )
+    assert result.returncode != 0
+    assert "--token" in result.stderr
+    assert "Traceback" not in result.stderr

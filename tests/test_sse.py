@@ -1,0 +1,172 @@
+"""The SSE stream: framing, fan-out, filters, named mode, resume and gaps."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from typing import Any
+
+from aiohttp.test_utils import TestClient
+from conftest import BusFactory, SSEReader, open_stream
+
+Client = TestClient[Any, Any]
+
+
+async def post(client: Client, event_type: str, data: dict[str, Any] | None = None) -> dict[str, Any]:
+    response = await client.post("/api/dev/webhook", json={"event_type": event_type, "data": data or {}})
+    assert response.status == 200, await response.text()
+    body: dict[str, Any] = await response.json()
+    return body
+
+
+async def test_stream_starts_with_retry_and_connected_frame(bus: Client) -> None:
+    response = await bus.get("/api/dev/events")
+    assert response.status == 200
+    assert response.headers["Content-Type"] == "text/event-stream"
+    assert response.headers["Cache-Control"] == "no-cache"
+    assert response.headers["X-Accel-Buffering"] == "no"
+    first = await SSEReader(response).frame()
+    retry, data = first.split(b"\n")
+    assert retry == b"retry: 1000"
+    connected = json.loads(data.removeprefix(b"data: "))
+    assert connected["type"] == "connected"
+    assert connected["message"] == "SSE connected"
+    assert b"id:" not in first
+
+
+async def test_two_subscribers_get_the_same_exact_bytes(bus: Client) -> None:
+    first, second = await open_stream(bus), await open_stream(bus)
+    body = await post(bus, "test.event", {"message": "Hello"})
+    assert body["message"] == "Event test.event broadcasted to 2 subscribers"
+    assert body["subscribers"] == 2
+    frames = [await first.frame(), await second.frame()]
+    assert frames[0] == frames[1]
+    event_id = body["id"]
+    history = await (await bus.get("/api/dev/history")).json()
+    [event] = history["events"]
+    expected = b"id: " + event_id.encode() + b"\ndata: " + json.dumps(event, separators=(",", ":")).encode()
+    assert frames[0] == expected
+    assert event["type"] == "test.event"
+    assert event["data"] == {"message": "Hello"}
+    assert event["source"] == "http"
+    assert event["timestamp"].endswith("Z")
+
+
+async def test_named_mode_adds_event_line(bus: Client) -> None:
+    named = await open_stream(bus, "/api/dev/events?named=1")
+    await post(bus, "agent.created")
+    lines = (await named.frame()).split(b"\n")
+    assert lines[0].startswith(b"id: ")
+    assert lines[1] == b"event: agent.created"
+    assert lines[2].startswith(b"data: {")
+
+
+async def test_type_filters_are_globs(bus: Client) -> None:
+    filtered = await open_stream(bus, "/api/dev/events?types=agent.*,rental.created")
+    for event_type in ("agent.created", "user.deleted", "rental.created", "rental.cancelled", "agent.bulk_created"):
+        await post(bus, event_type)
+    seen = [json.loads((await filtered.event())["data"])["type"] for _ in range(3)]
+    assert seen == ["agent.created", "rental.created", "agent.bulk_created"]
+
+
+async def test_webhook_counts_only_subscribers_it_reached(bus: Client) -> None:
+    await open_stream(bus, "/api/dev/events?types=agent.*")
+    await open_stream(bus)
+    assert (await post(bus, "rental.created"))["subscribers"] == 1
+    assert (await post(bus, "agent.created"))["subscribers"] == 2
+
+
+async def test_reconnect_with_last_event_id_gets_exactly_the_missed_events(bus: Client) -> None:
+    ids = [(await post(bus, "n", {"i": i}))["id"] for i in range(5)]
+    resumed = await open_stream(bus, headers={"Last-Event-ID": ids[1]})
+    replayed = [(await resumed.event())["id"] for _ in range(3)]
+    assert replayed == ids[2:]
+    live = (await post(bus, "n", {"i": 5}))["id"]
+    assert (await resumed.event())["id"] == live
+
+
+async def test_resume_by_query_parameters(bus: Client) -> None:
+    ids = [(await post(bus, "n"))["id"] for _ in range(3)]
+    for name in ("since", "last_event_id"):
+        resumed = await open_stream(bus, f"/api/dev/events?{name}={ids[0]}")
+        assert [(await resumed.event())["id"] for _ in range(2)] == ids[1:]
+
+
+async def test_resume_from_the_newest_id_replays_nothing(bus: Client) -> None:
+    ids = [(await post(bus, "n"))["id"] for _ in range(2)]
+    resumed = await open_stream(bus, headers={"Last-Event-ID": ids[-1]})
+    live = (await post(bus, "n"))["id"]
+    assert (await resumed.event())["id"] == live
+
+
+async def test_evicted_id_gets_a_gap_then_everything_retained(make_bus: BusFactory) -> None:
+    client = await make_bus(history=3)
+    ids = [(await post(client, "n", {"i": i}))["id"] for i in range(6)]
+    resumed = await open_stream(client, headers={"Last-Event-ID": ids[0]})
+    gap = await resumed.event()
+    body = json.loads(gap["data"])
+    assert body["type"] == "devbus.gap"
+    assert body["data"]["last_event_id"] == ids[0]
+    assert [(await resumed.event())["id"] for _ in range(3)] == ids[3:]
+
+
+async def test_id_from_another_run_gets_a_gap(bus: Client) -> None:
+    ids = [(await post(bus, "n"))["id"] for _ in range(2)]
+    resumed = await open_stream(bus, headers={"Last-Event-ID": "0badc0de-7"})
+    assert json.loads((await resumed.event())["data"])["type"] == "devbus.gap"
+    assert [(await resumed.event())["id"] for _ in range(2)] == ids
+
+
+async def test_gap_reaches_filtered_subscribers(make_bus: BusFactory) -> None:
+    client = await make_bus(history=1)
+    await post(client, "agent.created")
+    await post(client, "agent.created")
+    resumed = await open_stream(client, "/api/dev/events?types=rental.*", headers={"Last-Event-ID": "x-1"})
+    assert json.loads((await resumed.event())["data"])["type"] == "devbus.gap"
+
+
+async def test_heartbeat_comment(make_bus: BusFactory) -> None:
+    client = await make_bus(heartbeat=0.2)
+    reader = await open_stream(client)
+    assert await reader.frame(within=5) == b": ping"
+
+
+async def test_slow_subscriber_is_evicted_and_others_keep_going(make_bus: BusFactory) -> None:
+    client = await make_bus(subscriber_buffer=256 * 1024)
+    # A subscriber with a tiny receive window that never reads: the stalled tab.
+    stalled = socket.socket()
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stalled.connect(("127.0.0.1", client.port))
+    stalled.sendall(b"GET /api/dev/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    fast = await open_stream(client)
+    batches, size = 40, 200
+
+    async def read_all() -> int:
+        received = 0
+        while received < batches * size:
+            assert json.loads((await fast.event())["data"])["type"] == "bulk"
+            received += 1
+        return received
+
+    reader = asyncio.ensure_future(read_all())
+    payload = {"blob": "x" * 1024}
+    for _ in range(batches):
+        response = await client.post(
+            "/api/dev/batch", json={"events": [{"event_type": "bulk", "data": payload} for _ in range(size)]}
+        )
+        assert response.status == 200
+    assert await reader == batches * size
+    metrics = await (await client.get("/metrics")).text()
+    assert "devbus_evictions_total 1.0" in metrics
+    health = await (await client.get("/api/dev/health")).json()
+    assert health["subscribers"] == 1
+    stalled.close()
+
+
+async def test_subscriber_cap_answers_503(make_bus: BusFactory) -> None:
+    client = await make_bus(max_subscribers=1)
+    await open_stream(client)
+    response = await client.get("/api/dev/events")
+    assert response.status == 503
+    assert "max-subscribers" in (await response.json())["error"]
