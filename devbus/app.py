@@ -7,6 +7,7 @@ import time
 from aiohttp import web
 
 from devbus import views
+from devbus.backplane import backplane
 from devbus.dispatcher import Dispatcher
 from devbus.keys import DISPATCHER, ENDPOINTS, METRICS, SETTINGS, STARTED
 from devbus.metrics import Metrics
@@ -51,4 +52,6 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app.router.add_get("/devbus.d.ts", views.static_file("devbus.d.ts"))
     app.on_response_prepare.append(add_cors_headers)
     app.on_shutdown.append(_close_streams)
+    if settings.ingest or settings.egress:
+        app.cleanup_ctx.append(backplane)
     return app
