@@ -231,8 +231,9 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
 async def add_cors_headers(request: web.Request, response: web.StreamResponse) -> None:
     """Echo an allowed Origin (never '*'), on every response including streams."""
     response.headers["Vary"] = "Origin"
+    settings = request.app[SETTINGS]
     origin = request.headers.get("Origin")
-    if origin is None or not origin_allowed(origin, request.app[SETTINGS]):
+    if origin is None or not origin_allowed(origin, settings) or not host_allowed(request.host, settings):
         return
     response.headers["Access-Control-Allow-Origin"] = origin
     if request.method == "OPTIONS":

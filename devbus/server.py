@@ -114,13 +114,14 @@ async def serve(settings: Settings, *, quiet: bool = False, write: Callable[[str
         except OSError as exc:
             raise ConfigError(f"Cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}") from exc
         port = runner.addresses[0][1]
-        out(_banner(settings, port, app))
-        if not quiet:
-            app[DISPATCHER].add_listener(EventPrinter(out))
+        # Handle signals before saying "ready": a stop sent right after must still be clean.
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
+        if not quiet:
+            app[DISPATCHER].add_listener(EventPrinter(out))
+        out(_banner(settings, port, app))
         await stop.wait()
         out("devbus stopping")
     finally:
