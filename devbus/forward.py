@@ -208,7 +208,7 @@ class Target:
             self.up = False
             self._down_since = time.monotonic()
             log.warning(
-                "forward target %s is down (%s); retrying with backoff, %d events queued",
+                "forward target %s is down (%s); retrying with backoff (queued: %d)",
                 self.label,
                 reason,
                 self.queued,
@@ -218,7 +218,7 @@ class Target:
         if not self.up:
             self.up = True
             log.warning(
-                "forward target %s is back after %.1fs; sending %d queued events",
+                "forward target %s is back after %.1fs; sending what is queued (%d)",
                 self.label,
                 time.monotonic() - self._down_since,
                 self.queued,
