@@ -88,14 +88,15 @@ async def serve(settings: Settings, *, quiet: bool = False, write: Callable[[str
             await site.start()
         except OSError as exc:
             raise ConfigError(f"Cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}") from exc
-        port = runner.addresses[0][1]
-        out(_banner(settings, port, app))
-        if not quiet:
-            app[DISPATCHER].add_listener(EventPrinter(out))
+        # Handlers go in before the banner: whoever waits for "ready" may stop us at once.
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
+        port = runner.addresses[0][1]
+        if not quiet:
+            app[DISPATCHER].add_listener(EventPrinter(out))
+        out(_banner(settings, port, app))
         await stop.wait()
         out("devbus stopping")
     finally:
