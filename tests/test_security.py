@@ -328,3 +328,18 @@ async def test_refusals_are_counted_by_reason(make_bus: BusFactory) -> None:
         "invalid_event",
     ]:
         assert f'devbus_rejected_total{{reason="{reason}"}} 1.0' in text, reason
+
+
+async def test_history_is_bounded_in_bytes_as_well_as_count(make_bus: BusFactory) -> None:
+    client = await make_bus(history_bytes=2000)
+    ids = []
+    for i in range(30):
+        body = {"event_type": "big", "data": {"i": i, "pad": "x" * 150}}
+        ids.append((await (await client.post("/api/dev/webhook", json=body)).json())["id"])
+    response = await client.get("/api/dev/history?limit=100")
+    kept = (await response.json())["events"]
+    # Each event encodes to ~250 bytes: the newest few are kept, in order, the rest dropped.
+    assert 4 <= len(kept) <= 8
+    assert [e["id"] for e in kept] == ids[-len(kept) :]
+    health = await (await client.get("/api/dev/health")).json()
+    assert (health["events"], health["retained"]) == (30, len(kept))
