@@ -183,6 +183,17 @@ async def test_allow_origin_matches_exactly_after_parsing(make_bus: BusFactory) 
         assert response.status == status, origin
 
 
+async def test_private_network_preflight_is_granted_only_to_allowed_origins(make_bus: BusFactory) -> None:
+    """Chrome asks before a public page may reach localhost; only an --allow-origin page gets a yes."""
+    client = await make_bus(allow_origins=("https://app.example.test",))
+    ask = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Private-Network": "true"}
+    granted = await client.options("/api/dev/webhook", headers={**ask, "Origin": "https://app.example.test"})
+    assert granted.headers["Access-Control-Allow-Private-Network"] == "true"
+    refused = await client.options("/api/dev/webhook", headers={**ask, "Origin": "https://evil.example"})
+    assert refused.status == 403
+    assert "Access-Control-Allow-Private-Network" not in refused.headers
+
+
 @pytest.mark.parametrize("value", ["null", "*", "https://app.example.test/", "app.example.test"])
 def test_allowlist_that_cannot_work_is_refused_at_start(value: str) -> None:
     with pytest.raises(ConfigError, match="--allow-origin"):
