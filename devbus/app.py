@@ -36,6 +36,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app[ENDPOINTS] = {}
     app[DISPATCHER] = Dispatcher(
         history=settings.history,
+        history_bytes=settings.history_bytes,
         subscriber_buffer=settings.subscriber_buffer,
         max_subscribers=settings.max_subscribers,
         metrics=metrics,

@@ -110,6 +110,14 @@ def _url_default(part: str) -> str | int:
     help="Events retained for replay.",
 )
 @click.option(
+    "--history-bytes",
+    envvar="DEVBUS_HISTORY_BYTES",
+    callback=_size,
+    default="64MiB",
+    show_default=True,
+    help="Encoded bytes of events retained for replay (oldest dropped first).",
+)
+@click.option(
     "--heartbeat",
     envvar="DEVBUS_HEARTBEAT",
     type=click.FloatRange(0.1, 3600),

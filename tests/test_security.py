@@ -183,6 +183,17 @@ async def test_allow_origin_matches_exactly_after_parsing(make_bus: BusFactory) 
         assert response.status == status, origin
 
 
+async def test_private_network_preflight_is_granted_only_to_allowed_origins(make_bus: BusFactory) -> None:
+    """Chrome asks before a public page may reach localhost; only an --allow-origin page gets a yes."""
+    client = await make_bus(allow_origins=("https://app.example.test",))
+    ask = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Private-Network": "true"}
+    granted = await client.options("/api/dev/webhook", headers={**ask, "Origin": "https://app.example.test"})
+    assert granted.headers["Access-Control-Allow-Private-Network"] == "true"
+    refused = await client.options("/api/dev/webhook", headers={**ask, "Origin": "https://evil.example"})
+    assert refused.status == 403
+    assert "Access-Control-Allow-Private-Network" not in refused.headers
+
+
 @pytest.mark.parametrize("value", ["null", "*", "https://app.example.test/", "app.example.test"])
 def test_allowlist_that_cannot_work_is_refused_at_start(value: str) -> None:
     with pytest.raises(ConfigError, match="--allow-origin"):
@@ -328,3 +339,18 @@ async def test_refusals_are_counted_by_reason(make_bus: BusFactory) -> None:
         "invalid_event",
     ]:
         assert f'devbus_rejected_total{{reason="{reason}"}} 1.0' in text, reason
+
+
+async def test_history_is_bounded_in_bytes_as_well_as_count(make_bus: BusFactory) -> None:
+    client = await make_bus(history_bytes=2000)
+    ids = []
+    for i in range(30):
+        body = {"event_type": "big", "data": {"i": i, "pad": "x" * 150}}
+        ids.append((await (await client.post("/api/dev/webhook", json=body)).json())["id"])
+    response = await client.get("/api/dev/history?limit=100")
+    kept = (await response.json())["events"]
+    # Each event encodes to ~250 bytes: the newest few are kept, in order, the rest dropped.
+    assert 4 <= len(kept) <= 8
+    assert [e["id"] for e in kept] == ids[-len(kept) :]
+    health = await (await client.get("/api/dev/health")).json()
+    assert (health["events"], health["retained"]) == (30, len(kept))
