@@ -259,7 +259,7 @@ ui.form.addEventListener("submit", async (event) => {
     ui.result.textContent = `Sent ${type} as ${id}`;
   } catch (error) {
     // The server's message names the field, e.g. "`event_type` ..." or "at $.data".
-    const field = /data/.test(error.message) && !/event_type/.test(error.message) ? ui.data : ui.type;
+    const field = /\$\.data|`data`/.test(error.message) ? ui.data : ui.type;
     showError(error.message, error.status === 422 || error.status === 400 ? field : null);
   }
 });
