@@ -8,7 +8,9 @@ from aiohttp import web
 
 from devbus import views
 from devbus.dispatcher import Dispatcher
-from devbus.keys import DISPATCHER, ENDPOINTS, METRICS, SETTINGS, STARTED
+from devbus.filters import TypeFilter, parse_patterns
+from devbus.forward import Forwarder
+from devbus.keys import DISPATCHER, ENDPOINTS, FORWARDER, METRICS, SETTINGS, STARTED
 from devbus.metrics import Metrics
 from devbus.security import add_cors_headers, guard
 from devbus.settings import Settings
@@ -38,6 +40,15 @@ def create_app(settings: Settings | None = None) -> web.Application:
         max_subscribers=settings.max_subscribers,
         metrics=metrics,
     )
+    forwarder = Forwarder(
+        settings.forward,
+        types=TypeFilter(parse_patterns(settings.forward_types)),
+        limit=settings.forward_queue,
+        metrics=metrics,
+    )
+    app[FORWARDER] = forwarder
+    app[DISPATCHER].add_listener(forwarder)
+    app.cleanup_ctx.append(forwarder.run)
     api = settings.api
     app.router.add_post(f"{api}/webhook", views.webhook)
     app.router.add_post(f"{api}/trigger", views.trigger)

@@ -153,6 +153,14 @@ def _url_default(part: str) -> str | int:
 @click.option(
     "--forward-types", envvar="DEVBUS_FORWARD_TYPES", multiple=True, help="Only forward events matching these globs."
 )
+@click.option(
+    "--forward-queue",
+    envvar="DEVBUS_FORWARD_QUEUE",
+    type=click.IntRange(1),
+    default=10_000,
+    show_default=True,
+    help="Events queued per forward target while it is down (oldest dropped beyond).",
+)
 @click.option("--quiet", "-q", envvar="DEVBUS_QUIET", is_flag=True, help="Do not print a line per event.")
 @click.option(
     "--log-level",

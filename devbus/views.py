@@ -14,7 +14,7 @@ from devbus.envelope import decode_batch, decode_http_event
 from devbus.errors import InvalidEvent
 from devbus.filters import TypeFilter, parse_patterns
 from devbus.history import parse_id
-from devbus.keys import DISPATCHER, METRICS, SETTINGS, STARTED
+from devbus.keys import DISPATCHER, FORWARDER, METRICS, SETTINGS, STARTED
 from devbus.metrics import CONTENT_TYPE_LATEST
 from devbus.security import read_body
 
@@ -91,6 +91,7 @@ async def health(request: web.Request) -> web.Response:
             "retained": len(dispatcher.history),
             "run": dispatcher.run,
             "last_id": dispatcher.last_id,
+            "forward": [target.status() for target in request.app[FORWARDER].targets],
         }
     )
 
