@@ -30,6 +30,7 @@ const ui = {
   result: $("send-result"),
 };
 
+const EMPTY_HTML = ui.empty.innerHTML; // fixed markup from dashboard.html
 let kept = []; // oldest first, at most EVENTS_KEPT
 let pending = []; // arrived but not rendered yet (paused, or waiting for the next frame)
 let paused = false;
@@ -58,7 +59,7 @@ function clock(timestamp) {
 }
 
 function preview(event) {
-  if (event.type === DEVBUS_GAP) return "Missed events: the bus restarted or its history moved on";
+  if (event.type === DEVBUS_GAP) return "Events may be missing: the bus restarted or its history moved on";
   const text = JSON.stringify(event.data) ?? "";
   return text.length > PREVIEW_CHARS ? `${text.slice(0, PREVIEW_CHARS)}…` : text;
 }
@@ -106,6 +107,8 @@ function toggle(summary) {
 function updateShown() {
   const rows = ui.list.childElementCount;
   ui.empty.hidden = rows > 0;
+  if (kept.length) ui.empty.textContent = "No kept event matches the filter.";
+  else ui.empty.innerHTML = EMPTY_HTML;
   ui.shown.textContent = rows ? `showing ${numbers.format(rows)} newest of ${numbers.format(kept.length)} kept` : "";
 }
 
@@ -216,9 +219,15 @@ function onStatus(status) {
   if (status.state === "open") pollHealth(); // our own subscription now counts
 }
 
+// Events/s is averaged over the last few seconds, so that a burst reads as a rate, not a flicker.
+const RATE_WINDOW_S = 5;
+const lastSeconds = [];
 setInterval(() => {
-  ui.rate.textContent = numbers.format(arrivedThisSecond);
+  lastSeconds.push(arrivedThisSecond);
   arrivedThisSecond = 0;
+  if (lastSeconds.length > RATE_WINDOW_S) lastSeconds.shift();
+  const rate = lastSeconds.reduce((sum, n) => sum + n, 0) / lastSeconds.length;
+  ui.rate.textContent = rate >= 10 || rate === 0 ? numbers.format(Math.round(rate)) : rate.toFixed(1);
 }, 1000);
 
 async function pollHealth() {

@@ -86,8 +86,8 @@ async function errorMessage(response) {
 }
 
 class DevbusRequestError extends Error {
-  constructor(message, status) {
-    super(message);
+  constructor(message, status, cause) {
+    super(message, cause === undefined ? undefined : { cause });
     this.name = "DevbusError";
     this.status = status;
   }
@@ -101,7 +101,8 @@ async function request(config, path, init = {}) {
       headers: { ...authHeaders(config), ...(init.headers || {}) },
     });
   } catch (error) {
-    throw new DevbusRequestError(`devbus is not reachable at ${config.url} (is \`devbus run\` running?): ${error}`, 0);
+    // fetch() says only "Failed to fetch" (bus down, or CORS refused): say where we looked.
+    throw new DevbusRequestError(`devbus is not reachable at ${config.url} (is \`devbus run\` running?)`, 0, error);
   }
   if (!response.ok) throw new DevbusRequestError(await errorMessage(response), response.status);
   return response.json();
@@ -116,14 +117,19 @@ function report(error) {
 /** Remember the most recent ids delivered, to drop a frame that arrives twice. */
 class RecentIds {
   constructor(limit) {
-    this.limit = limit;
+    this.ring = new Array(limit);
+    this.next = 0;
     this.ids = new Set();
   }
 
   add(id) {
     if (this.ids.has(id)) return false;
+    // A ring, not Set insertion order: deleting a Set's oldest entry repeatedly is slow.
+    const evicted = this.ring[this.next];
+    if (evicted !== undefined) this.ids.delete(evicted);
+    this.ring[this.next] = id;
+    this.next = (this.next + 1) % this.ring.length;
     this.ids.add(id);
-    if (this.ids.size > this.limit) this.ids.delete(this.ids.values().next().value);
     return true;
   }
 }
