@@ -12,7 +12,7 @@ from devbus.filters import TypeFilter, parse_patterns
 from devbus.forward import Forwarder
 from devbus.keys import DISPATCHER, ENDPOINTS, FORWARDER, METRICS, SETTINGS, STARTED
 from devbus.metrics import Metrics
-from devbus.security import add_cors_headers, guard
+from devbus.security import add_cors_headers, expect_continue, guard
 from devbus.settings import Settings
 from devbus.sse import stream_events
 
@@ -50,9 +50,9 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app[DISPATCHER].add_listener(forwarder)
     app.cleanup_ctx.append(forwarder.run)
     api = settings.api
-    app.router.add_post(f"{api}/webhook", views.webhook)
-    app.router.add_post(f"{api}/trigger", views.trigger)
-    app.router.add_post(f"{api}/batch", views.batch)
+    app.router.add_post(f"{api}/webhook", views.webhook, expect_handler=expect_continue)
+    app.router.add_post(f"{api}/trigger", views.trigger, expect_handler=expect_continue)
+    app.router.add_post(f"{api}/batch", views.batch, expect_handler=expect_continue)
     app.router.add_get(f"{api}/events", stream_events)
     app.router.add_get(f"{api}/history", views.history)
     app.router.add_get(f"{api}/health", views.health)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
 import re
 from typing import Any
@@ -14,6 +13,7 @@ import click
 
 from devbus import __version__
 from devbus.errors import DevbusError
+from devbus.logs import configure_logging
 from devbus.server import serve
 from devbus.settings import DEFAULT_EGRESS, DEFAULT_HOST, DEFAULT_INGEST, DEFAULT_PORT, DEFAULT_URL, Settings
 
@@ -171,7 +171,7 @@ def _url_default(part: str) -> str | int:
 )
 def run(quiet: bool, log_level: str, **options: Any) -> None:
     """Start the bus and print its URLs, then a line per event."""
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(log_level, secrets=[options["token"]])
     for name in ("ingest", "egress"):
         options[name] = options[name] or None
     for name in ("allow_origins", "allow_hosts", "forward", "forward_types"):

@@ -106,6 +106,8 @@ def _decode_json(body: bytes) -> object:
         return msgspec.json.decode(body)
     except msgspec.DecodeError as exc:
         raise MalformedInput(f"Body is not valid JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise MalformedInput(f"Body nests too deeply to be an event: {exc}") from exc
 
 
 _HTTP_SHAPE = 'expected {"event_type": str, "data": object, "source"?: str}'
@@ -139,8 +141,17 @@ def decode_wire_event(payload: bytes, *, default_source: str = "zmq") -> Draft:
         obj = msgspec.msgpack.decode(payload)
     except msgspec.DecodeError as exc:
         raise MalformedInput(f"Body is not valid MessagePack: {exc}") from exc
+    except RecursionError as exc:
+        raise MalformedInput(f"Body nests too deeply to be an event: {exc}") from exc
     incoming: WireEventIn = _convert(obj, WireEventIn, 'expected {"type": str, "data": map, "source"?: str}')
-    return _draft(incoming.type, incoming.data, incoming.source, default_source=default_source, at="type")
+    draft = _draft(incoming.type, incoming.data, incoming.source, default_source=default_source, at="type")
+    try:
+        # MessagePack can carry what JSON cannot (extension types, maps keyed by
+        # null or bool); refuse it here rather than fail while fanning out.
+        _json_encoder.encode(draft.data)
+    except (TypeError, ValueError) as exc:
+        raise InvalidEvent(f"`data` must hold only JSON values: {exc}") from exc
+    return draft
 
 
 _json_encoder = msgspec.json.Encoder()
