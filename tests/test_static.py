@@ -1,4 +1,4 @@
-"""The browser files the bus serves: routes, content types, prefix, token; the browser-test gate."""
+"""The browser files the bus serves: routes, content types, prefix; the browser-test gate."""
 
 from __future__ import annotations
 
@@ -33,12 +33,6 @@ async def test_client_is_served_with_the_bus_prefix(make_bus: BusFactory) -> Non
     text = await (await bus.get("/devbus.js")).text()
     assert 'const DEFAULT_PREFIX = /* devbus:prefix */ "/bus";' in text
     assert '"/api/dev"' not in text
-
-
-async def test_client_needs_the_token_like_every_endpoint(make_bus: BusFactory) -> None:
-    bus = await make_bus(token="t0ken")
-    assert (await bus.get("/devbus.js")).status == 401
-    assert (await bus.get("/devbus.js", params={"token": "t0ken"})).status == 200
 
 
 @pytest.mark.parametrize(
