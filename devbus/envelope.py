@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import hmac
 import re
 from typing import Any
 
 import msgspec
 
-from devbus.errors import InvalidEvent, MalformedInput
+from devbus.errors import InvalidEvent, MalformedInput, Unauthorized
 
 __all__ = [
     "BatchIn",
@@ -72,6 +73,7 @@ class WireEventIn(msgspec.Struct, frozen=True):
     type: str
     data: dict[str, Any] | None = None
     source: str | None = None
+    token: str | None = None  # the bus's --token, when it has one
 
 
 def check_name(value: str, *, field: str, max_length: int = MAX_TYPE_LENGTH) -> str:
@@ -135,8 +137,8 @@ def decode_batch(body: bytes, *, default_source: str) -> list[Draft]:
     return drafts
 
 
-def decode_wire_event(payload: bytes, *, default_source: str = "zmq") -> Draft:
-    """Decode and validate the MessagePack body of a ZeroMQ ingest message."""
+def decode_wire_event(payload: bytes, *, default_source: str = "zmq", token: str | None = None) -> Draft:
+    """Decode and validate the MessagePack body of a ZeroMQ ingest message (and its token, if one is set)."""
     try:
         obj = msgspec.msgpack.decode(payload)
     except msgspec.DecodeError as exc:
@@ -144,6 +146,11 @@ def decode_wire_event(payload: bytes, *, default_source: str = "zmq") -> Draft:
     except RecursionError as exc:
         raise MalformedInput(f"Body nests too deeply to be an event: {exc}") from exc
     incoming: WireEventIn = _convert(obj, WireEventIn, 'expected {"type": str, "data": map, "source"?: str}')
+    if token is not None and not hmac.compare_digest((incoming.token or "").encode(), token.encode()):
+        raise Unauthorized(
+            "missing or wrong `token`: this bus was started with --token, so send it in the message's "
+            "`token` field (devbus clients take it from DEVBUS_TOKEN)"
+        )
     draft = _draft(incoming.type, incoming.data, incoming.source, default_source=default_source, at="type")
     try:
         # MessagePack can carry what JSON cannot (extension types, maps keyed by
