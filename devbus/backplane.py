@@ -52,7 +52,13 @@ async def backplane(app: web.Application) -> AsyncIterator[None]:
             # before the bytes are buffered; decode_frames checks the whole message.
             sub.setsockopt(zmq.MAXMSGSIZE, settings.max_message)
             app[ENDPOINTS]["ingest"] = _bind(sub, settings.ingest, role="ingest", option="--ingest")
-            ingest = Ingest(sub, dispatcher=app[DISPATCHER], metrics=app[METRICS], max_size=settings.max_message)
+            ingest = Ingest(
+                sub,
+                dispatcher=app[DISPATCHER],
+                metrics=app[METRICS],
+                max_size=settings.max_message,
+                token=settings.token,
+            )
             ingest.start()
         if settings.egress:
             pub = context.socket(zmq.PUB)

@@ -28,11 +28,20 @@ class Ingest:
     each drain ZMQ_EVENTS is checked and the drain is rescheduled while input remains.
     """
 
-    def __init__(self, socket: zmq.Socket[bytes], *, dispatcher: Dispatcher, metrics: Metrics, max_size: int) -> None:
+    def __init__(
+        self,
+        socket: zmq.Socket[bytes],
+        *,
+        dispatcher: Dispatcher,
+        metrics: Metrics,
+        max_size: int,
+        token: str | None = None,
+    ) -> None:
         self.socket = socket
         self._dispatcher = dispatcher
         self._metrics = metrics
         self._max_size = max_size
+        self._token = token
         self._loop = asyncio.get_running_loop()
         self._scheduled = False
         self._logged: set[str] = set()
@@ -65,7 +74,7 @@ class Ingest:
                 more = False
                 break
             try:
-                drafts.append(decode_frames(frames, max_size=self._max_size))
+                drafts.append(decode_frames(frames, max_size=self._max_size, token=self._token))
             except WireReject as exc:
                 self._reject(exc)
         if drafts:

@@ -42,8 +42,12 @@ _WATCHED = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
 class _Link:
     """The XPUB socket, its monitor, and the connection state they reveal (never blocks)."""
 
-    def __init__(self, *, ingest: str | None, hold: int, max_message: int, source: str | None) -> None:
-        self.address = resolve(ingest=ingest).ingest
+    def __init__(
+        self, *, ingest: str | None, token: str | None, hold: int, max_message: int, source: str | None
+    ) -> None:
+        config = resolve(ingest=ingest, token=token)
+        self.address = config.ingest
+        self.token = config.token
         self.hold = hold
         self.max_message = max_message
         self.source = source
@@ -65,7 +69,7 @@ class _Link:
 
     def frames(self, type_: str, data: dict[str, Any] | None, source: str | None) -> list[bytes]:
         """Encode one event, refusing what the bus would refuse for its size."""
-        frames = encode_frames(type_, data, source=source or self.source)
+        frames = encode_frames(type_, data, source=source or self.source, token=self.token)
         size = len(frames[0]) + len(frames[1])
         if size > self.max_message:
             raise InvalidEvent(f"event {type_!r} is {size} bytes, over the bus's --max-message of {self.max_message}")
@@ -157,13 +161,14 @@ class Publisher:
         self,
         *,
         ingest: str | None = None,
+        token: str | None = None,
         source: str | None = None,
         timeout: float = 5.0,
         hold: int = 10_000,
         linger: float = 30.0,
         max_message: int = MIB,
     ) -> None:
-        self._link = _Link(ingest=ingest, hold=hold, max_message=max_message, source=source)
+        self._link = _Link(ingest=ingest, token=token, hold=hold, max_message=max_message, source=source)
         self._linger = linger
         self._lock = threading.Lock()
         deadline = time.monotonic() + timeout
@@ -218,13 +223,14 @@ class AsyncPublisher:
         self,
         *,
         ingest: str | None = None,
+        token: str | None = None,
         source: str | None = None,
         timeout: float = 5.0,
         hold: int = 10_000,
         linger: float = 30.0,
         max_message: int = MIB,
     ) -> None:
-        self._options = {"ingest": ingest, "hold": hold, "max_message": max_message, "source": source}
+        self._options = {"ingest": ingest, "token": token, "hold": hold, "max_message": max_message, "source": source}
         self._timeout = timeout
         self._linger = linger
         self._link: _Link | None = None
@@ -302,6 +308,8 @@ _default_lock = threading.Lock()
 def emit(type: str, data: dict[str, Any] | None = None, *, source: str | None = None) -> None:
     """Send one event through a shared Publisher, flushed when the process exits."""
     global _default, _default_pid
+    # A malformed event is the caller's bug: say so before trying to reach a bus.
+    encode_frames(type, data, source=source)
     with _default_lock:
         # A forked child must not share its parent's ZeroMQ context.
         if _default is None or _default_pid != os.getpid():

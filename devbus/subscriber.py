@@ -24,9 +24,9 @@ def prefixes(patterns: tuple[str, ...]) -> list[bytes]:
     if not patterns:
         return [b""]
     cut = [p[: min((p.index(c) for c in _GLOB if c in p), default=len(p))] for p in patterns]
-    if "" in cut:
-        return [b""]
-    return sorted({c.encode() for c in cut})
+    # A prefix covered by a shorter one adds nothing (ZeroMQ delivers once anyway).
+    kept = [c for c in set(cut) if not any(o != c and c.startswith(o) for o in cut)]
+    return sorted(c.encode() for c in kept)
 
 
 class _Filtered:

@@ -7,16 +7,8 @@ from typing import Any
 
 import msgspec
 
-from devbus.envelope import (
-    MAX_SOURCE_LENGTH,
-    MAX_TYPE_LENGTH,
-    Draft,
-    Event,
-    WireEventIn,
-    check_name,
-    encode_msgpack,
-)
-from devbus.errors import InvalidEvent, MalformedInput
+from devbus.envelope import MAX_SOURCE_LENGTH, Draft, Event, check_name, decode_wire_event, encode_msgpack
+from devbus.errors import InvalidEvent, MalformedInput, Unauthorized
 
 __all__ = ["WireReject", "decode_event_frames", "decode_frames", "encode_event_frames", "encode_frames"]
 
@@ -29,28 +21,15 @@ class _WireIn(msgspec.Struct, frozen=True, omit_defaults=True):
     type: str
     data: dict[str, Any]
     source: str | None = None
+    token: str | None = None
 
 
 _event_decoder = msgspec.msgpack.Decoder(Event)
-# The same rules as envelope.decode_wire_event, decoded and validated in one pass.
-_wire_decoder = msgspec.msgpack.Decoder(WireEventIn)
-
-# Senders reuse a handful of types and sources; remembering the valid ones keeps
-# the name check off the per-message path. Bounded, so invented names cannot grow it.
-_KNOWN_LIMIT = 4096
-_known: dict[str, set[str]] = {"type": set(), "source": set()}
 
 
-def _check_known(name: str, field: str, max_length: int) -> None:
-    known = _known[field]
-    if name in known:
-        return
-    check_name(name, field=field, max_length=max_length)
-    if len(known) < _KNOWN_LIMIT:
-        known.add(name)
-
-
-def encode_frames(type_: str, data: dict[str, Any] | None = None, *, source: str | None = None) -> list[bytes]:
+def encode_frames(
+    type_: str, data: dict[str, Any] | None = None, *, source: str | None = None, token: str | None = None
+) -> list[bytes]:
     """Build the two ingest frames for one event, validating it first."""
     check_name(type_, field="type")
     if source is not None:
@@ -58,13 +37,13 @@ def encode_frames(type_: str, data: dict[str, Any] | None = None, *, source: str
     if data is not None and not isinstance(data, dict):
         raise InvalidEvent(f"`data` must be a dict (a JSON object), got {type(data).__name__}")
     try:
-        body = encode_msgpack(_WireIn(type_, data if data is not None else {}, source))
+        body = encode_msgpack(_WireIn(type_, data if data is not None else {}, source, token))
     except (TypeError, msgspec.EncodeError) as exc:
         raise InvalidEvent(f"`data` cannot be encoded as MessagePack: {exc}") from exc
     return [type_.encode(), body]
 
 
-def decode_frames(frames: Sequence[bytes], *, max_size: int) -> Draft:
+def decode_frames(frames: Sequence[bytes], *, max_size: int, token: str | None = None) -> Draft:
     """Validate one ingest message; raise WireReject saying which rule it broke."""
     if len(frames) != 2:
         raise WireReject(f"expected 2 frames [type, MessagePack body], got {len(frames)}", reason="zmq_frames")
@@ -75,18 +54,17 @@ def decode_frames(frames: Sequence[bytes], *, max_size: int) -> Draft:
             reason="zmq_oversize",
         )
     try:
-        incoming = _wire_decoder.decode(body)
-    except msgspec.ValidationError as exc:
-        raise WireReject(f'expected {{"type": str, "data": map, "source"?: str}}: {exc}', reason="zmq_shape") from exc
-    except msgspec.DecodeError as exc:
-        raise WireReject(f"Body is not valid MessagePack: {exc}", reason="zmq_msgpack") from exc
-    draft = Draft(incoming.type, incoming.data if incoming.data is not None else {}, incoming.source or "zmq")
-    try:
-        _check_known(draft.type, "type", MAX_TYPE_LENGTH)
-        if incoming.source is not None:
-            _check_known(incoming.source, "source", MAX_SOURCE_LENGTH)
+        draft = decode_wire_event(body, token=token)
+    except Unauthorized as exc:
+        raise WireReject(str(exc), reason="zmq_token") from exc
+    except MalformedInput as exc:
+        raise WireReject(str(exc), reason="zmq_msgpack") from exc
     except InvalidEvent as exc:
-        raise WireReject(str(exc), reason="zmq_type") from exc
+        # msgspec's ValidationError (and an encoder's TypeError for data JSON
+        # cannot carry) mean the map has the wrong shape; anything else is a
+        # name that breaks the type or source rules.
+        shape = isinstance(exc.__cause__, msgspec.ValidationError | TypeError | ValueError)
+        raise WireReject(str(exc), reason="zmq_shape" if shape else "zmq_type") from exc
     if head != draft.type.encode():
         raise WireReject(
             f"type frame {head[:60]!r} does not match the body's type {draft.type[:60]!r}", reason="zmq_type"
