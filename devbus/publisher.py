@@ -109,7 +109,8 @@ class _Link:
         try:
             # A blocking send sleeps until the queue has room (up to SNDTIMEO); poll()
             # cannot do that wait, because an XPUB always reports POLLOUT.
-            self.socket.send_multipart(frames, 0 if block else zmq.NOBLOCK, copy=False)
+            # While the bus is known to be away a full queue cannot drain, so do not wait.
+            self.socket.send_multipart(frames, 0 if block and self.connected else zmq.NOBLOCK, copy=False)
             return True
         except zmq.Again:
             pass
