@@ -74,7 +74,7 @@ function cell(className, text) {
 function row(event) {
   const item = document.createElement("li");
   item.className = event.type === DEVBUS_GAP ? "event gap" : "event";
-  item.style.setProperty("--hue", hue(event.type));
+  item.style.setProperty("--hue", String(hue(event.type)));
   const summary = document.createElement("button");
   summary.type = "button";
   summary.tabIndex = -1; // the list is one tab stop; arrow keys move within it
@@ -149,7 +149,7 @@ function rebuild() {
 }
 
 function schedule() {
-  if (frame === null && !paused) frame = requestAnimationFrame(flush);
+  if (frame === null && !paused) frame = requestAnimationFrame(() => flush());
 }
 
 function receive(event) {
