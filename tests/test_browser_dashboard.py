@@ -132,6 +132,29 @@ def test_filter_pause_resume_clear_and_expand_with_the_keyboard(page: Page, shar
     expect(rows(page)).to_have_count(0)
 
 
+def test_event_list_is_one_tab_stop_with_arrow_keys_inside(page: Page, shared_bus: BusProcess) -> None:
+    open_dashboard(page, shared_bus.url)
+    page.get_by_label("Filter by type").fill("nav.*")
+    for n in range(3):
+        emit(shared_bus, f"nav.e{n}")
+    expect(rows(page)).to_have_count(3)
+
+    def row_button(event_type: str) -> Locator:
+        return rows(page, event_type).get_by_role("button")
+
+    page.locator("#clear").focus()
+    page.keyboard.press("Tab")
+    expect(row_button("nav.e2")).to_be_focused()
+    page.keyboard.press("ArrowDown")
+    expect(row_button("nav.e1")).to_be_focused()
+    page.keyboard.press("End")
+    expect(row_button("nav.e0")).to_be_focused()
+    page.keyboard.press("Tab")
+    expect(page.get_by_label("Type", exact=True)).to_be_focused()
+    page.keyboard.press("Shift+Tab")
+    expect(row_button("nav.e0")).to_be_focused()
+
+
 def test_dom_stays_bounded_with_ten_thousand_events(page: Page, shared_bus: BusProcess) -> None:
     open_dashboard(page, shared_bus.url)
     seen_before = count(page, "#count-seen")
