@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from collections.abc import Callable
 
 import pytest
 from browser_fixtures import WAIT_MS, emit, post_json
-from conftest import BusProcess
+from conftest import ROOT, WAIT, BusProcess, bus_env
 from playwright.sync_api import Locator, Page, expect
 
 pytestmark = pytest.mark.browser
@@ -174,3 +176,15 @@ def test_dashboard_passes_its_token_on(page: Page, bus_process: Callable[..., Bu
     open_dashboard(page, f"{bus.url}/?token=dash-token")
     send_from_form(page, "token.ok", "{}")
     expect(rows(page, "token.ok")).to_have_count(1)
+
+
+def test_event_emitted_over_zeromq_by_a_python_process_appears(page: Page, shared_bus: BusProcess) -> None:
+    open_dashboard(page, shared_bus.url)
+    script = "import devbus; devbus.emit('backend.agent_created', {'id': 7, 'via': 'zmq'})"
+    env = bus_env(DEVBUS_INGEST=shared_bus.endpoints["ingest"])
+    subprocess.run([sys.executable, "-c", script], env=env, cwd=ROOT, check=True, timeout=WAIT)
+
+    row = rows(page, "backend.agent_created")
+    expect(row).to_have_count(1)
+    expect(row.locator(".source")).to_have_text("zmq")
+    expect(row.locator(".data")).to_have_text('{"id":7,"via":"zmq"}')
