@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count", type=int, default=100, help="agents to create (default 100)")
     parser.add_argument("--db", default=":memory:", help="SQLite file to write the agents to (default: in memory)")
     parser.add_argument("--ingest", default=None, help="the bus's ZeroMQ ingest (default: DEVBUS_INGEST or :8766)")
+    parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the bus (default 5)")
     args = parser.parse_args(argv)
     if args.count < 1:
         parser.error("--count must be at least 1")
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
 
     agents = create_agents(sqlite3.connect(args.db), args.count)
     try:
-        with devbus.Publisher(ingest=args.ingest, source="seed") as bus:
+        with devbus.Publisher(ingest=args.ingest, source="seed", timeout=args.timeout) as bus:
             for agent in agents:
                 bus.emit("agent.created", {**agent, "bulk": True})
             bus.emit("agents.bulk_created", {"count": len(agents), "agent_ids": [a["id"] for a in agents]})

@@ -56,7 +56,7 @@ def test_no_bus_is_one_line_and_a_failing_exit() -> None:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     result = subprocess.run(
-        [sys.executable, str(SCRIPT), "--count", "3"],
+        [sys.executable, str(SCRIPT), "--count", "3", "--timeout", "0.3"],
         capture_output=True,
         text=True,
         env=bus_env(DEVBUS_INGEST=f"tcp://127.0.0.1:{port}"),
