@@ -7,6 +7,7 @@ import time
 from aiohttp import web
 
 from devbus import views
+from devbus.backplane import backplane
 from devbus.dispatcher import Dispatcher
 from devbus.filters import TypeFilter, parse_patterns
 from devbus.forward import Forwarder
@@ -58,9 +59,11 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app.router.add_get(f"{api}/history", views.history)
     app.router.add_get(f"{api}/health", views.health)
     app.router.add_get("/metrics", views.metrics)
-    app.router.add_get("/", views.static_file("dashboard.html"))
-    app.router.add_get("/devbus.js", views.static_file("devbus.js"))
-    app.router.add_get("/devbus.d.ts", views.static_file("devbus.d.ts"))
+    app.router.add_get("/", views.static_file("dashboard.html", prefix=api))
+    for name in ("dashboard.js", "devbus.js", "devbus.d.ts"):
+        app.router.add_get(f"/{name}", views.static_file(name, prefix=api))
     app.on_response_prepare.append(add_cors_headers)
     app.on_shutdown.append(_close_streams)
+    if settings.ingest or settings.egress:
+        app.cleanup_ctx.append(backplane)
     return app
