@@ -106,7 +106,8 @@ def _convert(obj: object, type_: type[msgspec.Struct], what: str) -> Any:
 def _decode_json(body: bytes) -> object:
     try:
         return msgspec.json.decode(body)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        # msgspec reports a string that is not UTF-8 as UnicodeDecodeError, not DecodeError.
         raise MalformedInput(f"Body is not valid JSON: {exc}") from exc
     except RecursionError as exc:
         raise MalformedInput(f"Body nests too deeply to be an event: {exc}") from exc
@@ -141,7 +142,7 @@ def decode_wire_event(payload: bytes, *, default_source: str = "zmq", token: str
     """Decode and validate the MessagePack body of a ZeroMQ ingest message (and its token, if one is set)."""
     try:
         obj = msgspec.msgpack.decode(payload)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise MalformedInput(f"Body is not valid MessagePack: {exc}") from exc
     except RecursionError as exc:
         raise MalformedInput(f"Body nests too deeply to be an event: {exc}") from exc
