@@ -1,0 +1,241 @@
+"""Turn file changes into events (`devbus watch PATH...`), on top of watchfiles.
+
+watchfiles (inotify, FSEvents, ...) does the watching and the debouncing; this
+module decides which paths count (globs, ignores), names each change relative to
+its watched root, and reduces a burst to one change per file.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+from watchfiles import Change, DefaultFilter, watch
+
+__all__ = [
+    "DEFAULT_IGNORES",
+    "FileChange",
+    "WatchFilter",
+    "batch_data",
+    "expand_braces",
+    "glob_regex",
+    "split_patterns",
+    "watch_changes",
+]
+
+DEFAULT_IGNORES = ("node_modules", ".git", "__pycache__", ".next", "dist")
+MAX_GROUP_MS = 1600  # a change is reported at most this long after it happened, even mid-burst
+BATCH_BYTES = 256 * 1024  # keeps a --batch event well under the bus's 1 MiB message limit
+
+FileChange = tuple[str, str]  # (path relative to its root, POSIX style; "added" | "modified" | "deleted")
+
+_CHANGE_NAMES = {Change.added: "added", Change.modified: "modified", Change.deleted: "deleted"}
+_WILDCARD = re.compile(r"[*?\[]")
+
+
+def split_patterns(values: Iterable[str]) -> list[str]:
+    """Split comma lists, keeping commas inside braces: 'a/*.{ts,tsx},b' → ['a/*.{ts,tsx}', 'b']."""
+    patterns = []
+    for value in values:
+        depth, start = 0, 0
+        for index, char in enumerate(value):
+            if char == "{":
+                depth += 1
+            elif char == "}" and depth:
+                depth -= 1
+            elif char == "," and not depth:
+                patterns.append(value[start:index])
+                start = index + 1
+        patterns.append(value[start:])
+    return [p.strip() for p in patterns if p.strip()]
+
+
+def expand_braces(pattern: str) -> list[str]:
+    """Expand the first (and then every) brace group: '*.{ts,tsx}' → ['*.ts', '*.tsx']."""
+    depth, open_at = 0, -1
+    commas: list[int] = []
+    for index, char in enumerate(pattern):
+        if char == "{":
+            if depth == 0:
+                open_at, commas = index, []
+            depth += 1
+        elif char == "," and depth == 1:
+            commas.append(index)
+        elif char == "}" and depth:
+            depth -= 1
+            if depth == 0:
+                if not commas:
+                    continue  # '{x}' is not a list; keep it literal and look further
+                bounds = [open_at, *commas, index]
+                head, tail = pattern[:open_at], pattern[index + 1 :]
+                options = [pattern[a + 1 : b] for a, b in itertools.pairwise(bounds)]
+                return [out for option in options for out in expand_braces(head + option + tail)]
+    return [pattern]
+
+
+def glob_regex(pattern: str) -> str:
+    """Translate a path glob to a regex: ``**`` spans directories, ``*`` and ``?`` do not."""
+    parts = []
+    segments = pattern.strip("/").split("/")
+    for number, segment in enumerate(segments):
+        last = number == len(segments) - 1
+        if segment == "**":
+            parts.append(".*" if last else "(?:[^/]+/)*")
+            continue
+        out, index = "", 0
+        while index < len(segment):
+            char = segment[index]
+            if char == "*":
+                out += "[^/]*"
+            elif char == "?":
+                out += "[^/]"
+            elif char == "[" and (end := segment.find("]", index + 2)) != -1:
+                body = segment[index + 1 : end]
+                out += "[" + ("^" + body[1:] if body.startswith("!") else body).replace("\\", "\\\\") + "]"
+                index = end
+            else:
+                out += re.escape(char)
+            index += 1
+        parts.append(out if last else out + "/")
+    return "".join(parts)
+
+
+def _compile(patterns: Iterable[str]) -> re.Pattern[str] | None:
+    regexes = [glob_regex(p) for pattern in patterns for p in expand_braces(pattern)]
+    return re.compile("(?:" + "|".join(regexes) + r")\Z") if regexes else None
+
+
+class WatchFilter(DefaultFilter):
+    """watchfiles' DefaultFilter, applied below each root, plus our ignores and globs.
+
+    A pattern without ``/`` matches a file or directory name at any depth (``*.log``,
+    ``build``); one with ``/`` matches the path from the watched root (``src/**/*.ts``).
+    An ignored directory hides everything below it.
+    """
+
+    def __init__(self, roots: Sequence[str], *, globs: Sequence[str] = (), ignores: Sequence[str] = ()) -> None:
+        names = [p for p in ignores if "/" not in p and not _WILDCARD.search(p) and "{" not in p]
+        name_globs = [p for p in ignores if "/" not in p and p not in names]
+        super().__init__(
+            ignore_dirs=(*DefaultFilter.ignore_dirs, *DEFAULT_IGNORES, *names),
+            ignore_entity_patterns=(
+                *DefaultFilter.ignore_entity_patterns,
+                *(glob_regex(p) + r"\Z" for g in name_globs for p in expand_braces(g)),
+            ),
+        )
+        self.roots = sorted({os.path.abspath(r) for r in roots} | {os.path.realpath(r) for r in roots}, key=len)[::-1]
+        self._ignored_paths = _compile(p for p in ignores if "/" in p)
+        self._name_globs = _compile(p for p in globs if "/" not in p)
+        self._path_globs = _compile(p for p in globs if "/" in p)
+        self._any_glob = bool(globs)
+
+    def relative(self, path: str) -> str | None:
+        """The path below its watched root, POSIX style; None outside every root."""
+        for root in self.roots:
+            if path.startswith(root + os.sep):
+                return path[len(root) + 1 :].replace(os.sep, "/")
+            if path == root:
+                return os.path.basename(path)  # a single watched file
+        return None
+
+    def __call__(self, change: Change, path: str) -> bool:
+        relative = self.relative(path)
+        # Apply the name rules below the root only, so a project inside ~/dist still works.
+        if relative is None or not super().__call__(change, relative.replace("/", os.sep)):
+            return False
+        if self._ignored_paths is not None:
+            prefixes = relative.split("/")
+            if any(self._ignored_paths.match("/".join(prefixes[: n + 1])) for n in range(len(prefixes))):
+                return False
+        if not self._any_glob:
+            return True
+        name = relative.rpartition("/")[2]
+        return bool(
+            (self._name_globs is not None and self._name_globs.match(name))
+            or (self._path_globs is not None and self._path_globs.match(relative))
+        )
+
+
+def _net_changes(changes: set[tuple[Change, str]], watch_filter: WatchFilter) -> list[FileChange]:
+    """Reduce a burst to one change per file, sorted by path; directories are left out."""
+    kinds: dict[str, set[Change]] = {}
+    for change, path in changes:
+        kinds.setdefault(path, set()).add(change)
+    net = []
+    for path, seen in kinds.items():
+        if Change.added in seen and Change.deleted in seen:
+            # Replaced (editors save by rename) or a short-lived temp file: the disk says which.
+            change = Change.modified if os.path.exists(path) else Change.deleted
+        elif Change.added in seen:
+            change = Change.added  # a new file's first write is part of its creation
+        elif Change.deleted in seen:
+            change = Change.deleted
+        else:
+            change = Change.modified
+        if change is not Change.deleted and os.path.isdir(path):
+            continue
+        relative = watch_filter.relative(path)
+        if relative is not None:
+            net.append((relative, _CHANGE_NAMES[change]))
+    return sorted(net)
+
+
+class _Stop:
+    """The stop flag watchfiles polls between steps; its first poll means the watch is live."""
+
+    def __init__(self, on_ready: Callable[[], None]) -> None:
+        self.requested = False
+        self._on_ready: Callable[[], None] | None = on_ready
+
+    def is_set(self) -> bool:
+        if self._on_ready is not None:
+            on_ready, self._on_ready = self._on_ready, None
+            on_ready()
+        return self.requested
+
+
+def watch_changes(
+    roots: Sequence[str],
+    *,
+    watch_filter: WatchFilter,
+    debounce_ms: int,
+    on_ready: Callable[[], None],
+) -> tuple[Iterator[list[FileChange]], Callable[[], None]]:
+    """Return (bursts of changes, a function that ends them after the current burst)."""
+    stop = _Stop(on_ready)
+
+    def bursts() -> Iterator[list[FileChange]]:
+        for changes in watch(
+            *roots,
+            watch_filter=watch_filter,
+            step=debounce_ms,
+            debounce=max(MAX_GROUP_MS, debounce_ms),
+            stop_event=stop,
+            rust_timeout=0,
+            raise_interrupt=False,
+        ):
+            burst = _net_changes(changes, watch_filter)
+            if burst:
+                yield burst
+
+    def request_stop() -> None:
+        stop.requested = True
+
+    return bursts(), request_stop
+
+
+def batch_data(burst: Sequence[FileChange]) -> Iterator[dict[str, Any]]:
+    """Split a burst into `--batch` event bodies, each well under the message size limit."""
+    changes: list[dict[str, str]] = []
+    size = 0
+    for file, change in burst:
+        if changes and size + len(file) + 32 > BATCH_BYTES:
+            yield {"changes": changes}
+            changes, size = [], 0
+        changes.append({"file": file, "change": change})
+        size += len(file) + 32
+    if changes:
+        yield {"changes": changes}
