@@ -7,24 +7,18 @@ its watched root, and reduces a burst to one change per file.
 
 from __future__ import annotations
 
-import itertools
 import os
 import re
+import signal
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from watchfiles import Change, DefaultFilter, watch
 
-__all__ = [
-    "DEFAULT_IGNORES",
-    "FileChange",
-    "WatchFilter",
-    "batch_data",
-    "expand_braces",
-    "glob_regex",
-    "split_patterns",
-    "watch_changes",
-]
+from devbus.globs import expand_braces, glob_regex
+
+__all__ = ["DEFAULT_IGNORES", "Emitter", "FileChange", "WatchFilter", "batch_data", "emit_changes", "watch_changes"]
 
 DEFAULT_IGNORES = ("node_modules", ".git", "__pycache__", ".next", "dist")
 MAX_GROUP_MS = 1600  # a change is reported at most this long after it happened, even mid-burst
@@ -33,74 +27,7 @@ BATCH_BYTES = 256 * 1024  # keeps a --batch event well under the bus's 1 MiB mes
 FileChange = tuple[str, str]  # (path relative to its root, POSIX style; "added" | "modified" | "deleted")
 
 _CHANGE_NAMES = {Change.added: "added", Change.modified: "modified", Change.deleted: "deleted"}
-_WILDCARD = re.compile(r"[*?\[]")
-
-
-def split_patterns(values: Iterable[str]) -> list[str]:
-    """Split comma lists, keeping commas inside braces: 'a/*.{ts,tsx},b' → ['a/*.{ts,tsx}', 'b']."""
-    patterns = []
-    for value in values:
-        depth, start = 0, 0
-        for index, char in enumerate(value):
-            if char == "{":
-                depth += 1
-            elif char == "}" and depth:
-                depth -= 1
-            elif char == "," and not depth:
-                patterns.append(value[start:index])
-                start = index + 1
-        patterns.append(value[start:])
-    return [p.strip() for p in patterns if p.strip()]
-
-
-def expand_braces(pattern: str) -> list[str]:
-    """Expand the first (and then every) brace group: '*.{ts,tsx}' → ['*.ts', '*.tsx']."""
-    depth, open_at = 0, -1
-    commas: list[int] = []
-    for index, char in enumerate(pattern):
-        if char == "{":
-            if depth == 0:
-                open_at, commas = index, []
-            depth += 1
-        elif char == "," and depth == 1:
-            commas.append(index)
-        elif char == "}" and depth:
-            depth -= 1
-            if depth == 0:
-                if not commas:
-                    continue  # '{x}' is not a list; keep it literal and look further
-                bounds = [open_at, *commas, index]
-                head, tail = pattern[:open_at], pattern[index + 1 :]
-                options = [pattern[a + 1 : b] for a, b in itertools.pairwise(bounds)]
-                return [out for option in options for out in expand_braces(head + option + tail)]
-    return [pattern]
-
-
-def glob_regex(pattern: str) -> str:
-    """Translate a path glob to a regex: ``**`` spans directories, ``*`` and ``?`` do not."""
-    parts = []
-    segments = pattern.strip("/").split("/")
-    for number, segment in enumerate(segments):
-        last = number == len(segments) - 1
-        if segment == "**":
-            parts.append(".*" if last else "(?:[^/]+/)*")
-            continue
-        out, index = "", 0
-        while index < len(segment):
-            char = segment[index]
-            if char == "*":
-                out += "[^/]*"
-            elif char == "?":
-                out += "[^/]"
-            elif char == "[" and (end := segment.find("]", index + 2)) != -1:
-                body = segment[index + 1 : end]
-                out += "[" + ("^" + body[1:] if body.startswith("!") else body).replace("\\", "\\\\") + "]"
-                index = end
-            else:
-                out += re.escape(char)
-            index += 1
-        parts.append(out if last else out + "/")
-    return "".join(parts)
+_WILDCARD = re.compile(r"[*?\[{]")
 
 
 def _compile(patterns: Iterable[str]) -> re.Pattern[str] | None:
@@ -117,7 +44,7 @@ class WatchFilter(DefaultFilter):
     """
 
     def __init__(self, roots: Sequence[str], *, globs: Sequence[str] = (), ignores: Sequence[str] = ()) -> None:
-        names = [p for p in ignores if "/" not in p and not _WILDCARD.search(p) and "{" not in p]
+        names = [p for p in ignores if "/" not in p and not _WILDCARD.search(p)]
         name_globs = [p for p in ignores if "/" not in p and p not in names]
         super().__init__(
             ignore_dirs=(*DefaultFilter.ignore_dirs, *DEFAULT_IGNORES, *names),
@@ -239,3 +166,62 @@ def batch_data(burst: Sequence[FileChange]) -> Iterator[dict[str, Any]]:
         size += len(file) + 32
     if changes:
         yield {"changes": changes}
+
+
+class Emitter(Protocol):
+    """What sends the events: a devbus Publisher."""
+
+    def emit(self, type: str, data: dict[str, Any] | None = None, *, source: str | None = None) -> object: ...
+
+
+def _clock() -> str:
+    now = time.time()
+    return time.strftime("%H:%M:%S", time.localtime(now)) + f".{int(now % 1 * 1000):03d}"
+
+
+def emit_changes(
+    roots: Sequence[str],
+    *,
+    publisher: Emitter,
+    event_type: str,
+    source: str,
+    batch: bool,
+    watch_filter: WatchFilter,
+    debounce_ms: int,
+    on_ready: Callable[[], None],
+    write: Callable[[str], None] | None,
+) -> int:
+    """Emit an event per changed file (per burst with ``batch``) until SIGINT or SIGTERM; return the count."""
+    bursts, request_stop = watch_changes(roots, watch_filter=watch_filter, debounce_ms=debounce_ms, on_ready=on_ready)
+    stopping = False
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal stopping
+        if stopping:
+            raise KeyboardInterrupt  # a second Ctrl-C: the user does not want to wait
+        stopping = True
+        # Finish the burst being sent (so no change is half reported), then stop.
+        request_stop()
+
+    previous = {signum: signal.signal(signum, on_signal) for signum in (signal.SIGINT, signal.SIGTERM)}
+    emitted = 0
+    try:
+        for burst in bursts:
+            if batch:
+                for data in batch_data(burst):
+                    publisher.emit(event_type, data, source=source)
+                    emitted += 1
+                    if write is not None:
+                        first = data["changes"][0]
+                        more = f" (+{len(data['changes']) - 1} more)" if len(data["changes"]) > 1 else ""
+                        write(f"{_clock()}  batch     {len(data['changes'])} changes: {first['file']}{more}")
+                continue
+            for file, change in burst:
+                publisher.emit(event_type, {"file": file, "change": change}, source=source)
+                emitted += 1
+                if write is not None:
+                    write(f"{_clock()}  {change:<9} {file}")
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    return emitted

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from watchfiles import Change
 
-from devbus.watch import WatchFilter, batch_data, expand_braces, glob_regex, split_patterns
+from devbus.globs import expand_braces, glob_regex, split_patterns
+from devbus.watch import WatchFilter, batch_data
 
 
 def test_comma_lists_keep_commas_inside_braces() -> None:
