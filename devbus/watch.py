@@ -94,8 +94,10 @@ def _net_changes(changes: set[tuple[Change, str]], watch_filter: WatchFilter) ->
     net = []
     for path, seen in kinds.items():
         if Change.added in seen and Change.deleted in seen:
-            # Replaced (editors save by rename) or a short-lived temp file: the disk says which.
-            change = Change.modified if os.path.exists(path) else Change.deleted
+            # Deleted and written again, or a temp file that came and went: the disk says which.
+            if not os.path.exists(path):
+                continue
+            change = Change.modified
         elif Change.added in seen:
             change = Change.added  # a new file's first write is part of its creation
         elif Change.deleted in seen:

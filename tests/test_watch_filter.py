@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
+from conftest import WAIT
 from watchfiles import Change
 
 from devbus.globs import expand_braces, glob_regex, split_patterns
-from devbus.watch import WatchFilter, batch_data
+from devbus.watch import FileChange, WatchFilter, batch_data, watch_changes
 
 
 def test_comma_lists_keep_commas_inside_braces() -> None:
@@ -110,3 +113,68 @@ def test_batches_stay_under_the_message_limit() -> None:
     assert len(bodies) > 1
     assert [c["file"] for body in bodies for c in body["changes"]] == [file for file, _ in burst]
     assert all(len(str(body)) < 512 * 1024 for body in bodies)
+
+
+class Watching:
+    """watch_changes running in a thread, its bursts collected; stopped on exit."""
+
+    def __init__(self, root: Path, **filter_options: Any) -> None:
+        self.ready = threading.Event()
+        self.bursts: list[list[FileChange]] = []
+        self._arrived = threading.Condition()
+        watch_filter = WatchFilter([str(root)], **filter_options)
+        self._bursts, self.stop = watch_changes(
+            [str(root)], watch_filter=watch_filter, debounce_ms=50, on_ready=self.ready.set
+        )
+        self._thread = threading.Thread(target=self._collect)
+
+    def _collect(self) -> None:
+        for burst in self._bursts:
+            with self._arrived:
+                self.bursts.append(burst)
+                self._arrived.notify_all()
+
+    def __enter__(self) -> Watching:
+        self._thread.start()
+        assert self.ready.wait(WAIT)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+        self._thread.join(WAIT)
+        assert not self._thread.is_alive()
+
+    def wait_for(self, change: FileChange) -> list[FileChange]:
+        """Wait until ``change`` is reported; return every change so far."""
+
+        def seen() -> list[FileChange]:
+            return [c for burst in self.bursts for c in burst]
+
+        with self._arrived:
+            assert self._arrived.wait_for(lambda: change in seen(), WAIT), seen()
+            return seen()
+
+
+def test_bursts_report_one_net_change_per_file(tmp_path: Path) -> None:
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "kept.ts").write_text("1")
+    (tmp_path / "src" / "gone.ts").write_text("1")
+    with Watching(tmp_path) as watching:
+        (tmp_path / "src" / "new.ts").write_text("created and written")
+        (tmp_path / "src" / "new.ts").write_text("written again")
+        assert watching.wait_for(("src/new.ts", "added")) == [("src/new.ts", "added")]
+
+        # An editor's save: write a temp file, rename it over the original.
+        (tmp_path / "src" / "kept.ts.tmp").write_text("2")
+        os.replace(tmp_path / "src" / "kept.ts.tmp", tmp_path / "src" / "kept.ts")
+        (tmp_path / "src" / "sub").mkdir()
+        (tmp_path / "src" / "gone.ts").unlink()
+        (tmp_path / "node_modules").mkdir()
+        (tmp_path / "node_modules" / "x.js").write_text("ignored")
+        (tmp_path / "zz.ts").write_text("last")
+        changes = watching.wait_for(("zz.ts", "added"))
+    # The rename lands on an existing name, which inotify reports as a creation.
+    assert ("src/kept.ts", "added") in changes
+    assert ("src/gone.ts", "deleted") in changes
+    unwanted = ("src/kept.ts.tmp", "src/sub", "node_modules", "node_modules/x.js")
+    assert not [c for c in changes if c[0] in unwanted], "temp file, directory or ignored path reported"
