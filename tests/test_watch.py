@@ -65,17 +65,20 @@ class Events:
         return events
 
 
+WatchedBus = tuple[BusProcess, Events, dict[str, str]]
+
+
 @pytest.fixture
-async def watched_bus(
-    bus_process: Callable[..., BusProcess],
-) -> AsyncIterator[tuple[BusProcess, Events, dict[str, str]]]:
+async def watched_bus(bus_process: Callable[..., BusProcess]) -> AsyncIterator[WatchedBus]:
     """A real bus, its stream of watcher events, and the environment that finds it."""
     bus = bus_process()
-    async with aiohttp.ClientSession() as session:
-        async with session.get(f"{bus.url}/api/dev/events", params={"types": TYPE}) as response:
-            reader = SSEReader(response)
-            assert '"connected"' in (await reader.event())["data"]
-            yield bus, Events(reader), bus_env(DEVBUS_INGEST=bus.endpoints["ingest"])
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{bus.url}/api/dev/events", params={"types": TYPE}) as response,
+    ):
+        reader = SSEReader(response)
+        assert '"connected"' in (await reader.event())["data"]
+        yield bus, Events(reader), bus_env(DEVBUS_INGEST=bus.endpoints["ingest"])
 
 
 async def test_changes_become_events(watched_bus: Any, watchers: Any, tmp_path: Path) -> None:
