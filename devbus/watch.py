@@ -68,15 +68,18 @@ class WatchFilter(DefaultFilter):
                 return os.path.basename(path)  # a single watched file
         return None
 
-    def __call__(self, change: Change, path: str) -> bool:
-        relative = self.relative(path)
+    def ignored(self, relative: str) -> bool:
+        """Whether a path below a root (POSIX style) is ignored, by name or by path."""
         # Apply the name rules below the root only, so a project inside ~/dist still works.
-        if relative is None or not super().__call__(change, relative.replace("/", os.sep)):
-            return False
+        if not super().__call__(Change.modified, relative.replace("/", os.sep)):
+            return True
         if self._ignored_paths is not None:
-            prefixes = relative.split("/")
-            if any(self._ignored_paths.match("/".join(prefixes[: n + 1])) for n in range(len(prefixes))):
-                return False
+            parts = relative.split("/")
+            return any(self._ignored_paths.match("/".join(parts[: n + 1])) for n in range(len(parts)))
+        return False
+
+    def wanted(self, relative: str) -> bool:
+        """Whether a file's path below a root (POSIX style) matches the globs, if any."""
         if not self._any_glob:
             return True
         name = relative.rpartition("/")[2]
@@ -85,14 +88,58 @@ class WatchFilter(DefaultFilter):
             or (self._path_globs is not None and self._path_globs.match(relative))
         )
 
+    def __call__(self, change: Change, path: str) -> bool:
+        relative = self.relative(path)
+        if relative is None or self.ignored(relative):
+            return False
+        # A new directory is let through whatever the globs say: its files get scanned.
+        return self.wanted(relative) or (change is Change.added and os.path.isdir(path))
 
-def _net_changes(changes: set[tuple[Change, str]], watch_filter: WatchFilter) -> list[FileChange]:
-    """Reduce a burst to one change per file, sorted by path; directories are left out."""
+    def scan(self, directory: str) -> Iterator[str]:
+        """Yield every wanted file below ``directory``, pruning ignored directories."""
+        for parent, dirs, files in os.walk(directory):
+            dirs[:] = [d for d in dirs if (r := self.relative(os.path.join(parent, d))) and not self.ignored(r)]
+            for name in files:
+                path = os.path.join(parent, name)
+                relative = self.relative(path)
+                if relative is not None and not self.ignored(relative) and self.wanted(relative):
+                    yield path
+
+
+def _stamp(path: str) -> tuple[int, int] | None:
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_mtime_ns, stat.st_size
+
+
+def _net_changes(
+    changes: set[tuple[Change, str]], watch_filter: WatchFilter, scanned: dict[str, tuple[int, int] | None]
+) -> list[FileChange]:
+    """Reduce a burst to one change per file, sorted by path; directories are left out.
+
+    ``scanned`` holds the files found in new directories by the previous burst and
+    is replaced by this burst's: a file's own event that arrives one burst after the
+    scan that reported it is not reported again unless the file changed since.
+    """
     kinds: dict[str, set[Change]] = {}
     for change, path in changes:
         kinds.setdefault(path, set()).add(change)
-    net = []
+    previous = dict(scanned)
+    scanned.clear()
+    net: dict[str, Change] = {}
     for path, seen in kinds.items():
+        if Change.added in seen and os.path.isdir(path):
+            # inotify only watches a new directory once it has seen it, so files
+            # written into it right away (git checkout, cp -r, mv) may have no event
+            # of their own: the directory's contents are the truth.
+            for file in watch_filter.scan(path):
+                net[file] = Change.added
+                scanned[file] = _stamp(file)
+    for path, seen in kinds.items():
+        if path in previous and Change.deleted not in seen and _stamp(path) == previous[path]:
+            continue
         if Change.added in seen and Change.deleted in seen:
             # Deleted and written again, or a temp file that came and went: the disk says which.
             if not os.path.exists(path):
@@ -104,12 +151,11 @@ def _net_changes(changes: set[tuple[Change, str]], watch_filter: WatchFilter) ->
             change = Change.deleted
         else:
             change = Change.modified
-        if change is not Change.deleted and os.path.isdir(path):
+        if path in net or (change is not Change.deleted and os.path.isdir(path)):
             continue
-        relative = watch_filter.relative(path)
-        if relative is not None:
-            net.append((relative, _CHANGE_NAMES[change]))
-    return sorted(net)
+        net[path] = change
+    named = ((watch_filter.relative(path), _CHANGE_NAMES[change]) for path, change in net.items())
+    return sorted((relative, change) for relative, change in named if relative is not None)
 
 
 class _Stop:
@@ -137,6 +183,7 @@ def watch_changes(
     stop = _Stop(on_ready)
 
     def bursts() -> Iterator[list[FileChange]]:
+        scanned: dict[str, tuple[int, int] | None] = {}
         for changes in watch(
             *roots,
             watch_filter=watch_filter,
@@ -146,7 +193,7 @@ def watch_changes(
             rust_timeout=0,
             raise_interrupt=False,
         ):
-            burst = _net_changes(changes, watch_filter)
+            burst = _net_changes(changes, watch_filter, scanned)
             if burst:
                 yield burst
 

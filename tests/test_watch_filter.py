@@ -13,7 +13,7 @@ from conftest import WAIT
 from watchfiles import Change
 
 from devbus.globs import expand_braces, glob_regex, split_patterns
-from devbus.watch import FileChange, WatchFilter, batch_data, watch_changes
+from devbus.watch import FileChange, WatchFilter, _net_changes, batch_data, watch_changes
 
 
 def test_comma_lists_keep_commas_inside_braces() -> None:
@@ -178,3 +178,34 @@ def test_bursts_report_one_net_change_per_file(tmp_path: Path) -> None:
     assert ("src/gone.ts", "deleted") in changes
     unwanted = ("src/kept.ts.tmp", "src/sub", "node_modules", "node_modules/x.js")
     assert not [c for c in changes if c[0] in unwanted], "temp file, directory or ignored path reported"
+
+
+def test_files_written_into_a_new_directory_at_once_are_all_reported(tmp_path: Path) -> None:
+    """Regression: inotify watches a new directory only after seeing it, and lost files written at once."""
+    with Watching(tmp_path, globs=["*.ts"]) as watching:
+        (tmp_path / "checkout" / "deep").mkdir(parents=True)
+        (tmp_path / "checkout" / "node_modules").mkdir()
+        names = [f"checkout/f{i:03d}.ts" for i in range(300)] + ["checkout/deep/g.ts"]
+        for name in [*names, "checkout/deep/g.js", "checkout/node_modules/h.ts"]:
+            (tmp_path / name).write_text("x")
+        (tmp_path / "zz.ts").write_text("last")
+        changes = watching.wait_for(("zz.ts", "added"))
+    assert sorted(changes) == sorted([(name, "added") for name in names] + [("zz.ts", "added")])
+
+
+def test_a_file_found_by_a_scan_is_not_reported_again_by_its_own_late_event(tmp_path: Path) -> None:
+    """A file written after its directory's burst closed shows up in the scan and, later, in its own event."""
+    (tmp_path / "new").mkdir()
+    (tmp_path / "new" / "same.ts").write_text("x")
+    (tmp_path / "new" / "changed.ts").write_text("x")
+    watch_filter = WatchFilter([str(tmp_path)])
+    scanned: dict[str, tuple[int, int] | None] = {}
+    first = _net_changes({(Change.added, str(tmp_path / "new"))}, watch_filter, scanned)
+    assert first == [("new/changed.ts", "added"), ("new/same.ts", "added")]
+
+    (tmp_path / "new" / "changed.ts").write_text("written again")
+    late = {(Change.added, str(tmp_path / "new" / name)) for name in ("same.ts", "changed.ts")}
+    assert _net_changes(late, watch_filter, scanned) == [("new/changed.ts", "added")]
+    assert _net_changes({(Change.modified, str(tmp_path / "new" / "same.ts"))}, watch_filter, scanned) == [
+        ("new/same.ts", "modified")
+    ]
