@@ -242,6 +242,7 @@ def watch(
             check_name(value, field=name, max_length=MAX_SOURCE_LENGTH if name == "--source" else MAX_TYPE_LENGTH)
         except InvalidEvent as exc:
             raise click.BadParameter(str(exc), param_hint=name) from exc
+    configure_logging("warning", secrets=[token])  # the client's own warnings: bus gone, bus back
     roots = [os.path.abspath(path) for path in paths]
     watch_filter = WatchFilter(roots, globs=split_patterns(globs), ignores=split_patterns(ignores))
     out = click.echo
