@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 import click
 
 from devbus import __version__
+from devbus.commands import emit, history, listen
 from devbus.envelope import MAX_SOURCE_LENGTH, MAX_TYPE_LENGTH, check_name
 from devbus.errors import DevbusError, InvalidEvent
 from devbus.globs import split_patterns
@@ -268,3 +269,7 @@ def watch(
     except KeyboardInterrupt:
         # Only a second Ctrl-C gets here: the user chose not to wait for the last burst.
         raise click.exceptions.Exit(130) from None
+
+
+for _command in (emit, listen, history):
+    main.add_command(_command)

@@ -35,7 +35,10 @@ __all__ = ["AsyncPublisher", "Publisher", "emit"]
 log = logging.getLogger(__name__)
 
 POLL_MS = 100  # how often a blocked send re-checks whether the bus went away
+AWAY_LINGER_S = 5.0  # longest a close waits for a bus that is away
 RETRY_S = 0.005  # longest an async send waits for room before trying again
+NOBLOCK = int(zmq.NOBLOCK)  # plain ints: pyzmq's enum flags cost per call
+SNDMORE = int(zmq.SNDMORE)
 _WATCHED = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
 
 
@@ -109,7 +112,13 @@ class _Link:
         try:
             # A blocking send sleeps until the queue has room (up to SNDTIMEO); poll()
             # cannot do that wait, because an XPUB always reports POLLOUT.
-            self.socket.send_multipart(frames, 0 if block else zmq.NOBLOCK, copy=False)
+            # While the bus is known to be away a full queue cannot drain, so do not wait.
+            flags = 0 if block and self.connected else NOBLOCK
+            # Two plain sends rather than send_multipart, whose per-call overhead
+            # is several times the send; an XPUB checks its queue on the first
+            # frame only, so the second one never fails on its own.
+            self.socket.send(frames[0], flags | SNDMORE)
+            self.socket.send(frames[1], flags)
             return True
         except zmq.Again:
             pass
@@ -141,6 +150,9 @@ class _Link:
             return
         self.refresh()
         if not self.connected:
+            # Waiting the full linger for a bus that is not there would hold a
+            # script's exit; a restart in progress still gets a few seconds.
+            linger = min(linger, AWAY_LINGER_S)
             log.warning("devbus at %s is away; held events get %gs to be delivered", self.address, linger)
         self._teardown(int(linger * 1000))
 
