@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import time
@@ -81,6 +82,7 @@ class Dispatcher:
         self._buffer = subscriber_buffer
         self._max_subscribers = max_subscribers
         self._groups: dict[tuple[tuple[str, ...], bool], _Group] = {}
+        self._unflushed: dict[_Group, None] = {}
         self._count = 0
         self._listeners: list[Listener] = []
         metrics.watch(metrics.subscribers, lambda: self._count)
@@ -148,8 +150,19 @@ class Dispatcher:
             deliveries += width * len(frames)
             for outlet in list(group.outlets):
                 outlet.push(chunk)
+            if not self._unflushed:
+                asyncio.get_running_loop().call_soon(self._flush)
+            self._unflushed[group] = None
         if deliveries:
             self.metrics.deliveries.inc(deliveries)
+
+    def _flush(self) -> None:
+        # Runs once per loop turn after every publish of that turn, so that all
+        # the events a turn accepted leave in one write per subscriber.
+        groups, self._unflushed = self._unflushed, {}
+        for group in groups:
+            for outlet in list(group.outlets):
+                outlet.flush()
 
     def subscribe(self, type_filter: TypeFilter, *, named: bool, since: str | None, first: bytes) -> Outlet:
         """Register a subscriber; queue ``first``, then any replay after ``since``."""

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp_sse import EventSourceResponse
 
 from devbus.envelope import encode_json, sse_frame
 from devbus.filters import TypeFilter, parse_patterns
 from devbus.keys import DISPATCHER, SETTINGS
+from devbus.outlet import WriteNow
 
 __all__ = ["stream_events"]
 
@@ -29,6 +30,23 @@ def _resume_id(request: web.Request) -> str | None:
         if value:
             return value
     return None
+
+
+def _socket_writer(request: web.Request, response: web.StreamResponse) -> WriteNow:
+    """Write a chunk straight to the socket, framed as aiohttp frames it; False if the socket is backed up."""
+    transport = request.transport
+    protocol = request.protocol
+    chunked = response.headers.get(hdrs.TRANSFER_ENCODING) == "chunked"
+
+    def write_now(chunk: bytes) -> bool:
+        # A paused protocol means the socket's buffer is over its high-water mark:
+        # then the stream's task writes through aiohttp, which waits for it to drain.
+        if transport is None or transport.is_closing() or protocol.writing_paused:
+            return False
+        transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
+        return True
+
+    return write_now
 
 
 async def stream_events(request: web.Request) -> web.StreamResponse:
@@ -51,6 +69,7 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
     response = EventSourceResponse(ping_interval=settings.heartbeat, sep="\n")
     try:
         await response.prepare(request)
+        outlet.write_now = _socket_writer(request, response)
         while (chunk := await outlet.take(idle=settings.heartbeat)) is not None:
             if chunk:
                 await response.write(chunk)

@@ -8,6 +8,7 @@ that the generator stays well below the bus in CPU.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import resource
@@ -54,7 +55,12 @@ class Tally:
             self.done.set()
 
 
-class Sink(asyncio.Protocol):
+# Sinks read into one shared buffer: each read is counted before the next one starts.
+_BUFFER = bytearray(256 * 1024)
+_VIEW = memoryview(_BUFFER)
+
+
+class Sink(asyncio.BufferedProtocol):
     """One SSE subscriber that counts frames; optionally checks ids and samples latency."""
 
     def __init__(self, request: bytes, *, check_ids: bool = False, latencies: list[int] | None = None) -> None:
@@ -78,23 +84,25 @@ class Sink(asyncio.Protocol):
         self.transport = transport
         transport.write(self.request)
 
-    def data_received(self, data: bytes) -> None:
-        self.bytes += len(data)
-        found = data.count(FRAME)
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return _VIEW
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.bytes += nbytes
+        found = _BUFFER.count(FRAME, 0, nbytes)
         if self._tail:
             # A marker split across two reads starts in the last bytes of the previous one.
-            found += (self._tail + data[: len(FRAME) - 1]).count(FRAME)
-        self._tail = data[-(len(FRAME) - 1) :]
+            found += (self._tail + _BUFFER[: len(FRAME) - 1]).count(FRAME)
+        self._tail = bytes(_BUFFER[max(0, nbytes - len(FRAME) + 1) : nbytes])
         if found:
             if self.frames < 0 and not self.connected.done():
                 self.connected.set_result(None)
             self.frames += found
         if self.check_ids or self.latencies is not None:
-            self._inspect(data)
-        if found:
-            if self.tally is not None and self.frames >= self.target >= 0:
-                self.target = -1
-                self.tally.reached()
+            self._inspect(bytes(_BUFFER[:nbytes]))
+        if found and self.tally is not None and self.frames >= self.target >= 0:
+            self.target = -1
+            self.tally.reached()
 
     def _inspect(self, data: bytes) -> None:
         buffer = self._carry + data
@@ -102,7 +110,8 @@ class Sink(asyncio.Protocol):
         if end < 0:
             self._carry = buffer
             return
-        whole, self._carry = buffer[: end + 2], buffer[end + 2 :]
+        # Keep the newline that ends the last whole frame: the next id line's pattern starts with it.
+        whole, self._carry = buffer[: end + 1], buffer[end + 1 :]
         if self.check_ids:
             for match in _ID.finditer(whole):
                 seq = int(match.group(1))
@@ -238,6 +247,42 @@ async def post_events(url: str, bodies: Callable[[int], bytes], count: int, *, i
         await asyncio.gather(*(worker(session) for _ in range(in_flight)))
 
 
+def http_publish(
+    url: str, count: int, *, in_flight: int, size: int = 0, per_batch: int = 0, report: Any = None
+) -> dict[str, float]:
+    """POST ``count`` events to ``url`` (in a child process): one per request, or ``per_batch`` per request."""
+    body = webhook_body(size)
+    requests = count
+    bodies = body
+    if per_batch:
+        requests = -(-count // per_batch)
+
+        def bodies(index: int) -> bytes:
+            first = index * per_batch
+            items = b",".join(body(n) for n in range(first, min(count, first + per_batch)))
+            return b'{"events":[' + items + b"]}"
+
+    started = time.monotonic()
+    asyncio.run(post_events(url, bodies, requests, in_flight=in_flight))
+    result = {"started": started, "finished": time.monotonic(), "cpu": cpu_self()}
+    if report is not None:
+        report.send(result)
+    return result
+
+
+def webhook_body(size: int = 0) -> Callable[[int], bytes]:
+    """A function building the JSON body of the webhook POST for event number ``index``."""
+    pad = "x" * size
+
+    def body(index: int) -> bytes:
+        data: dict[str, Any] = {"n": index}
+        if pad:
+            data["pad"] = pad
+        return json.dumps({"event_type": "bench.tick", "data": data}).encode()
+
+    return body
+
+
 def zmq_publish(
     endpoint: str,
     count: int,
@@ -283,8 +328,7 @@ def zmq_publish(
                 except zmq.Again:
                     sock.poll(1000, zmq.POLLOUT)
         finished = time.monotonic()
-        usage = resource.getrusage(resource.RUSAGE_SELF)
-        result = {"started": started, "finished": finished, "cpu": usage.ru_utime + usage.ru_stime}
+        result = {"started": started, "finished": finished, "cpu": cpu_self()}
     finally:
         sock.close(linger=int(timeout * 1000))
         context.term()
