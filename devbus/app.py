@@ -8,9 +8,11 @@ from aiohttp import web
 
 from devbus import views
 from devbus.dispatcher import Dispatcher
-from devbus.keys import DISPATCHER, ENDPOINTS, METRICS, SETTINGS, STARTED
+from devbus.filters import TypeFilter, parse_patterns
+from devbus.forward import Forwarder
+from devbus.keys import DISPATCHER, ENDPOINTS, FORWARDER, METRICS, SETTINGS, STARTED
 from devbus.metrics import Metrics
-from devbus.security import add_cors_headers, guard
+from devbus.security import add_cors_headers, expect_continue, guard
 from devbus.settings import Settings
 from devbus.sse import stream_events
 
@@ -34,21 +36,31 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app[ENDPOINTS] = {}
     app[DISPATCHER] = Dispatcher(
         history=settings.history,
+        history_bytes=settings.history_bytes,
         subscriber_buffer=settings.subscriber_buffer,
         max_subscribers=settings.max_subscribers,
         metrics=metrics,
     )
+    forwarder = Forwarder(
+        settings.forward,
+        types=TypeFilter(parse_patterns(settings.forward_types)),
+        limit=settings.forward_queue,
+        metrics=metrics,
+    )
+    app[FORWARDER] = forwarder
+    app[DISPATCHER].add_listener(forwarder)
+    app.cleanup_ctx.append(forwarder.run)
     api = settings.api
-    app.router.add_post(f"{api}/webhook", views.webhook)
-    app.router.add_post(f"{api}/trigger", views.trigger)
-    app.router.add_post(f"{api}/batch", views.batch)
+    app.router.add_post(f"{api}/webhook", views.webhook, expect_handler=expect_continue)
+    app.router.add_post(f"{api}/trigger", views.trigger, expect_handler=expect_continue)
+    app.router.add_post(f"{api}/batch", views.batch, expect_handler=expect_continue)
     app.router.add_get(f"{api}/events", stream_events)
     app.router.add_get(f"{api}/history", views.history)
     app.router.add_get(f"{api}/health", views.health)
     app.router.add_get("/metrics", views.metrics)
-    app.router.add_get("/", views.static_file("dashboard.html"))
-    app.router.add_get("/devbus.js", views.static_file("devbus.js"))
-    app.router.add_get("/devbus.d.ts", views.static_file("devbus.d.ts"))
+    app.router.add_get("/", views.static_file("dashboard.html", prefix=api))
+    for name in ("dashboard.js", "devbus.js", "devbus.d.ts"):
+        app.router.add_get(f"/{name}", views.static_file(name, prefix=api))
     app.on_response_prepare.append(add_cors_headers)
     app.on_shutdown.append(_close_streams)
     return app

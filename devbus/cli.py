@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
 import re
 from typing import Any
@@ -14,6 +13,7 @@ import click
 
 from devbus import __version__
 from devbus.errors import DevbusError
+from devbus.logs import configure_logging
 from devbus.server import serve
 from devbus.settings import DEFAULT_EGRESS, DEFAULT_HOST, DEFAULT_INGEST, DEFAULT_PORT, DEFAULT_URL, Settings
 
@@ -110,6 +110,14 @@ def _url_default(part: str) -> str | int:
     help="Events retained for replay.",
 )
 @click.option(
+    "--history-bytes",
+    envvar="DEVBUS_HISTORY_BYTES",
+    callback=_size,
+    default="64MiB",
+    show_default=True,
+    help="Encoded bytes of events retained for replay (oldest dropped first).",
+)
+@click.option(
     "--heartbeat",
     envvar="DEVBUS_HEARTBEAT",
     type=click.FloatRange(0.1, 3600),
@@ -153,6 +161,14 @@ def _url_default(part: str) -> str | int:
 @click.option(
     "--forward-types", envvar="DEVBUS_FORWARD_TYPES", multiple=True, help="Only forward events matching these globs."
 )
+@click.option(
+    "--forward-queue",
+    envvar="DEVBUS_FORWARD_QUEUE",
+    type=click.IntRange(1),
+    default=10_000,
+    show_default=True,
+    help="Events queued per forward target while it is down (oldest dropped beyond).",
+)
 @click.option("--quiet", "-q", envvar="DEVBUS_QUIET", is_flag=True, help="Do not print a line per event.")
 @click.option(
     "--log-level",
@@ -163,7 +179,7 @@ def _url_default(part: str) -> str | int:
 )
 def run(quiet: bool, log_level: str, **options: Any) -> None:
     """Start the bus and print its URLs, then a line per event."""
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(log_level, secrets=[options["token"]])
     for name in ("ingest", "egress"):
         options[name] = options[name] or None
     for name in ("allow_origins", "allow_hosts", "forward", "forward_types"):

@@ -69,12 +69,13 @@ class Dispatcher:
         self,
         *,
         history: int,
+        history_bytes: int | None = None,
         subscriber_buffer: int,
         max_subscribers: int,
         metrics: Metrics,
     ) -> None:
         self.run = secrets.token_hex(4)
-        self.history = History(history)
+        self.history = History(history, max_bytes=history_bytes)
         self.metrics = metrics
         self.total = 0
         self._seq = 0

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import hmac
 import re
 from typing import Any
 
 import msgspec
 
-from devbus.errors import InvalidEvent, MalformedInput
+from devbus.errors import InvalidEvent, MalformedInput, Unauthorized
 
 __all__ = [
     "BatchIn",
@@ -72,6 +73,7 @@ class WireEventIn(msgspec.Struct, frozen=True):
     type: str
     data: dict[str, Any] | None = None
     source: str | None = None
+    token: str | None = None  # the bus's --token, when it has one
 
 
 def check_name(value: str, *, field: str, max_length: int = MAX_TYPE_LENGTH) -> str:
@@ -106,6 +108,8 @@ def _decode_json(body: bytes) -> object:
         return msgspec.json.decode(body)
     except msgspec.DecodeError as exc:
         raise MalformedInput(f"Body is not valid JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise MalformedInput(f"Body nests too deeply to be an event: {exc}") from exc
 
 
 _HTTP_SHAPE = 'expected {"event_type": str, "data": object, "source"?: str}'
@@ -133,14 +137,28 @@ def decode_batch(body: bytes, *, default_source: str) -> list[Draft]:
     return drafts
 
 
-def decode_wire_event(payload: bytes, *, default_source: str = "zmq") -> Draft:
-    """Decode and validate the MessagePack body of a ZeroMQ ingest message."""
+def decode_wire_event(payload: bytes, *, default_source: str = "zmq", token: str | None = None) -> Draft:
+    """Decode and validate the MessagePack body of a ZeroMQ ingest message (and its token, if one is set)."""
     try:
         obj = msgspec.msgpack.decode(payload)
     except msgspec.DecodeError as exc:
         raise MalformedInput(f"Body is not valid MessagePack: {exc}") from exc
+    except RecursionError as exc:
+        raise MalformedInput(f"Body nests too deeply to be an event: {exc}") from exc
     incoming: WireEventIn = _convert(obj, WireEventIn, 'expected {"type": str, "data": map, "source"?: str}')
-    return _draft(incoming.type, incoming.data, incoming.source, default_source=default_source, at="type")
+    if token is not None and not hmac.compare_digest((incoming.token or "").encode(), token.encode()):
+        raise Unauthorized(
+            "missing or wrong `token`: this bus was started with --token, so send it in the message's "
+            "`token` field (devbus clients take it from DEVBUS_TOKEN)"
+        )
+    draft = _draft(incoming.type, incoming.data, incoming.source, default_source=default_source, at="type")
+    try:
+        # MessagePack can carry what JSON cannot (extension types, maps keyed by
+        # null or bool); refuse it here rather than fail while fanning out.
+        _json_encoder.encode(draft.data)
+    except (TypeError, ValueError) as exc:
+        raise InvalidEvent(f"`data` must hold only JSON values: {exc}") from exc
+    return draft
 
 
 _json_encoder = msgspec.json.Encoder()

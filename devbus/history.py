@@ -37,15 +37,30 @@ class Entry:
 class History:
     """The newest ``maxlen`` entries, oldest first, with consecutive seq numbers."""
 
-    def __init__(self, maxlen: int) -> None:
-        self._entries: deque[Entry] = deque(maxlen=maxlen)
+    def __init__(self, maxlen: int, *, max_bytes: int | None = None) -> None:
+        self._entries: deque[Entry] = deque()
+        self._maxlen = maxlen
+        # Count alone would let 10,000 events of 1 MiB each hold 10 GiB.
+        self._max_bytes = max_bytes
+        self._bytes = 0
 
     def __len__(self) -> int:
         return len(self._entries)
 
+    @property
+    def size(self) -> int:
+        """Bytes of encoded events retained."""
+        return self._bytes
+
     def append(self, entry: Entry) -> None:
-        """Retain ``entry``, dropping the oldest one when full."""
-        self._entries.append(entry)
+        """Retain ``entry``, dropping the oldest ones past the count or byte limit."""
+        entries = self._entries
+        entries.append(entry)
+        self._bytes += len(entry.json)
+        while len(entries) > self._maxlen or (
+            self._max_bytes is not None and self._bytes > self._max_bytes and len(entries) > 1
+        ):
+            self._bytes -= len(entries.popleft().json)
 
     @property
     def first_seq(self) -> int | None:

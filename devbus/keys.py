@@ -5,10 +5,11 @@ from __future__ import annotations
 from aiohttp import web
 
 from devbus.dispatcher import Dispatcher
+from devbus.forward import Forwarder
 from devbus.metrics import Metrics
 from devbus.settings import Settings
 
-__all__ = ["DISPATCHER", "ENDPOINTS", "METRICS", "SETTINGS", "STARTED"]
+__all__ = ["DISPATCHER", "ENDPOINTS", "FORWARDER", "METRICS", "SETTINGS", "STARTED"]
 
 SETTINGS = web.AppKey("settings", Settings)
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
@@ -17,3 +18,6 @@ STARTED = web.AppKey("started", float)  # time.monotonic() at start
 
 # Where background services listen (name → bound address), for the banner.
 ENDPOINTS = web.AppKey("endpoints", dict[str, str])
+
+# Forward targets (devbus run --forward), for the health endpoint.
+FORWARDER = web.AppKey("forwarder", Forwarder)

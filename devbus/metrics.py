@@ -28,6 +28,41 @@ class Metrics:
         self.subscribers = Gauge("devbus_subscribers", "Connected SSE subscribers.", registry=self.registry)
         self.history = Gauge("devbus_history_events", "Events retained for replay.", registry=self.registry)
         self._sources: set[str] = set()
+        # Forwarding (devbus run --forward), labelled by target URL without query or credentials.
+        target = ["target"]
+        self.forwarded = Counter(
+            "devbus_forwarded", "Events delivered to a forward target.", target, registry=self.registry
+        )
+        self.forward_failures = Counter(
+            "devbus_forward_failures",
+            "Forward attempts that failed and will be retried.",
+            target,
+            registry=self.registry,
+        )
+        self.forward_rejected = Counter(
+            "devbus_forward_rejected",
+            "Events a forward target refused (4xx); not retried.",
+            target,
+            registry=self.registry,
+        )
+        self.forward_dropped = Counter(
+            "devbus_forward_dropped", "Events dropped from a full forward queue.", target, registry=self.registry
+        )
+        self.forward_skipped = Counter(
+            "devbus_forward_skipped",
+            "Events not sent back to the target they came from.",
+            target,
+            registry=self.registry,
+        )
+        self.forward_queue = Gauge(
+            "devbus_forward_queue", "Events waiting for a forward target.", target, registry=self.registry
+        )
+        self.forward_up = Gauge(
+            "devbus_forward_up",
+            "Whether a forward target is reachable (1) or down (0).",
+            target,
+            registry=self.registry,
+        )
 
     def count_in(self, source: str, amount: int = 1) -> None:
         """Count accepted events from ``source``."""

@@ -8,38 +8,62 @@ bodies. Refusals are JSON errors that say what to change.
 
 from __future__ import annotations
 
+import functools
 import hmac
 import ipaddress
+import re
 from collections.abc import Awaitable, Callable
-from urllib.parse import urlsplit
 
 from aiohttp import web
+from aiohttp.http import HttpVersion11
 
-from devbus.errors import BodyTooLarge, DevbusError, Forbidden, Unauthorized, UnsupportedMediaType
+from devbus.errors import (
+    BodyTooLarge,
+    ConfigError,
+    DevbusError,
+    Forbidden,
+    Unauthorized,
+    UnsupportedMediaType,
+)
 from devbus.keys import METRICS, SETTINGS
 from devbus.settings import Settings
 
 __all__ = [
     "add_cors_headers",
+    "check_allowlists",
     "error_response",
+    "expect_continue",
     "guard",
     "host_allowed",
     "is_loopback_host",
     "origin_allowed",
     "read_body",
+    "token_matches",
 ]
 
-LOOPBACK_ORIGIN_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]"})
 ALLOW_METHODS = "GET, POST, OPTIONS"
 ALLOW_HEADERS = "Authorization, Content-Type, Last-Event-ID, Cache-Control"
 PREFLIGHT_MAX_AGE = "600"
+# Served without a token: the same bytes in every install, and a page has to load
+# before it can read ?token= from its own URL. Host and Origin still apply.
+PUBLIC_FILES = frozenset({"/", "/devbus.js", "/devbus.d.ts"})
+DEFAULT_PORTS = {"http": 80, "https": 443}
+WILDCARD_BINDS = frozenset({"", "0.0.0.0", "::", "*"})
+
+# Parsed by hand rather than with urllib, which silently drops tabs and newlines
+# and tolerates userinfo, paths and fragments that have no place in these headers.
+_HOST = re.compile(r"(?:\[(?P<ipv6>[0-9A-Fa-f:.]+)\]|(?P<name>[A-Za-z0-9._-]+))(?::(?P<port>[0-9]{1,5}))?")
+_ORIGIN = re.compile(
+    r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(?::(?P<port>[0-9]{1,5}))?"
+)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Origin = tuple[str, str, int | None]
 
 
 def is_loopback_host(host: str) -> bool:
     """Whether ``host`` (no port, IPv6 without brackets) names this machine only."""
-    host = host.lower().rstrip(".")
+    host = host.lower().removesuffix(".")
     if host == "localhost" or host.endswith(".localhost"):
         return True
     try:
@@ -48,81 +72,145 @@ def is_loopback_host(host: str) -> bool:
         return False
 
 
-def _split_host_header(value: str) -> str | None:
-    """Return the host part of a Host header, or None if it is malformed."""
-    try:
-        parts = urlsplit(f"//{value}")
-        hostname = parts.hostname
-        parts.port  # noqa: B018 - raises ValueError on a bad port
-    except ValueError:
+def _parse_host(value: str) -> tuple[str, int | None] | None:
+    """Split a Host header into (lowercase host, port), or None if it is malformed."""
+    match = _HOST.fullmatch(value)
+    if match is None:
         return None
-    if not hostname or parts.username is not None or parts.path or parts.query:
+    port = int(match["port"]) if match["port"] else None
+    if port is not None and port > 65535:
         return None
-    return hostname
+    host = (match["ipv6"] or match["name"]).lower()
+    if match["ipv6"] is not None:
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            return None
+    return host, port
+
+
+@functools.lru_cache(maxsize=8)
+def _extra_hosts(allow_hosts: tuple[str, ...], bind: str) -> frozenset[str]:
+    names = {name.lower().strip("[]").removesuffix(".") for name in allow_hosts}
+    # An address the bus was told to bind to names it; an IP literal cannot be rebound.
+    if bind not in WILDCARD_BINDS:
+        names.add(bind.lower().strip("[]"))
+    return frozenset(names)
 
 
 def host_allowed(value: str | None, settings: Settings) -> bool:
     """Whether a Host header names the bus itself (guards against DNS rebinding)."""
-    if not value:
+    parsed = _parse_host(value) if value else None
+    if parsed is None:
         return False
-    hostname = _split_host_header(value)
-    if hostname is None:
-        return False
-    return is_loopback_host(hostname) or hostname in settings.allow_hosts or value in settings.allow_hosts
+    host, port = parsed
+    if is_loopback_host(host):
+        return True
+    extra = _extra_hosts(settings.allow_hosts, settings.host)
+    host = host.removesuffix(".")
+    return host in extra or (port is not None and f"{host}:{port}" in extra)
+
+
+def _parse_origin(value: str) -> Origin | None:
+    """Split a serialized origin into (scheme, host, port), default port filled in."""
+    match = _ORIGIN.fullmatch(value)
+    if match is None:
+        return None
+    scheme = match["scheme"].lower()
+    port = int(match["port"]) if match["port"] else DEFAULT_PORTS.get(scheme)
+    if port is not None and port > 65535:
+        return None
+    return scheme, match["host"].lower(), port
+
+
+@functools.lru_cache(maxsize=8)
+def _extra_origins(allow_origins: tuple[str, ...]) -> frozenset[Origin]:
+    return frozenset(origin for value in allow_origins if (origin := _parse_origin(value)) is not None)
 
 
 def origin_allowed(origin: str, settings: Settings) -> bool:
     """Whether a browser Origin is a loopback page or one given with --allow-origin."""
-    if origin in settings.allow_origins:
+    # "null" is what sandboxed iframes and file:// pages send, whoever serves them.
+    parsed = _parse_origin(origin)
+    if parsed is None:
+        return False
+    scheme, host, _ = parsed
+    if scheme in DEFAULT_PORTS and is_loopback_host(host.strip("[]")):
         return True
-    try:
-        parts = urlsplit(origin)
-        port = parts.port
-    except ValueError:
-        return False
-    if parts.scheme not in ("http", "https") or parts.username is not None or parts.password is not None:
-        return False
-    netloc = parts.netloc.lower()
-    host = netloc.rsplit(":", 1)[0] if port is not None else netloc
-    rebuilt = f"{parts.scheme}://{netloc}"
-    # Compare the whole origin as rebuilt from its parts, so that no path, query,
-    # userinfo or trailing text can ride along ("http://localhost.evil.com" fails).
-    return host in LOOPBACK_ORIGIN_HOSTS and rebuilt == origin
+    return parsed in _extra_origins(settings.allow_origins)
+
+
+def check_allowlists(settings: Settings) -> None:
+    """Refuse --allow-origin / --allow-host values that could never match, or match anyone."""
+    for value in settings.allow_origins:
+        if _parse_origin(value) is None:
+            raise ConfigError(
+                f"--allow-origin {value!r} is not an origin: write it as scheme://host[:port] with no path, "
+                "e.g. https://app.example.test ('null' and '*' are never allowed)"
+            )
+    for value in settings.allow_hosts:
+        if _parse_host(value.removesuffix(".")) is None:
+            raise ConfigError(f"--allow-host {value!r} is not a host name: write it as NAME or NAME:PORT")
+
+
+def token_matches(given: str | bytes, token: str) -> bool:
+    """Compare a presented token with the bus's in constant time."""
+    given_bytes = given.encode() if isinstance(given, str) else given
+    return hmac.compare_digest(given_bytes, token.encode())
 
 
 def _token_ok(request: web.Request, token: str) -> bool:
-    header = request.headers.get("Authorization", "")
-    scheme, _, value = header.partition(" ")
+    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer":
         value = request.query.get("token", "")
-    return hmac.compare_digest(value.strip().encode(), token.encode())
+    return token_matches(value.strip(), token)
 
 
 def error_response(request: web.Request, error: DevbusError) -> web.Response:
     """Turn a domain error into the JSON error response, counting the refusal."""
     request.app[METRICS].reject(error.reason)
-    return web.json_response({"success": False, "error": str(error)}, status=error.status)
+    response = web.json_response({"success": False, "error": str(error)}, status=error.status)
+    if not request.content.is_eof():
+        # Close instead of draining a body we refused: a client streaming
+        # gigabytes learns at once, and the bus reads no more of it.
+        response.force_close()
+    return response
 
 
-def _check(request: web.Request, settings: Settings) -> None:
-    host = request.headers.get("Host")
-    if not host_allowed(host, settings):
+def _check_request(request: web.Request, settings: Settings) -> None:
+    hosts = request.headers.getall("Host", [])
+    if len(hosts) != 1 or not host_allowed(hosts[0], settings):
+        shown = hosts[0] if len(hosts) == 1 else hosts
         raise Forbidden(
-            f"Host {host!r} is not allowed; use localhost or a loopback address, "
+            f"Host {shown!r} is not allowed; use localhost or a loopback address, "
             "or start the bus with --allow-host NAME",
             reason="forbidden_host",
         )
-    origin = request.headers.get("Origin")
-    if origin is not None and not origin_allowed(origin, settings):
+    origins = request.headers.getall("Origin", [])
+    if len(origins) > 1 or (origins and not origin_allowed(origins[0], settings)):
+        shown = origins[0] if len(origins) == 1 else origins
         raise Forbidden(
-            f"Origin {origin!r} is not allowed; pages on http(s)://localhost, 127.0.0.1 or [::1] "
+            f"Origin {shown!r} is not allowed; pages on http(s)://localhost, 127.0.0.1 or [::1] "
             "are, and others can be added with --allow-origin",
             reason="forbidden_origin",
         )
-    if request.headers.get("Sec-Fetch-Site") == "cross-site" and request.headers.get("Sec-Fetch-Mode") == "no-cors":
+    # <img>, <script> and no-cors fetch() send no Origin on GET, but modern
+    # browsers do say where a request comes from.
+    site = request.headers.get("Sec-Fetch-Site", "").lower()
+    if site == "cross-site" and request.headers.get("Sec-Fetch-Mode", "").lower() == "no-cors":
         raise Forbidden(
             "Cross-site no-cors requests are refused; use fetch() with CORS from an allowed origin",
-            reason="forbidden_origin",
+            reason="forbidden_cross_site",
+        )
+
+
+def _check_token(request: web.Request, settings: Settings) -> None:
+    if not settings.token or request.path == f"{settings.api}/health" or request.path in PUBLIC_FILES:
+        return
+    if not _token_ok(request, settings.token):
+        raise Unauthorized(
+            "Missing or wrong token: send 'Authorization: Bearer <token>' or ?token=<token> "
+            "(the token the bus was started with, DEVBUS_TOKEN)"
         )
 
 
@@ -131,14 +219,10 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Refuse disallowed requests before any work; answer preflights; map errors."""
     settings = request.app[SETTINGS]
     try:
-        _check(request, settings)
+        _check_request(request, settings)
         if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
             return web.Response(status=204)
-        if settings.token and not request.path.endswith("/health") and not _token_ok(request, settings.token):
-            raise Unauthorized(
-                "Missing or wrong token: send 'Authorization: Bearer <token>' or ?token=<token> "
-                "(the token the bus was started with, DEVBUS_TOKEN)"
-            )
+        _check_token(request, settings)
         return await handler(request)
     except DevbusError as error:
         return error_response(request, error)
@@ -147,31 +231,67 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
 async def add_cors_headers(request: web.Request, response: web.StreamResponse) -> None:
     """Echo an allowed Origin (never '*'), on every response including streams."""
     response.headers["Vary"] = "Origin"
+    settings = request.app[SETTINGS]
     origin = request.headers.get("Origin")
-    if origin is None or not origin_allowed(origin, request.app[SETTINGS]):
+    if origin is None or not origin_allowed(origin, settings) or not host_allowed(request.host, settings):
         return
     response.headers["Access-Control-Allow-Origin"] = origin
     if request.method == "OPTIONS":
         response.headers["Access-Control-Allow-Methods"] = ALLOW_METHODS
         response.headers["Access-Control-Allow-Headers"] = ALLOW_HEADERS
         response.headers["Access-Control-Max-Age"] = PREFLIGHT_MAX_AGE
+        if request.headers.get("Access-Control-Request-Private-Network") == "true":
+            # Chrome asks before a public page (one given with --allow-origin) may reach localhost.
+            response.headers["Access-Control-Allow-Private-Network"] = "true"
+
+
+def _check_media_type(request: web.Request) -> None:
+    values = request.headers.getall("Content-Type", [])
+    charset = (request.charset or "utf-8").lower()
+    if len(values) != 1 or request.content_type != "application/json" or charset != "utf-8":
+        shown = values[0] if len(values) == 1 else (values or "none")
+        raise UnsupportedMediaType(
+            f"Content-Type must be application/json (UTF-8), got {shown!r}; "
+            "send the header 'Content-Type: application/json'"
+        )
+
+
+def _too_large(limit: int) -> BodyTooLarge:
+    return BodyTooLarge(f"Body is larger than the limit of {limit} bytes (--max-body); send less or raise the limit")
 
 
 async def read_body(request: web.Request) -> bytes:
     """Read a JSON POST body, refusing other media types and bodies over --max-body."""
-    if request.content_type != "application/json":
-        raise UnsupportedMediaType(
-            f"Content-Type must be application/json (got {request.headers.get('Content-Type', 'none')!r})"
-        )
+    _check_media_type(request)
     limit = request.app[SETTINGS].max_body
-    too_large = BodyTooLarge(f"Body is larger than the limit of {limit} bytes (--max-body)")
     if request.content_length is not None and request.content_length > limit:
-        raise too_large
+        raise _too_large(limit)
+    # Count what actually arrives too: a chunked body declares no length.
     chunks = []
     size = 0
     while chunk := await request.content.readany():
         size += len(chunk)
         if size > limit:
-            raise too_large
+            raise _too_large(limit)
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+async def expect_continue(request: web.Request) -> None:
+    """Answer 'Expect: 100-continue' only for a POST that would be read, so a refused body is never sent."""
+    if request.version != HttpVersion11:
+        return
+    if request.headers.get("Expect", "").lower() != "100-continue":
+        raise web.HTTPExpectationFailed(text=f"Unknown Expect: {request.headers['Expect']}")
+    settings = request.app[SETTINGS]
+    try:
+        _check_request(request, settings)
+        _check_token(request, settings)
+        _check_media_type(request)
+        if request.content_length is not None and request.content_length > settings.max_body:
+            raise _too_large(settings.max_body)
+    except DevbusError:
+        return  # the guard or the view answers with the refusal; the client keeps its body
+    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    # What was written so far is not part of the response (as aiohttp's own handler does).
+    request.writer.output_size = 0

@@ -17,7 +17,8 @@ from devbus.app import create_app
 from devbus.console import EventPrinter
 from devbus.errors import ConfigError
 from devbus.keys import DISPATCHER, ENDPOINTS
-from devbus.security import is_loopback_host
+from devbus.logs import AccessLogger
+from devbus.security import check_allowlists, is_loopback_host
 from devbus.settings import Settings
 
 __all__ = ["check_exposure", "serve"]
@@ -27,23 +28,35 @@ log = logging.getLogger(__name__)
 SHUTDOWN_TIMEOUT = 1.0
 
 
-def _zmq_host(endpoint: str) -> str | None:
-    """The host of a tcp:// endpoint, None for ipc:// and inproc://."""
+def _zmq_is_local(endpoint: str) -> bool:
+    """Whether a ZeroMQ endpoint is reachable from this machine only."""
     parts = urlsplit(endpoint)
-    if parts.scheme != "tcp":
-        return None
-    return parts.netloc.rsplit(":", 1)[0].strip("[]")
+    if parts.scheme in ("ipc", "inproc"):
+        return True
+    if parts.scheme not in ("tcp", "ws"):
+        return False  # pgm, epgm, udp, ...: network transports by nature
+    host = parts.netloc.rsplit(":", 1)[0]
+    # "tcp://src;dst" names a source interface; only the bound part matters here.
+    return is_loopback_host(host.rpartition(";")[2].strip("[]"))
 
 
 def check_exposure(settings: Settings) -> None:
     """Refuse to listen beyond loopback without a token (or an explicit --insecure)."""
-    if settings.token or settings.insecure:
+    if settings.insecure:
+        return
+    # Egress is a PUB socket: anyone who can connect reads every event, and a
+    # token cannot change that, so only --insecure opens it to the network.
+    if settings.egress and not _zmq_is_local(settings.egress):
+        raise ConfigError(
+            f"Refusing to publish events beyond this machine (ZeroMQ egress on {settings.egress}): "
+            "anyone who can connect would read every event, token or not; bind it to 127.0.0.1, "
+            "or pass --insecure if every peer on that network is trusted"
+        )
+    if settings.token:
         return
     exposed = [f"HTTP on {settings.host}"] if not is_loopback_host(settings.host) else []
-    for name, endpoint in (("ingest", settings.ingest), ("egress", settings.egress)):
-        host = _zmq_host(endpoint) if endpoint else None
-        if host is not None and not is_loopback_host(host):
-            exposed.append(f"ZeroMQ {name} on {endpoint}")
+    if settings.ingest and not _zmq_is_local(settings.ingest):
+        exposed.append(f"ZeroMQ ingest on {settings.ingest}")
     if exposed:
         raise ConfigError(
             f"Refusing to listen beyond this machine ({'; '.join(exposed)}) without a token: "
@@ -70,6 +83,11 @@ def _banner(settings: Settings, port: int, app: web.Application) -> str:
         rows.append((name, endpoint))
     lines = [f"devbus {__version__} on {base}"]
     lines += [f"  {name:<10} {where}" for name, where in rows]
+    if settings.token:
+        # Say how to pass the token, never the token itself: output ends up in logs.
+        lines.append(
+            f"  {'token':<10} required: 'Authorization: Bearer <token>' or ?token=<token> (e.g. {base}/?token=...)"
+        )
     lines.append("ready (Ctrl-C to stop)")
     return "\n".join(lines)
 
@@ -78,9 +96,16 @@ async def serve(settings: Settings, *, quiet: bool = False, write: Callable[[str
     """Run the bus until a stop signal, then close every stream and return."""
     out = write or (lambda line: print(line, flush=True))
     check_exposure(settings)
+    check_allowlists(settings)
     _raise_fd_limit()
     app = create_app(settings)
-    runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=SHUTDOWN_TIMEOUT)
+    runner = web.AppRunner(
+        app,
+        access_log=logging.getLogger("devbus.access"),
+        access_log_class=AccessLogger,
+        handler_cancellation=True,
+        shutdown_timeout=SHUTDOWN_TIMEOUT,
+    )
     await runner.setup()
     try:
         site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
@@ -89,13 +114,14 @@ async def serve(settings: Settings, *, quiet: bool = False, write: Callable[[str
         except OSError as exc:
             raise ConfigError(f"Cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}") from exc
         port = runner.addresses[0][1]
-        out(_banner(settings, port, app))
-        if not quiet:
-            app[DISPATCHER].add_listener(EventPrinter(out))
+        # Handle signals before saying "ready": a stop sent right after must still be clean.
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
+        if not quiet:
+            app[DISPATCHER].add_listener(EventPrinter(out))
+        out(_banner(settings, port, app))
         await stop.wait()
         out("devbus stopping")
     finally:

@@ -26,6 +26,7 @@ class Settings:
     allow_hosts: tuple[str, ...] = ()
     insecure: bool = False
     history: int = 10_000
+    history_bytes: int = 64 * MIB
     heartbeat: float = 15.0
     retry_ms: int = 1000
     max_body: int = MIB

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Awaitable, Callable
 from importlib import resources
@@ -13,7 +14,7 @@ from devbus.envelope import decode_batch, decode_http_event
 from devbus.errors import InvalidEvent
 from devbus.filters import TypeFilter, parse_patterns
 from devbus.history import parse_id
-from devbus.keys import DISPATCHER, METRICS, SETTINGS, STARTED
+from devbus.keys import DISPATCHER, FORWARDER, METRICS, SETTINGS, STARTED
 from devbus.metrics import CONTENT_TYPE_LATEST
 from devbus.security import read_body
 
@@ -90,6 +91,7 @@ async def health(request: web.Request) -> web.Response:
             "retained": len(dispatcher.history),
             "run": dispatcher.run,
             "last_id": dispatcher.last_id,
+            "forward": [target.status() for target in request.app[FORWARDER].targets],
         }
     )
 
@@ -102,14 +104,19 @@ async def metrics(request: web.Request) -> web.Response:
 
 _STATIC_TYPES = {
     "dashboard.html": "text/html",
+    "dashboard.js": "text/javascript",
     "devbus.js": "text/javascript",
     "devbus.d.ts": "application/typescript",
 }
+# The browser files name the API prefix once, behind this marker, so the bus can serve them
+# with its own --prefix.
+_PREFIX_MARKER = b'/* devbus:prefix */ "/api/dev"'
 
 
-def static_file(name: str) -> Callable[[web.Request], Awaitable[web.Response]]:
-    """Serve a file shipped in devbus/static, read once at startup."""
+def static_file(name: str, *, prefix: str = "/api/dev") -> Callable[[web.Request], Awaitable[web.Response]]:
+    """Serve a file shipped in devbus/static, read once at startup, with the API prefix filled in."""
     body = resources.files("devbus").joinpath("static", name).read_bytes()
+    body = body.replace(_PREFIX_MARKER, b"/* devbus:prefix */ " + json.dumps(prefix).encode())
     content_type = _STATIC_TYPES[name]
 
     async def handler(request: web.Request) -> web.Response:

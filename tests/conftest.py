@@ -21,6 +21,8 @@ from aiohttp.test_utils import TestClient
 from devbus.app import create_app
 from devbus.settings import Settings
 
+pytest_plugins = ["browser_fixtures"]
+
 ROOT = Path(__file__).resolve().parent.parent
 WAIT = 10.0  # seconds any single wait in a test may take before it fails
 

@@ -1,1 +1,96 @@
-export {};
+// Types for the devbus browser client (GET /devbus.js).
+
+/** One event as the bus delivers it. */
+export interface DevbusEvent<TData = Record<string, unknown>> {
+  /** Opaque, unique, strictly increasing within one run of the bus. */
+  id: string;
+  type: string;
+  data: TData;
+  /** ISO-8601 UTC, e.g. "2026-11-28T14:44:36.480879Z". */
+  timestamp: string;
+  /** "http", "trigger", "zmq", "watch", or what the sender set. */
+  source: string;
+}
+
+/** Data of the control event the bus sends when it cannot resume where the client left off. */
+export interface DevbusGapData {
+  last_event_id: string;
+  resume_from: string;
+  run: string;
+}
+
+export type DevbusStatus =
+  | { state: "connecting"; url: string }
+  | { state: "open"; run: string | null; lastId: string | null }
+  /** Events may have been missed (bus restarted, or history exceeded): refetch your state. */
+  | { state: "gap"; event: DevbusEvent<DevbusGapData> }
+  /** `error` says why the stream could not open (bus down, bad token, ...), if known. */
+  | { state: "reconnecting"; delayMs: number; error: string | null }
+  | { state: "closed" };
+
+export interface DevbusOptions {
+  /** Base URL of the bus; default: the origin this module was served from, else http://127.0.0.1:8765. */
+  url?: string;
+  /** Sent as `Authorization: Bearer` to the API and as `?token=` on the stream. */
+  token?: string;
+  /** API prefix; default "/api/dev" (or the bus's --prefix when served by it). */
+  prefix?: string;
+}
+
+export interface SubscribeOptions {
+  /** Resume after this event id (replayed by the bus, or a `devbus.gap` first). */
+  since?: string;
+  onStatus?: (status: DevbusStatus) => void;
+}
+
+export interface HistoryOptions {
+  types?: string | readonly string[];
+  since?: string;
+  limit?: number;
+}
+
+export interface DevbusHealth {
+  status: "ok";
+  version: string;
+  uptime_s: number;
+  subscribers: number;
+  events: number;
+  [key: string]: unknown;
+}
+
+/** A refusal from the bus: `message` is the server's error text, `status` its HTTP status (0: unreachable). */
+export interface DevbusError extends Error {
+  status: number;
+}
+
+export interface Devbus {
+  readonly url: string;
+  /** POST the event to the webhook; resolves with its id, rejects with the server's error message. */
+  send(type: string, data?: Record<string, unknown>, options?: { source?: string }): Promise<string>;
+  /**
+   * Receive events whose type matches a glob (`"agent.*"`, `["a.*", "b.created"]`; none: all).
+   * Reconnects by itself and resumes without loss or duplicates; a `devbus.gap` event (also
+   * reported to onStatus) means events were missed. Returns the unsubscribe function.
+   */
+  subscribe(
+    patterns: string | readonly string[] | null | undefined,
+    onEvent: (event: DevbusEvent) => void,
+    options?: SubscribeOptions,
+  ): () => void;
+  /** Retained events, oldest first. */
+  history(options?: HistoryOptions): Promise<DevbusEvent[]>;
+  health(): Promise<DevbusHealth>;
+}
+
+export const DEVBUS_GAP: "devbus.gap";
+
+export function createDevbus(options?: DevbusOptions): Devbus;
+
+/** Set the defaults used by the drop-in helpers and by createDevbus(). */
+export function configure(options: DevbusOptions): void;
+
+/** Drop-in for the hand-rolled helper: POSTs {event_type, data}; never throws (warns instead). */
+export function sendDevWebhook(eventType: string, data: Record<string, unknown>): Promise<void>;
+
+/** Drop-in for the hand-rolled helper: calls onEvent for every frame; returns the cleanup function. */
+export function subscribeToBackendEvents(onEvent: (eventType: string, data: unknown) => void): () => void;

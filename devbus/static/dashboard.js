@@ -1,0 +1,295 @@
+// The live dashboard (GET /). It uses the same client as any app: /devbus.js.
+
+const token = new URLSearchParams(location.search).get("token");
+const { createDevbus, DEVBUS_GAP } = await import(token ? `/devbus.js?token=${encodeURIComponent(token)}` : "/devbus.js");
+
+const ROWS_RENDERED = 500; // the DOM stays this small however many events arrive
+const EVENTS_KEPT = 5000; // kept in memory so that a new filter applies to recent events
+const HISTORY_LOADED = 200;
+const HEALTH_EVERY_MS = 2000;
+const PREVIEW_CHARS = 160;
+
+const bus = createDevbus();
+const $ = (id) => document.getElementById(id);
+const ui = {
+  status: $("status"),
+  seen: $("count-seen"),
+  rate: $("count-rate"),
+  subscribers: $("count-subscribers"),
+  total: $("count-total"),
+  filter: $("filter"),
+  pause: $("pause"),
+  clear: $("clear"),
+  shown: $("shown"),
+  list: $("events"),
+  empty: $("empty"),
+  form: $("send-form"),
+  type: $("send-type"),
+  data: $("send-data"),
+  error: $("send-error"),
+  result: $("send-result"),
+};
+
+const EMPTY_HTML = ui.empty.innerHTML; // fixed markup from dashboard.html
+let kept = []; // oldest first, at most EVENTS_KEPT
+let pending = []; // arrived but not rendered yet (paused, or waiting for the next frame)
+let paused = false;
+let seen = 0;
+let arrivedThisSecond = 0;
+let match = () => true;
+let frame = null;
+const eventOfRow = new WeakMap();
+const numbers = new Intl.NumberFormat();
+
+// --- rendering -------------------------------------------------------------------------
+
+function hue(type) {
+  // One stable colour per namespace ("agent" in "agent.created") to help the eye group rows.
+  const namespace = type.split(".")[0];
+  let hash = 0;
+  for (const char of namespace) hash = (hash * 31 + char.charCodeAt(0)) % 360;
+  return hash;
+}
+
+function clock(timestamp) {
+  const date = new Date(`${String(timestamp).slice(0, 23)}Z`);
+  if (Number.isNaN(date.getTime())) return "";
+  const pad = (n, width = 2) => String(n).padStart(width, "0");
+  return `${pad(date.getHours())}:${pad(date.getMinutes())}:${pad(date.getSeconds())}.${pad(date.getMilliseconds(), 3)}`;
+}
+
+function preview(event) {
+  if (event.type === DEVBUS_GAP) return "Events may be missing: the bus restarted or its history moved on";
+  const text = JSON.stringify(event.data) ?? "";
+  return text.length > PREVIEW_CHARS ? `${text.slice(0, PREVIEW_CHARS)}…` : text;
+}
+
+function cell(className, text) {
+  const span = document.createElement("span");
+  span.className = className;
+  span.textContent = text;
+  return span;
+}
+
+function row(event) {
+  const item = document.createElement("li");
+  item.className = event.type === DEVBUS_GAP ? "event gap" : "event";
+  item.style.setProperty("--hue", hue(event.type));
+  const summary = document.createElement("button");
+  summary.type = "button";
+  summary.setAttribute("aria-expanded", "false");
+  summary.append(
+    cell("time", clock(event.timestamp)),
+    cell("type", event.type),
+    cell("source", event.source ?? ""),
+    cell("data", preview(event)),
+    cell("id", event.id),
+  );
+  summary.title = event.id;
+  item.append(summary);
+  eventOfRow.set(item, event);
+  return item;
+}
+
+function toggle(summary) {
+  const item = summary.parentElement;
+  const open = summary.getAttribute("aria-expanded") !== "true";
+  summary.setAttribute("aria-expanded", String(open));
+  let detail = item.querySelector("pre");
+  if (open && !detail) {
+    detail = document.createElement("pre");
+    detail.textContent = JSON.stringify(eventOfRow.get(item), null, 2);
+    item.append(detail);
+  }
+  if (detail) detail.hidden = !open;
+}
+
+function updateShown() {
+  const rows = ui.list.childElementCount;
+  ui.empty.hidden = rows > 0;
+  if (kept.length) ui.empty.textContent = "No kept event matches the filter.";
+  else ui.empty.innerHTML = EMPTY_HTML;
+  ui.shown.textContent = rows ? `showing ${numbers.format(rows)} newest of ${numbers.format(kept.length)} kept` : "";
+}
+
+function flush({ force = false } = {}) {
+  frame = null;
+  if ((paused && !force) || pending.length === 0) return;
+  const fresh = pending.filter((event) => match(event.type)).slice(-ROWS_RENDERED);
+  pending = [];
+  const fragment = document.createDocumentFragment();
+  for (let i = fresh.length - 1; i >= 0; i -= 1) fragment.append(row(fresh[i]));
+  ui.list.prepend(fragment);
+  while (ui.list.childElementCount > ROWS_RENDERED) ui.list.lastElementChild.remove();
+  updateShown();
+}
+
+function rebuild() {
+  // Render from what is kept, paused or not: a new filter should show its matches now.
+  ui.list.replaceChildren();
+  pending = kept.slice();
+  flush({ force: true });
+  updateShown();
+}
+
+function schedule() {
+  if (frame === null && !paused) frame = requestAnimationFrame(flush);
+}
+
+function receive(event) {
+  kept.push(event);
+  if (kept.length > EVENTS_KEPT + EVENTS_KEPT / 10) kept = kept.slice(-EVENTS_KEPT);
+  pending.push(event);
+  if (pending.length > EVENTS_KEPT) pending = pending.slice(-ROWS_RENDERED);
+  seen += 1;
+  arrivedThisSecond += 1;
+  ui.seen.textContent = numbers.format(seen);
+  if (paused) ui.pause.textContent = `Resume (${numbers.format(Math.min(pending.length, EVENTS_KEPT))} new)`;
+  schedule();
+}
+
+// --- filter, pause, clear --------------------------------------------------------------
+
+function globMatcher(text) {
+  const patterns = text.split(",").map((p) => p.trim()).filter(Boolean);
+  if (patterns.length === 0) return () => true;
+  const escape = (p) => p.replace(/[.+^${}()|[\]\\]/g, "\\$&").replace(/\*/g, ".*").replace(/\?/g, ".");
+  const regex = new RegExp(`^(?:${patterns.map(escape).join("|")})$`);
+  return (type) => regex.test(type);
+}
+
+ui.filter.addEventListener("input", () => {
+  match = globMatcher(ui.filter.value);
+  rebuild();
+});
+ui.filter.addEventListener("keydown", (event) => {
+  if (event.key === "Escape" && ui.filter.value) {
+    ui.filter.value = "";
+    ui.filter.dispatchEvent(new Event("input"));
+  }
+});
+
+ui.pause.addEventListener("click", () => {
+  paused = !paused;
+  ui.pause.setAttribute("aria-pressed", String(paused));
+  ui.pause.textContent = paused ? "Resume" : "Pause";
+  if (!paused) schedule();
+  showStatus();
+});
+
+ui.clear.addEventListener("click", () => {
+  kept = [];
+  pending = [];
+  ui.list.replaceChildren();
+  if (paused) ui.pause.textContent = "Resume";
+  updateShown();
+});
+
+ui.list.addEventListener("click", (event) => {
+  const summary = event.target.closest(".event > button");
+  if (summary) toggle(summary);
+});
+
+document.addEventListener("keydown", (event) => {
+  const typing = event.target.closest("input, textarea");
+  if (event.key === "/" && !typing && !event.ctrlKey && !event.metaKey) {
+    event.preventDefault();
+    ui.filter.focus();
+  }
+});
+
+// --- connection status and counters ----------------------------------------------------
+
+let connection = { state: "connecting" };
+
+function showStatus() {
+  const { state } = connection;
+  let text = "Connecting…";
+  if (state === "open") text = paused ? "Live · paused" : "Live";
+  else if (state === "reconnecting") text = connection.error ? `Reconnecting: ${connection.error}` : "Reconnecting…";
+  else if (state === "closed") text = "Closed";
+  ui.status.dataset.state = state;
+  ui.status.textContent = text;
+}
+
+function onStatus(status) {
+  if (status.state === "gap") return; // shown as a row, like any event
+  connection = status;
+  showStatus();
+  if (status.state === "open") pollHealth(); // our own subscription now counts
+}
+
+// Events/s is averaged over the last few seconds, so that a burst reads as a rate, not a flicker.
+const RATE_WINDOW_S = 5;
+const lastSeconds = [];
+setInterval(() => {
+  lastSeconds.push(arrivedThisSecond);
+  arrivedThisSecond = 0;
+  if (lastSeconds.length > RATE_WINDOW_S) lastSeconds.shift();
+  const rate = lastSeconds.reduce((sum, n) => sum + n, 0) / lastSeconds.length;
+  ui.rate.textContent = rate >= 10 || rate === 0 ? numbers.format(Math.round(rate)) : rate.toFixed(1);
+}, 1000);
+
+async function pollHealth() {
+  try {
+    const health = await bus.health();
+    ui.subscribers.textContent = numbers.format(health.subscribers);
+    ui.total.textContent = numbers.format(health.events);
+  } catch {
+    ui.subscribers.textContent = "–";
+    ui.total.textContent = "–";
+  }
+}
+pollHealth();
+setInterval(pollHealth, HEALTH_EVERY_MS);
+
+// --- the send form ---------------------------------------------------------------------
+
+function showError(message, field) {
+  ui.error.textContent = message;
+  ui.type.setAttribute("aria-invalid", String(field === ui.type));
+  ui.data.setAttribute("aria-invalid", String(field === ui.data));
+}
+
+ui.form.addEventListener("submit", async (event) => {
+  event.preventDefault();
+  ui.result.textContent = "";
+  let data;
+  try {
+    data = ui.data.value.trim() ? JSON.parse(ui.data.value) : {};
+  } catch (error) {
+    showError(`Data is not valid JSON: ${error.message}`, ui.data);
+    return;
+  }
+  const type = ui.type.value.trim();
+  try {
+    const id = await bus.send(type, data, { source: "dashboard" });
+    showError("", null);
+    ui.result.textContent = `Sent ${type} as ${id}`;
+  } catch (error) {
+    // The server's message names the field, e.g. "`event_type` ..." or "at $.data".
+    const field = /\$\.data|`data`/.test(error.message) ? ui.data : ui.type;
+    showError(error.message, error.status === 422 || error.status === 400 ? field : null);
+  }
+});
+
+ui.data.addEventListener("keydown", (event) => {
+  if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) {
+    event.preventDefault();
+    ui.form.requestSubmit();
+  }
+});
+
+// --- start: recent history first, then live from where it ends -------------------------
+
+let since;
+try {
+  const history = await bus.history({ limit: HISTORY_LOADED });
+  for (const event of history) receive(event);
+  since = history.length ? history[history.length - 1].id : undefined;
+} catch (error) {
+  connection = { state: "reconnecting", error: error.message };
+  showStatus();
+}
+updateShown();
+bus.subscribe(null, receive, { since, onStatus });

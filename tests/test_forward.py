@@ -1,0 +1,336 @@
+"""`devbus run --forward URL`: events POSTed to real local receivers, in order, with retries."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+from click.testing import CliRunner
+from conftest import WAIT, BusFactory, open_stream
+
+from devbus.cli import main
+from devbus.errors import ConfigError
+from devbus.forward import FORWARDED_HEADER, parse_target
+
+Handler = Callable[[web.Request, dict[str, Any]], Awaitable[None]]
+
+
+class Receiver:
+    """A backend on 127.0.0.1 that records what the bus POSTs to it."""
+
+    def __init__(self, port: int, *, statuses: list[int] | None = None, on_event: Handler | None = None) -> None:
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}/hook"
+        self.statuses = list(statuses or [])  # answers for the first requests, 200 after
+        self.on_event = on_event
+        self.attempts: list[dict[str, Any]] = []
+        self.accepted: list[dict[str, Any]] = []
+        self.headers: list[dict[str, str]] = []
+        self._changed = asyncio.Condition()
+        self._runner: web.AppRunner | None = None
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        event = json.loads(await request.read())
+        status = self.statuses.pop(0) if self.statuses else 200
+        async with self._changed:
+            self.attempts.append(event)
+            if status == 200:
+                self.accepted.append(event)
+                self.headers.append(dict(request.headers))
+            self._changed.notify_all()
+        if status == 200 and self.on_event is not None:
+            await self.on_event(request, event)
+        return web.json_response({"ok": status == 200}, status=status)
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/hook", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def wait_accepted(self, count: int, *, within: float = WAIT) -> list[str]:
+        """Wait until ``count`` events were accepted; return their types in arrival order."""
+        async with asyncio.timeout(within), self._changed:
+            await self._changed.wait_for(lambda: len(self.accepted) >= count)
+        return [event["type"] for event in self.accepted]
+
+
+class Reserved:
+    """A loopback port that refuses connections until released for a receiver."""
+
+    def __init__(self) -> None:
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))  # bound but not listening: connections are refused
+        self.port = int(self._sock.getsockname()[1])
+        self.url = f"http://127.0.0.1:{self.port}/hook"
+
+    def release(self) -> int:
+        self._sock.close()
+        return self.port
+
+
+@pytest.fixture
+def down_target() -> Iterator[Callable[[], Reserved]]:
+    """Reserve ports where no receiver listens yet; all are released at the end."""
+    held: list[Reserved] = []
+
+    def reserve() -> Reserved:
+        held.append(Reserved())
+        return held[-1]
+
+    yield reserve
+    for reserved in held:
+        reserved.release()
+
+
+@pytest.fixture
+async def receivers() -> AsyncIterator[Callable[..., Awaitable[Receiver]]]:
+    """Start receivers on free ports (or on a given one); all are stopped at the end."""
+    started: list[Receiver] = []
+
+    async def factory(port: int = 0, **kwargs: Any) -> Receiver:
+        if port == 0:
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                port = sock.getsockname()[1]
+        receiver = Receiver(port, **kwargs)
+        started.append(receiver)
+        await receiver.start()
+        return receiver
+
+    yield factory
+    for receiver in started:
+        await receiver.stop()
+
+
+async def post(client: TestClient[Any, Any], event_type: str, **extra: Any) -> None:
+    response = await client.post("/api/dev/webhook", json={"event_type": event_type, "data": {}, **extra})
+    assert response.status == 200, await response.text()
+
+
+async def post_batch(client: TestClient[Any, Any], types: list[str]) -> None:
+    events = [{"event_type": t, "data": {"n": i}} for i, t in enumerate(types)]
+    response = await client.post("/api/dev/batch", json={"events": events})
+    assert response.status == 200, await response.text()
+
+
+async def forward_state(client: TestClient[Any, Any]) -> list[dict[str, Any]]:
+    health = await (await client.get("/api/dev/health")).json()
+    return list(health["forward"])
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], *, within: float = WAIT) -> None:
+    """Poll ``check`` until it holds, failing after ``within`` seconds."""
+    async with asyncio.timeout(within):
+        while not await check():  # noqa: ASYNC110 - an HTTP endpoint offers nothing to await
+            await asyncio.sleep(0.02)
+
+
+async def metric(client: TestClient[Any, Any], name: str) -> float:
+    text = await (await client.get("/metrics")).text()
+    match = re.search(rf"^{name}\{{[^}}]*\}} (\S+)$", text, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
+
+
+async def test_forwards_each_envelope_in_order(make_bus: BusFactory, receivers: Any) -> None:
+    receiver = await receivers()
+    client = await make_bus(forward=(receiver.url,))
+    types = [f"agent.created.{i}" for i in range(200)]
+    await post_batch(client, types[:100])
+    for event_type in types[100:110]:
+        await post(client, event_type)
+    await post_batch(client, types[110:])
+
+    assert await receiver.wait_accepted(200) == types
+    history = await (await client.get("/api/dev/history", params={"limit": "1000"})).json()
+    assert receiver.accepted == history["events"]
+    assert receiver.headers[0]["Content-Type"] == "application/json"
+    assert receiver.headers[0][FORWARDED_HEADER] == f"127.0.0.1:{receiver.port}"
+    assert len(receiver.attempts) == 200
+    assert await metric(client, "devbus_forwarded_total") == 200
+
+
+async def test_forward_types_limit_what_is_sent(make_bus: BusFactory, receivers: Any) -> None:
+    receiver = await receivers()
+    client = await make_bus(forward=(receiver.url,), forward_types=("agent.*,done",))
+    await post_batch(client, ["agent.created", "rental.created", "agent.deleted", "done"])
+    assert await receiver.wait_accepted(3) == ["agent.created", "agent.deleted", "done"]
+
+
+async def test_server_errors_are_retried_until_delivered_once(make_bus: BusFactory, receivers: Any) -> None:
+    receiver = await receivers(statuses=[500, 500])
+    client = await make_bus(forward=(receiver.url,))
+    await post(client, "order.placed")
+    await post(client, "order.shipped")
+
+    assert await receiver.wait_accepted(2) == ["order.placed", "order.shipped"]
+    assert [e["type"] for e in receiver.attempts] == ["order.placed"] * 3 + ["order.shipped"]
+    assert await metric(client, "devbus_forward_failures_total") == 2
+    assert await metric(client, "devbus_forwarded_total") == 2
+    [state] = await forward_state(client)
+    assert state["state"] == "up"
+
+
+async def test_client_errors_drop_that_event_and_count_it(
+    make_bus: BusFactory, receivers: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    receiver = await receivers(statuses=[422])
+    client = await make_bus(forward=(receiver.url,))
+    await post_batch(client, ["bad.shape", "good.shape"])
+
+    assert await receiver.wait_accepted(1) == ["good.shape"]
+    assert len(receiver.attempts) == 2
+    [state] = await forward_state(client)
+    assert state["rejected"] == 1
+    assert await metric(client, "devbus_forward_rejected_total") == 1
+    assert any("HTTP 422" in r.getMessage() for r in caplog.records)
+
+
+async def test_target_that_comes_back_gets_everything_queued_in_order(
+    make_bus: BusFactory, receivers: Any, down_target: Callable[[], Reserved], caplog: pytest.LogCaptureFixture
+) -> None:
+    target = down_target()
+    client = await make_bus(forward=(target.url,))
+    types = [f"step.{i}" for i in range(30)]
+    await post_batch(client, types[:10])
+
+    async def down() -> bool:
+        [state] = await forward_state(client)
+        return bool(state["state"] == "down")
+
+    await eventually(down)
+    await post_batch(client, types[10:20])
+    [state] = await forward_state(client)
+    assert state["queued"] == 20
+    assert await metric(client, "devbus_forward_up") == 0
+
+    receiver = await receivers(target.release())
+    await post_batch(client, types[20:])
+    assert await receiver.wait_accepted(30) == types
+    [state] = await forward_state(client)
+    assert (state["state"], state["queued"], state["dropped"]) == ("up", 0, 0)
+    outage = [r.getMessage() for r in caplog.records if "is down" in r.getMessage()]
+    assert len(outage) == 1, "one warning per outage, not one per retry"
+
+
+async def test_overflow_drops_the_oldest_and_says_so(
+    make_bus: BusFactory, receivers: Any, down_target: Callable[[], Reserved], caplog: pytest.LogCaptureFixture
+) -> None:
+    target = down_target()
+    client = await make_bus(forward=(target.url,), forward_queue=3)
+    await post_batch(client, [f"n.{i}" for i in range(10)])
+
+    [state] = await forward_state(client)
+    assert (state["queued"], state["dropped"]) == (3, 7)
+    assert await metric(client, "devbus_forward_dropped_total") == 7
+    assert sum("is full" in r.getMessage() for r in caplog.records) == 1
+
+    receiver = await receivers(target.release())
+    assert await receiver.wait_accepted(3) == ["n.7", "n.8", "n.9"]
+
+
+async def test_events_a_target_posts_back_are_not_sent_back_to_it(make_bus: BusFactory, receivers: Any) -> None:
+    """A backend that reacts to an event by posting one must not receive its own post."""
+    bus: list[TestClient[Any, Any]] = []
+
+    async def react(request: web.Request, event: dict[str, Any]) -> None:
+        if event["type"] == "order.placed":
+            # The documented way: tag what you post with the name the bus sent.
+            await post(bus[0], "order.confirmed", source=request.headers[FORWARDED_HEADER])
+
+    backend = await receivers(on_event=react)
+    other = await receivers()
+    client = await make_bus(forward=(backend.url, other.url))
+    bus.append(client)
+    await post(client, "order.placed")
+
+    assert await other.wait_accepted(2) == ["order.placed", "order.confirmed"]
+    assert other.accepted[1]["source"] == f"127.0.0.1:{backend.port}"
+    await post(client, "done")
+    assert await backend.wait_accepted(2) == ["order.placed", "done"]
+    assert await other.wait_accepted(3) == ["order.placed", "order.confirmed", "done"]
+    assert await metric(client, "devbus_forward_skipped_total") == 1
+
+
+async def test_named_target_skips_events_from_that_name(make_bus: BusFactory, receivers: Any) -> None:
+    receiver = await receivers()
+    client = await make_bus(forward=(f"backend={receiver.url}",))
+    await post(client, "from.backend", source="backend")
+    await post(client, "from.browser")
+    assert await receiver.wait_accepted(1) == ["from.browser"]
+    assert receiver.headers[0][FORWARDED_HEADER] == "backend"
+
+
+async def test_a_hung_target_never_slows_the_bus(make_bus: BusFactory, receivers: Any) -> None:
+    release = asyncio.Event()
+
+    async def hang(request: web.Request, event: dict[str, Any]) -> None:
+        await release.wait()
+
+    receiver = await receivers(on_event=hang)
+    client = await make_bus(forward=(receiver.url,))
+    stream = await open_stream(client)
+    try:
+        async with asyncio.timeout(WAIT):
+            for i in range(20):
+                await post(client, f"tick.{i}")
+            for i in range(20):
+                assert json.loads((await stream.event())["data"])["type"] == f"tick.{i}"
+        [state] = await forward_state(client)
+        assert state["queued"] == 20
+    finally:
+        release.set()
+        stream.response.close()
+    assert len(await receiver.wait_accepted(20)) == 20
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("http://127.0.0.1:8000/events", ("127.0.0.1:8000", "http://127.0.0.1:8000/events")),
+        ("http://localhost/events", ("localhost:80", "http://localhost/events")),
+        ("https://[::1]/e?k=v", ("[::1]:443", "https://[::1]/e?k=v")),
+        ("api=http://127.0.0.1:9000/x", ("api", "http://127.0.0.1:9000/x")),
+    ],
+    ids=["host-port", "default-port", "ipv6-https", "named"],
+)
+def test_parse_target(value: str, expected: tuple[str, str]) -> None:
+    assert parse_target(value) == expected
+
+
+@pytest.mark.parametrize("value", ["ftp://127.0.0.1/x", "127.0.0.1:8000", "http://127.0.0.1:99999/"])
+def test_bad_forward_url_is_refused_in_one_line(value: str) -> None:
+    with pytest.raises(ConfigError, match="--forward"):
+        parse_target(value)
+    result = CliRunner().invoke(main, ["run", "--port", "0", "--ingest", "", "--egress", "", "--forward", value])
+    assert result.exit_code != 0
+    assert "--forward" in result.output and "Traceback" not in result.output
+
+
+async def test_devbus_run_forward_option(bus_process: Any, receivers: Any) -> None:
+    receiver = await receivers()
+    bus = await asyncio.to_thread(bus_process, "--forward", receiver.url, "--forward-types", "cli.*", "--quiet")
+    async with aiohttp.ClientSession() as session:
+        for event_type in ("cli.one", "other", "cli.two"):
+            body = {"event_type": event_type, "data": {}}
+            async with session.post(f"{bus.url}/api/dev/webhook", json=body) as response:
+                assert response.status == 200
+        async with session.get(f"{bus.url}/api/dev/health") as response:
+            health = await response.json()
+    assert await receiver.wait_accepted(2) == ["cli.one", "cli.two"]
+    assert health["forward"][0]["url"] == receiver.url
+    assert await asyncio.to_thread(bus.stop) == 0
