@@ -6,6 +6,7 @@ import asyncio
 import logging
 import secrets
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 
 from devbus.envelope import Draft, Event, encode_json, sse_frame
@@ -108,20 +109,24 @@ class Dispatcher:
         """Accept ``drafts`` in order and deliver them; return them as published."""
         entries: list[Entry] = []
         published: list[Published] = []
+        # One accepted batch is one moment: stamping it once keeps a burst cheap.
+        timestamp = self._clock.now()
         for draft in drafts:
             self._seq += 1
             event = Event(
                 id=format_id(self.run, self._seq),
                 type=draft.type,
                 data=draft.data,
-                timestamp=self._clock.now(),
+                timestamp=timestamp,
                 source=draft.source,
             )
             entry = Entry(self._seq, event.id, event.type, encode_json(event))
             self.history.append(entry)
             entries.append(entry)
             published.append(Published(event, 0))
-            self.metrics.count_in(draft.source)
+        # Counted per source per batch: a labelled counter costs more than the rest of an event.
+        for source, count in Counter(draft.source for draft in drafts).items():
+            self.metrics.count_in(source, count)
         self.total += len(entries)
         self._fan_out(entries, published)
         for listener in self._listeners:
