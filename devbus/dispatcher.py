@@ -157,14 +157,20 @@ class Dispatcher:
             for outlet in list(group.outlets):
                 outlet.push(chunk)
             if not self._unflushed:
-                asyncio.get_running_loop().call_soon(self._flush)
+                self._schedule_flush()
             self._unflushed[group] = None
         if deliveries:
             self.metrics.deliveries.inc(deliveries)
 
+    def _schedule_flush(self) -> None:
+        # A request read in one loop turn publishes in the next (aiohttp starts a
+        # task for it), so flushing one turn later lets requests that arrived
+        # together share one write per subscriber instead of one write each.
+        loop = asyncio.get_running_loop()
+        loop.call_soon(loop.call_soon, self._flush)
+
     def _flush(self) -> None:
-        # Runs once per loop turn after every publish of that turn, so that all
-        # the events a turn accepted leave in one write per subscriber.
+        # Everything published since the last flush leaves in one write per subscriber.
         groups, self._unflushed = self._unflushed, {}
         for group in groups:
             for outlet in list(group.outlets):
