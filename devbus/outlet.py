@@ -64,6 +64,11 @@ class Outlet:
         """Bytes pushed but not yet taken by the writer."""
         return self._size
 
+    @property
+    def waiting(self) -> bool:
+        """Whether the stream's task is idle, waiting for frames (so a flush may write for it)."""
+        return self._waiter is not None and not self._waiter.done()
+
     def preload(self, chunk: bytes) -> None:
         """Queue ``chunk`` before the stream starts (connected frame, replay), unbounded by design."""
         self._pending.append(chunk)
@@ -88,7 +93,7 @@ class Outlet:
         """Send everything pending: straight to the socket if it keeps up, else through the stream's task."""
         waiter = self._waiter
         if not self._pending or waiter is None or waiter.done():
-            # The task is busy writing or about to run: it takes what is pending itself.
+            # The task is busy writing or about to run (not waiting): it takes what is pending itself.
             return
         chunk = self._take_pending()
         if self.write_now is not None and self.write_now(chunk):
