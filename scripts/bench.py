@@ -402,6 +402,7 @@ async def run(names: list[str], sizes: Sizes) -> dict[str, dict[str, Any]]:
     for name in names:
         scenario, target = SCENARIOS[name]
         print(f"running {name}: {target}", file=sys.stderr, flush=True)
+        began = time.monotonic()
         try:
             results[name] = await scenario(sizes)
             if sizes is QUICK and "met" in results[name]:
@@ -409,6 +410,7 @@ async def run(names: list[str], sizes: Sizes) -> dict[str, dict[str, Any]]:
         except Exception as exc:  # one failed scenario must not hide the others' numbers
             results[name] = {"error": f"{type(exc).__name__}: {exc}", "correct": False, "met": False}
         results[name]["target"] = target
+        results[name]["wall_s"] = round(time.monotonic() - began, 1)
     return results
 
 

@@ -72,7 +72,7 @@ def main() -> None:
     # queues them until the server accepts.
     sock.listen(2048)
     print(f"listening on {sock.getsockname()[1]}", flush=True)
-    config = uvicorn.Config(app, log_level="warning", access_log=False, backlog=2048)
+    config = uvicorn.Config(app, log_level="warning", access_log=False, backlog=2048, timeout_graceful_shutdown=1)
     uvicorn.Server(config).run(sockets=[sock])
 
 
