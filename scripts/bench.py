@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import json
 import multiprocessing
-import platform
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -26,6 +25,7 @@ from typing import Any
 
 import aiohttp
 import loadgen
+import report
 from loadgen import Sink, Tally, close_sinks, cpu_self, open_sinks, stalled_client
 from servers import ROOT, Devbus, Reference, Server
 
@@ -334,84 +334,28 @@ SCENARIOS: dict[str, tuple[Callable[[Sizes], Awaitable[dict[str, Any]]], str]] =
 }
 
 
-def headline(name: str, result: dict[str, Any]) -> str:
-    if "skipped" in result:
-        return f"skipped: {result['skipped']}"
-    if "error" in result:
-        return f"error: {result['error']}"
-    complete = f"{result.get('complete', 0)}/{result.get('subscribers', 0)} complete"
-    if name in ("burst", "http-fanout"):
-        return f"{result['deliveries_per_s']:,} deliveries/s; {complete}"
-    if name == "latency":
-        return f"p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms; {complete}"
-    if name == "idle":
-        return f"{result['held']:,} held; {result['kb_per_subscriber']} KB/subscriber"
-    if name == "slow":
-        return f"evicted {result['evicted']}; RSS +{result['rss_growth_mb']} MB; {complete}"
-    return f"{result['events_per_s']:,} events/s; {complete}"
+async def run_once(name: str, sizes: Sizes) -> dict[str, Any]:
+    scenario, target = SCENARIOS[name]
+    print(f"running {name}: {target}", file=sys.stderr, flush=True)
+    began = time.monotonic()
+    try:
+        result = await scenario(sizes)
+        if sizes is QUICK and "met" in result:
+            result["met"] = None  # small sizes say nothing about the targets
+    except Exception as exc:  # one failed scenario must not hide the others' numbers
+        result = {"error": f"{type(exc).__name__}: {exc}", "correct": False, "met": False}
+    result["target"] = target
+    result["wall_s"] = round(time.monotonic() - began, 1)
+    return result
 
 
-def reference_cell(name: str, result: dict[str, Any]) -> str:
-    reference = result.get("reference")
-    if not reference:
-        return ""
-    if name == "idle":
-        return f"{reference['kb_per_subscriber']} KB/sub (x{result['ratio']} less)"
-    return f"{reference['deliveries_per_s']:,}/s (x{result['ratio']})"
-
-
-def _yes_no(value: bool | None) -> str:
-    return "-" if value is None else "yes" if value else "NO"
-
-
-def table(results: dict[str, dict[str, Any]]) -> str:
-    rows = [("scenario", "devbus", "reference", "correct", "target met", "bus CPU s", "gen CPU s", "bus RSS MB")]
-    for name, result in results.items():
-        rows.append(
-            (
-                name,
-                headline(name, result),
-                reference_cell(name, result),
-                _yes_no(result.get("correct")),
-                _yes_no(result.get("met")),
-                str(result.get("bus_cpu_s", "")),
-                str(result.get("gen_cpu_s", "")),
-                str(result.get("bus_rss_mb", "")),
-            )
-        )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)) for row in rows]
-    lines.insert(1, "  ".join("-" * width for width in widths))
-    return "\n".join(lines)
-
-
-def machine() -> dict[str, Any]:
-    model = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if "model name" in line
-        ),
-        platform.processor(),
-    )
-    return {"cpus": multiprocessing.cpu_count(), "cpu_model": model, "python": platform.python_version()}
-
-
-async def run(names: list[str], sizes: Sizes) -> dict[str, dict[str, Any]]:
-    results: dict[str, dict[str, Any]] = {}
-    for name in names:
-        scenario, target = SCENARIOS[name]
-        print(f"running {name}: {target}", file=sys.stderr, flush=True)
-        began = time.monotonic()
-        try:
-            results[name] = await scenario(sizes)
-            if sizes is QUICK and "met" in results[name]:
-                results[name]["met"] = None  # small sizes say nothing about the targets
-        except Exception as exc:  # one failed scenario must not hide the others' numbers
-            results[name] = {"error": f"{type(exc).__name__}: {exc}", "correct": False, "met": False}
-        results[name]["target"] = target
-        results[name]["wall_s"] = round(time.monotonic() - began, 1)
-    return results
+async def run(names: list[str], sizes: Sizes, *, repeat: int) -> dict[str, dict[str, Any]]:
+    """Run each scenario ``repeat`` times (rounds interleaved) and keep every run's numbers."""
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    for _ in range(repeat):
+        for name in names:
+            runs[name].append(await run_once(name, sizes))
+    return {name: report.median_run(name, results) for name, results in runs.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -419,17 +363,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke test, not a measurement")
     parser.add_argument("--scenario", action="append", choices=list(SCENARIOS), help="run only these (repeatable)")
     parser.add_argument("--out", type=Path, help="where to write the JSON results")
+    parser.add_argument("--repeat", type=int, default=1, help="run each scenario N times; report the median run")
+    parser.add_argument("--markdown", action="store_true", help="print the table as Markdown (for the README)")
     parser.add_argument("--profile", type=Path, help="run the bus under cProfile, writing its stats to this file")
     args = parser.parse_args(argv)
     Devbus.profile = args.profile
     names = args.scenario or list(SCENARIOS)
     sizes = QUICK if args.quick else FULL
-    results = asyncio.run(run(names, sizes))
-    print(table(results))
+    results = asyncio.run(run(names, sizes, repeat=args.repeat))
+    print(report.table(results, markdown=args.markdown))
     out = args.out or ROOT / "bench-results" / time.strftime("bench-%Y%m%d-%H%M%S.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    report = {"machine": machine(), "quick": args.quick, "sizes": sizes.__dict__, "scenarios": results}
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    document = {
+        "machine": report.machine(),
+        "quick": args.quick,
+        "repeat": args.repeat,
+        "sizes": sizes.__dict__,
+        "scenarios": results,
+    }
+    out.write_text(json.dumps(document, indent=2) + "\n")
     print(f"results written to {out}", file=sys.stderr)
     return 0
 
