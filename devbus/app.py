@@ -7,6 +7,7 @@ import time
 from aiohttp import web
 
 from devbus import views
+from devbus.backplane import backplane
 from devbus.dispatcher import Dispatcher
 from devbus.filters import TypeFilter, parse_patterns
 from devbus.forward import Forwarder
@@ -63,4 +64,6 @@ def create_app(settings: Settings | None = None) -> web.Application:
         app.router.add_get(f"/{name}", views.static_file(name, prefix=api))
     app.on_response_prepare.append(add_cors_headers)
     app.on_shutdown.append(_close_streams)
+    if settings.ingest or settings.egress:
+        app.cleanup_ctx.append(backplane)
     return app

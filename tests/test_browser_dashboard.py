@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from collections.abc import Callable
 
 import pytest
 from browser_fixtures import WAIT_MS, emit, post_json
-from conftest import BusProcess
+from conftest import ROOT, WAIT, BusProcess, bus_env
 from playwright.sync_api import Locator, Page, expect
 
 pytestmark = pytest.mark.browser
@@ -132,6 +134,29 @@ def test_filter_pause_resume_clear_and_expand_with_the_keyboard(page: Page, shar
     expect(rows(page)).to_have_count(0)
 
 
+def test_event_list_is_one_tab_stop_with_arrow_keys_inside(page: Page, shared_bus: BusProcess) -> None:
+    open_dashboard(page, shared_bus.url)
+    page.get_by_label("Filter by type").fill("nav.*")
+    for n in range(3):
+        emit(shared_bus, f"nav.e{n}")
+    expect(rows(page)).to_have_count(3)
+
+    def row_button(event_type: str) -> Locator:
+        return rows(page, event_type).get_by_role("button")
+
+    page.locator("#clear").focus()
+    page.keyboard.press("Tab")
+    expect(row_button("nav.e2")).to_be_focused()
+    page.keyboard.press("ArrowDown")
+    expect(row_button("nav.e1")).to_be_focused()
+    page.keyboard.press("End")
+    expect(row_button("nav.e0")).to_be_focused()
+    page.keyboard.press("Tab")
+    expect(page.get_by_label("Type", exact=True)).to_be_focused()
+    page.keyboard.press("Shift+Tab")
+    expect(row_button("nav.e0")).to_be_focused()
+
+
 def test_dom_stays_bounded_with_ten_thousand_events(page: Page, shared_bus: BusProcess) -> None:
     open_dashboard(page, shared_bus.url)
     seen_before = count(page, "#count-seen")
@@ -151,3 +176,15 @@ def test_dashboard_passes_its_token_on(page: Page, bus_process: Callable[..., Bu
     open_dashboard(page, f"{bus.url}/?token=dash-token")
     send_from_form(page, "token.ok", "{}")
     expect(rows(page, "token.ok")).to_have_count(1)
+
+
+def test_event_emitted_over_zeromq_by_a_python_process_appears(page: Page, shared_bus: BusProcess) -> None:
+    open_dashboard(page, shared_bus.url)
+    script = "import devbus; devbus.emit('backend.agent_created', {'id': 7, 'via': 'zmq'})"
+    env = bus_env(DEVBUS_INGEST=shared_bus.endpoints["ingest"])
+    subprocess.run([sys.executable, "-c", script], env=env, cwd=ROOT, check=True, timeout=WAIT)
+
+    row = rows(page, "backend.agent_created")
+    expect(row).to_have_count(1)
+    expect(row.locator(".source")).to_have_text("zmq")
+    expect(row.locator(".data")).to_have_text('{"id":7,"via":"zmq"}')

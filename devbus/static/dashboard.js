@@ -74,9 +74,10 @@ function cell(className, text) {
 function row(event) {
   const item = document.createElement("li");
   item.className = event.type === DEVBUS_GAP ? "event gap" : "event";
-  item.style.setProperty("--hue", hue(event.type));
+  item.style.setProperty("--hue", String(hue(event.type)));
   const summary = document.createElement("button");
   summary.type = "button";
+  summary.tabIndex = -1; // the list is one tab stop; arrow keys move within it
   summary.setAttribute("aria-expanded", "false");
   summary.append(
     cell("time", clock(event.timestamp)),
@@ -104,7 +105,22 @@ function toggle(summary) {
   if (detail) detail.hidden = !open;
 }
 
+// Roving tab stop: exactly one row button is reachable with Tab, so that the form after a
+// list of 500 rows is one key press away; Up/Down/Home/End move between rows.
+let activeRow = null;
+let rowChosen = false; // until the user focuses a row, the tab stop follows the newest one
+
+function setActive(item, { focus = false } = {}) {
+  if (activeRow && activeRow !== item) activeRow.firstElementChild.tabIndex = -1;
+  activeRow = item;
+  if (!item) return;
+  item.firstElementChild.tabIndex = 0;
+  if (focus) item.firstElementChild.focus();
+}
+
 function updateShown() {
+  if (!activeRow || !activeRow.isConnected) rowChosen = false;
+  if (!rowChosen && activeRow !== ui.list.firstElementChild) setActive(ui.list.firstElementChild);
   const rows = ui.list.childElementCount;
   ui.empty.hidden = rows > 0;
   if (kept.length) ui.empty.textContent = "No kept event matches the filter.";
@@ -133,7 +149,7 @@ function rebuild() {
 }
 
 function schedule() {
-  if (frame === null && !paused) frame = requestAnimationFrame(flush);
+  if (frame === null && !paused) frame = requestAnimationFrame(() => flush());
 }
 
 function receive(event) {
@@ -183,6 +199,27 @@ ui.clear.addEventListener("click", () => {
   ui.list.replaceChildren();
   if (paused) ui.pause.textContent = "Resume";
   updateShown();
+});
+
+ui.list.addEventListener("keydown", (event) => {
+  const item = event.target.closest(".event");
+  const moves = {
+    ArrowDown: () => item.nextElementSibling,
+    ArrowUp: () => item.previousElementSibling,
+    Home: () => ui.list.firstElementChild,
+    End: () => ui.list.lastElementChild,
+  };
+  if (!item || !(event.key in moves)) return;
+  event.preventDefault();
+  const target = moves[event.key]();
+  if (target) setActive(target, { focus: true });
+});
+
+ui.list.addEventListener("focusin", (event) => {
+  const item = event.target.closest(".event");
+  if (!item) return;
+  setActive(item);
+  rowChosen = true;
 });
 
 ui.list.addEventListener("click", (event) => {

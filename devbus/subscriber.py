@@ -1,0 +1,128 @@
+"""Subscribers: iterate the bus's events from its ZeroMQ egress socket."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable, Iterator
+from types import TracebackType
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from devbus.client_config import resolve
+from devbus.envelope import Event
+from devbus.filters import TypeFilter, parse_patterns
+from devbus.wire import decode_event_frames
+
+__all__ = ["AsyncSubscriber", "Subscriber", "prefixes"]
+
+_GLOB = "*?["
+
+
+def prefixes(patterns: tuple[str, ...]) -> list[bytes]:
+    """The ZeroMQ prefix subscriptions that cover ``patterns`` (the text before any wildcard)."""
+    if not patterns:
+        return [b""]
+    cut = [p[: min((p.index(c) for c in _GLOB if c in p), default=len(p))] for p in patterns]
+    # A prefix covered by a shorter one adds nothing (ZeroMQ delivers once anyway).
+    kept = [c for c in set(cut) if not any(o != c and c.startswith(o) for o in cut)]
+    return sorted(c.encode() for c in kept)
+
+
+class _Filtered:
+    """Shared setup: subscribe by prefix, then match globs exactly on this side."""
+
+    def __init__(self, types: Iterable[str] | str | None, egress: str | None) -> None:
+        self.address = resolve(egress=egress).egress
+        # `agent.` is short for `agent.*`; anything else is a glob as in ?types= on the stream.
+        self.patterns = tuple(p + "*" if p.endswith(".") else p for p in parse_patterns(types))
+        # ZeroMQ prefixes filter on the bus side, before anything is sent; the
+        # glob then matches exactly here (`agent.created` must not pass `agent.created2`).
+        self._exact = TypeFilter(self.patterns)
+
+    def setup(self, socket: zmq.Socket[Any]) -> None:
+        socket.setsockopt(zmq.LINGER, 0)
+        for prefix in prefixes(self.patterns):
+            socket.setsockopt(zmq.SUBSCRIBE, prefix)
+        socket.connect(self.address)
+
+    def wanted(self, event: Event) -> bool:
+        return self._exact(event.type)
+
+
+class Subscriber:
+    """Iterate events from egress: ``for event in Subscriber(types="agent.")``.
+
+    ``types`` are globs (``agent.*``, ``rental.created``) or prefixes ending in a
+    dot (``agent.``); like any ZeroMQ subscriber it sees only what is published
+    after it has connected.
+    """
+
+    def __init__(self, *, types: Iterable[str] | str | None = None, egress: str | None = None) -> None:
+        self._filter = _Filtered(types, egress)
+        self.address = self._filter.address
+        self._context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        self._socket = self._context.socket(zmq.SUB)
+        self._filter.setup(self._socket)
+
+    def receive(self, *, timeout: float | None = None) -> Event | None:
+        """Return the next matching event, or None if none arrives within ``timeout`` seconds."""
+        deadline_ms = None if timeout is None else int(timeout * 1000)
+        while True:
+            if deadline_ms is not None and not self._socket.poll(deadline_ms, zmq.POLLIN):
+                return None
+            event = decode_event_frames(self._socket.recv_multipart())
+            if self._filter.wanted(event):
+                return event
+
+    def __iter__(self) -> Iterator[Event]:
+        while True:
+            event = self.receive()
+            if event is not None:
+                yield event
+
+    def close(self) -> None:
+        """Close the socket."""
+        self._socket.close(linger=0)
+        self._context.term()
+
+    def __enter__(self) -> Subscriber:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncSubscriber:
+    """Iterate events from egress in asyncio code: ``async for event in AsyncSubscriber()``."""
+
+    def __init__(self, *, types: Iterable[str] | str | None = None, egress: str | None = None) -> None:
+        self._filter = _Filtered(types, egress)
+        self.address = self._filter.address
+        self._context = zmq.asyncio.Context()
+        self._socket = self._context.socket(zmq.SUB)
+        self._filter.setup(self._socket)
+
+    async def receive(self) -> Event:
+        """Wait for the next matching event."""
+        while True:
+            event = decode_event_frames(await self._socket.recv_multipart())
+            if self._filter.wanted(event):
+                return event
+
+    async def __aiter__(self) -> AsyncIterator[Event]:
+        while True:
+            yield await self.receive()
+
+    def close(self) -> None:
+        """Close the socket."""
+        self._socket.close(linger=0)
+        self._context.term()
+
+    async def __aenter__(self) -> AsyncSubscriber:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()

@@ -1,0 +1,144 @@
+"""The Python client: Publisher / AsyncPublisher / emit, BusUnavailable, and the public API."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from buswait import history
+from conftest import ROOT, WAIT, BusFactory, BusProcess, bus_env
+
+import devbus
+from devbus.keys import ENDPOINTS
+
+ANY_PORT = "tcp://127.0.0.1:*"
+BURST = 100_000
+
+
+def free_endpoint() -> str:
+    """A loopback TCP endpoint that nothing listens on."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return f"tcp://127.0.0.1:{probe.getsockname()[1]}"
+
+
+def test_all_is_sorted_and_complete() -> None:
+    public = {name for name in dir(devbus) if not name.startswith("_") and name not in {"annotations"}}
+    modules = {name for name in public if type(getattr(devbus, name)).__name__ == "module"}
+    assert devbus.__all__ == sorted(devbus.__all__)
+    assert set(devbus.__all__) - {"__version__"} == public - modules
+    for name in ("Publisher", "AsyncPublisher", "Subscriber", "AsyncSubscriber", "emit", "BusUnavailable"):
+        assert name in devbus.__all__
+
+
+def test_no_bus_raises_bus_unavailable_naming_the_address() -> None:
+    endpoint = free_endpoint()
+    started = time.monotonic()
+    with pytest.raises(devbus.BusUnavailable, match=endpoint.replace(".", r"\.")):
+        devbus.Publisher(ingest=endpoint, timeout=0.3)
+    assert time.monotonic() - started < WAIT
+
+
+async def test_async_publisher_no_bus_raises_bus_unavailable() -> None:
+    endpoint = free_endpoint()
+    with pytest.raises(devbus.BusUnavailable, match="No devbus at"):
+        async with devbus.AsyncPublisher(ingest=endpoint, timeout=0.3):
+            pass
+
+
+def test_emit_refuses_an_invalid_event_before_sending() -> None:
+    with pytest.raises(devbus.InvalidEvent, match="`type`"):
+        devbus.emit("has space")
+
+
+async def test_publisher_delivers_type_data_and_source(make_bus: BusFactory) -> None:
+    client = await make_bus(ingest=ANY_PORT)
+    endpoint = client.app[ENDPOINTS]["ingest"]
+
+    def send() -> None:
+        with devbus.Publisher(ingest=endpoint, source="backend") as publisher:
+            publisher.emit("agent.created", {"id": 1})
+            publisher.emit("agent.deleted", {"id": 1}, source="worker")
+            publisher.emit("agent.pinged")
+
+    # The sync publisher blocks while it waits for the bus, so it runs beside the loop.
+    await asyncio.to_thread(send)
+    events = await history(client, count=3)
+    assert [(e["type"], e["data"], e["source"]) for e in events] == [
+        ("agent.created", {"id": 1}, "backend"),
+        ("agent.deleted", {"id": 1}, "worker"),
+        ("agent.pinged", {}, "backend"),
+    ]
+
+
+async def test_async_publisher_delivers_in_order(make_bus: BusFactory) -> None:
+    client = await make_bus(ingest=ANY_PORT)
+    async with devbus.AsyncPublisher(ingest=client.app[ENDPOINTS]["ingest"], hold=100) as publisher:
+        # More than the queue holds: the sender is slowed down, nothing is dropped.
+        for n in range(2000):
+            await publisher.emit("count.up", {"n": n})
+        assert publisher.dropped == 0
+    events = await history(client, count=2000)
+    assert [e["data"]["n"] for e in events] == list(range(2000))
+
+
+EMIT_BURST = f"""
+import devbus
+with devbus.Publisher() as bus:
+    for n in range({BURST}):
+        bus.emit("burst.tick", {{"n": n}})
+"""
+
+
+def read_sse_ids(stream: Any, count: int, seen: list[tuple[str, int]]) -> None:
+    """Collect (id, n) of ``count`` events from an SSE response."""
+    event_id = ""
+    for line in stream:
+        if line.startswith(b"id: "):
+            event_id = line[4:].strip().decode()
+        elif line.startswith(b"data: ") and event_id:
+            seen.append((event_id, json.loads(line[6:])["data"]["n"]))
+            if len(seen) == count:
+                return
+
+
+def test_a_script_that_emits_100k_events_and_exits_delivers_all_in_order(
+    bus_process: Callable[..., BusProcess],
+) -> None:
+    bus = bus_process("--history", str(BURST), "--subscriber-buffer", "64MiB", "--quiet")
+    seen: list[tuple[str, int]] = []
+    with urllib.request.urlopen(f"{bus.url}/api/dev/events?types=burst.*", timeout=WAIT) as stream:
+        assert b'"connected"' in stream.readline() + stream.readline()
+        reader = threading.Thread(target=read_sse_ids, args=(stream, BURST, seen))
+        reader.start()
+        started = time.monotonic()
+        script = subprocess.run(
+            [sys.executable, "-c", EMIT_BURST],
+            env=bus_env(DEVBUS_INGEST=bus.endpoints["ingest"]),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert script.returncode == 0, script.stderr
+        reader.join(timeout=60)
+        elapsed = time.monotonic() - started
+    assert not reader.is_alive(), f"SSE subscriber got {len(seen)} of {BURST}"
+    assert [n for _, n in seen] == list(range(BURST))
+    with urllib.request.urlopen(f"{bus.url}/api/dev/history?limit={BURST}&types=burst.tick", timeout=WAIT) as reply:
+        events = json.load(reply)["events"]
+    assert [e["data"]["n"] for e in events] == list(range(BURST))
+    # The stream and the history agree id for id, and ids strictly increase.
+    assert [e["id"] for e in events] == [event_id for event_id, _ in seen]
+    seqs = [int(e["id"].rsplit("-", 1)[1]) for e in events]
+    assert seqs == sorted(set(seqs))
+    print(f"{BURST} events from a separate process in {elapsed:.2f}s")
