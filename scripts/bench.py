@@ -311,7 +311,7 @@ def batch_posts(bus: Devbus, events: int, size: int) -> Awaitable[dict[str, floa
 
 async def scenario_ingest(sizes: Sizes) -> dict[str, Any]:
     events = sizes.ingest
-    bus = Devbus("--history", str(max(events, 10_000)))
+    bus = Devbus()
     try:
         if bus.ingest is None:
             return {"skipped": "this bus has no ZeroMQ ingest"}
