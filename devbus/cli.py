@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 import click
 
 from devbus import __version__
+from devbus.commands import emit, history, listen
 from devbus.errors import DevbusError
 from devbus.logs import configure_logging
 from devbus.server import serve
@@ -186,3 +187,7 @@ def run(quiet: bool, log_level: str, **options: Any) -> None:
         options[name] = tuple(options[name])
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(Settings(**options), quiet=quiet))
+
+
+for _command in (emit, listen, history):
+    main.add_command(_command)

@@ -15,6 +15,10 @@ __all__ = ["Egress"]
 
 log = logging.getLogger(__name__)
 
+# Plain ints: pyzmq's enum flags cost more per call than the send itself.
+NOBLOCK = int(zmq.NOBLOCK)
+SNDMORE = int(zmq.SNDMORE) | NOBLOCK
+
 
 class Egress:
     """A dispatcher listener that sends each event once, without ever blocking the loop."""
@@ -25,12 +29,14 @@ class Egress:
         self._failed = False
 
     def __call__(self, batch: Sequence[Published]) -> None:
-        send = self.socket.send_multipart
+        send = self.socket.send
         for item in batch:
+            head, body = encode_event_frames(item.event)
             try:
                 # A PUB socket drops for a subscriber at its high-water mark
                 # instead of blocking, so a stalled listener never stalls the bus.
-                send(encode_event_frames(item.event), zmq.NOBLOCK)
+                send(head, SNDMORE)
+                send(body, NOBLOCK)
             except zmq.ZMQError as exc:
                 self._metrics.reject("zmq_egress")
                 if not self._failed:

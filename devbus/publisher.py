@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 
 POLL_MS = 100  # how often a blocked send re-checks whether the bus went away
 RETRY_S = 0.005  # longest an async send waits for room before trying again
+NOBLOCK = int(zmq.NOBLOCK)  # plain ints: pyzmq's enum flags cost per call
+SNDMORE = int(zmq.SNDMORE)
 _WATCHED = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
 
 
@@ -109,7 +111,13 @@ class _Link:
         try:
             # A blocking send sleeps until the queue has room (up to SNDTIMEO); poll()
             # cannot do that wait, because an XPUB always reports POLLOUT.
-            self.socket.send_multipart(frames, 0 if block else zmq.NOBLOCK, copy=False)
+            # While the bus is known to be away a full queue cannot drain, so do not wait.
+            flags = 0 if block and self.connected else NOBLOCK
+            # Two plain sends rather than send_multipart, whose per-call overhead
+            # is several times the send; an XPUB checks its queue on the first
+            # frame only, so the second one never fails on its own.
+            self.socket.send(frames[0], flags | SNDMORE)
+            self.socket.send(frames[1], flags)
             return True
         except zmq.Again:
             pass

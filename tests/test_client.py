@@ -142,3 +142,60 @@ def test_a_script_that_emits_100k_events_and_exits_delivers_all_in_order(
     seqs = [int(e["id"].rsplit("-", 1)[1]) for e in events]
     assert seqs == sorted(set(seqs))
     print(f"{BURST} events from a separate process in {elapsed:.2f}s")
+
+
+def wait_until(condition: Callable[[], bool], *, within: float = WAIT) -> None:
+    """Poll ``condition`` until it holds; fail after ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.02)
+
+
+def bus_history(bus: BusProcess, types: str) -> list[dict[str, Any]]:
+    with urllib.request.urlopen(f"{bus.url}/api/dev/history?limit=10000&types={types}", timeout=WAIT) as reply:
+        events: list[dict[str, Any]] = json.load(reply)["events"]
+        return events
+
+
+def test_a_live_publisher_holds_events_while_the_bus_restarts(bus_process: Callable[..., BusProcess]) -> None:
+    first = bus_process("--quiet")
+    ingest = first.endpoints["ingest"]
+    with devbus.Publisher(ingest=ingest) as publisher:
+        publisher.emit("restart.before")
+        wait_until(lambda: len(bus_history(first, "restart.*")) == 1)
+        assert first.stop() == 0
+        wait_until(lambda: not publisher.connected)
+        for n in range(500):
+            publisher.emit("restart.gap", {"n": n})
+        second = bus_process("--quiet", "--ingest", ingest)
+        publisher.emit("restart.after")
+        wait_until(lambda: len(bus_history(second, "restart.*")) == 501)
+        assert publisher.connected
+        assert publisher.dropped == 0
+    events = bus_history(second, "restart.*")
+    assert [e.get("data", {}).get("n") for e in events[:-1]] == list(range(500))
+    assert events[-1]["type"] == "restart.after"
+
+
+def test_what_overflows_the_hold_while_the_bus_is_away_is_counted_and_logged(
+    bus_process: Callable[..., BusProcess], caplog: pytest.LogCaptureFixture
+) -> None:
+    first = bus_process("--quiet")
+    ingest = first.endpoints["ingest"]
+    with devbus.Publisher(ingest=ingest, hold=50) as publisher:
+        assert first.stop() == 0
+        wait_until(lambda: not publisher.connected)
+        for n in range(200):
+            publisher.emit("hold.gap", {"n": n})
+        assert publisher.dropped > 0
+        assert "dropping new events until it is back" in caplog.text
+        second = bus_process("--quiet", "--ingest", ingest)
+        wait_until(lambda: publisher.connected)
+        publisher.emit("hold.after")
+        wait_until(lambda: len(bus_history(second, "hold.after")) == 1)
+    held = [e["data"]["n"] for e in bus_history(second, "hold.gap")]
+    # The oldest events are kept in order; only the newest beyond the bound are dropped.
+    assert held == list(range(len(held)))
+    assert len(held) + publisher.dropped == 200
+    assert f"{publisher.dropped} events were dropped while it was away" in caplog.text

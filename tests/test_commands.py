@@ -1,0 +1,166 @@
+"""`devbus emit`, `devbus listen` and `devbus history` against a real `devbus run`."""
+
+from __future__ import annotations
+
+import json
+import queue
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO
+
+import pytest
+from click.testing import CliRunner, Result
+from conftest import ROOT, WAIT, BusProcess, bus_env
+
+from devbus.cli import main
+
+
+@pytest.fixture
+def bus(bus_process: Callable[..., BusProcess]) -> BusProcess:
+    return bus_process("--quiet")
+
+
+def devbus(bus: BusProcess, *args: str, stdin: str | None = None) -> Result:
+    env = {"DEVBUS_URL": bus.url, "DEVBUS_INGEST": bus.endpoints["ingest"], "DEVBUS_TOKEN": ""}
+    return CliRunner().invoke(main, list(args), input=stdin, env=env, catch_exceptions=False)
+
+
+def history_json(bus: BusProcess, *args: str) -> list[dict[str, object]]:
+    result = devbus(bus, "history", "--json", *args)
+    assert result.exit_code == 0, result.output
+    return [json.loads(line) for line in result.stdout.splitlines()]
+
+
+def test_emit_over_zeromq_http_stdin_and_file(bus: BusProcess, tmp_path: Path) -> None:
+    assert devbus(bus, "emit", "agent.created", '{"id": 1}', "--source", "shell").exit_code == 0
+    assert devbus(bus, "emit", "agent.renamed", "-", stdin='{"id": 1, "name": "Ada"}').exit_code == 0
+    (tmp_path / "data.json").write_text('{"id": 2}')
+    assert devbus(bus, "emit", "agent.loaded", f"@{tmp_path / 'data.json'}").exit_code == 0
+    posted = devbus(bus, "emit", "agent.deleted", '{"id": 1}', "--http")
+    assert posted.exit_code == 0, posted.output
+    events = history_json(bus)
+    assert [(e["type"], e["data"], e["source"]) for e in events] == [
+        ("agent.created", {"id": 1}, "shell"),
+        ("agent.renamed", {"id": 1, "name": "Ada"}, "zmq"),
+        ("agent.loaded", {"id": 2}, "zmq"),
+        ("agent.deleted", {"id": 1}, "trigger"),
+    ]
+    assert posted.stdout.startswith(str(events[-1]["id"]))
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [("[1, 2]", "must be a JSON object"), ("{oops", "not valid JSON"), ("@/nonexistent/x.json", "cannot read")],
+    ids=["array", "broken-json", "missing-file"],
+)
+def test_emit_refuses_bad_data_naming_it(bus: BusProcess, data: str, message: str) -> None:
+    result = devbus(bus, "emit", "x.y", data)
+    assert result.exit_code == 2
+    assert message in result.stderr
+
+
+def test_history_filters_limits_and_prints_lines(bus: BusProcess) -> None:
+    for n in range(5):
+        devbus(bus, "emit", "rental.created" if n % 2 else "agent.created", json.dumps({"n": n}))
+    assert [e["data"] for e in history_json(bus, "--types", "agent.*")] == [{"n": 0}, {"n": 2}, {"n": 4}]
+    assert [e["data"] for e in history_json(bus, "--limit", "2")] == [{"n": 3}, {"n": 4}]
+    lines = devbus(bus, "history").stdout.splitlines()
+    assert len(lines) == 5
+    assert "rental.created" in lines[1] and '{"n":1}' in lines[1]
+
+
+class Listener:
+    """A `devbus listen` child whose output lines are read with a timeout."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.proc = proc
+        self.stdout: queue.Queue[str] = queue.Queue()
+        self.stderr: queue.Queue[str] = queue.Queue()
+        for stream, lines in ((proc.stdout, self.stdout), (proc.stderr, self.stderr)):
+            threading.Thread(target=self._pump, args=(stream, lines), daemon=True).start()
+
+    @staticmethod
+    def _pump(stream: IO[str] | None, lines: queue.Queue[str]) -> None:
+        assert stream is not None
+        for line in stream:
+            lines.put(line)
+
+    def line(self, *, err: bool = False) -> str:
+        """The next line printed, waiting at most WAIT seconds."""
+        return (self.stderr if err else self.stdout).get(timeout=WAIT)
+
+
+@pytest.fixture
+def listen(bus: BusProcess) -> Iterator[Callable[..., Listener]]:
+    """Start `devbus listen` processes; every one is stopped after the test."""
+    started: list[Listener] = []
+
+    def start(*args: str) -> Listener:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "devbus", "listen", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=bus_env(DEVBUS_URL=bus.url),
+            cwd=ROOT,
+        )
+        listener = Listener(proc)
+        started.append(listener)
+        assert listener.line(err=True).startswith("listening to"), "listen did not connect"
+        return listener
+
+    yield start
+    for listener in started:
+        listener.proc.kill()
+        listener.proc.wait(timeout=WAIT)
+        for stream in (listener.proc.stdout, listener.proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
+def test_listen_replays_since_an_id_then_prints_live_events(bus: BusProcess, listen: Callable[..., Listener]) -> None:
+    for n in range(3):
+        devbus(bus, "emit", "step.done", json.dumps({"n": n}))
+    first = history_json(bus)[0]["id"]
+    listener = listen("--json", "--since", str(first), "--types", "step.*")
+    devbus(bus, "emit", "other.thing")
+    devbus(bus, "emit", "step.done", '{"n": 3}')
+    received = [json.loads(listener.line()) for _ in range(3)]
+    assert [e["data"] for e in received] == [{"n": 1}, {"n": 2}, {"n": 3}]
+    assert set(received[0]) == {"id", "type", "data", "timestamp", "source"}
+
+
+def test_listen_prints_a_readable_line_per_event(bus: BusProcess, listen: Callable[..., Listener]) -> None:
+    listener = listen()
+    devbus(bus, "emit", "agent.created", '{"name": "Ada"}', "--source", "seed")
+    line = listener.line()
+    assert line.split()[1:4] == ["agent.created", "seed", history_json(bus)[0]["id"]]
+    assert line.rstrip().endswith('{"name":"Ada"}')
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["emit", "x.y", "--timeout", "0.3"], ["emit", "x.y", "--http"], ["listen"], ["history"]],
+    ids=["emit", "emit-http", "listen", "history"],
+)
+def test_an_unreachable_bus_is_one_line_naming_the_address(args: list[str]) -> None:
+    port = closed_port()
+    env = bus_env(DEVBUS_URL=f"http://127.0.0.1:{port}", DEVBUS_INGEST=f"tcp://127.0.0.1:{port}")
+    result = subprocess.run(
+        [sys.executable, "-m", "devbus", *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=WAIT
+    )
+    assert result.returncode == 1
+    assert f"127.0.0.1:{port}" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "Traceback" not in result.stderr
