@@ -94,6 +94,10 @@ class Dispatcher:
         """Connected outlets."""
         return self._count
 
+    def unsent(self) -> int:
+        """Bytes subscribers have not taken yet, all together (a burst source may wait on it)."""
+        return sum(outlet.unsent for group in self._groups.values() for outlet in group.outlets)
+
     @property
     def last_id(self) -> str | None:
         """The id of the newest event of this run."""

@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Protocol
 
 from devbus.filters import TypeFilter
 
-__all__ = ["Outlet"]
+__all__ = ["Outlet", "WriteNow"]
 
 
-WriteNow = Callable[[bytes], bool]
+class WriteNow(Protocol):
+    """A subscriber's socket, written without waiting."""
+
+    @property
+    def buffered(self) -> int:
+        """Bytes written but still waiting in the socket's send buffer."""
+
+    def __call__(self, chunk: bytes) -> bool:
+        """Write ``chunk`` now and return True, or return False if the socket is backed up."""
 
 
 class Outlet:
@@ -68,6 +77,11 @@ class Outlet:
     def waiting(self) -> bool:
         """Whether the stream's task is idle, waiting for frames (so a flush may write for it)."""
         return self._waiter is not None and not self._waiter.done()
+
+    @property
+    def unsent(self) -> int:
+        """Bytes this subscriber has not taken yet: pending here and buffered for its socket."""
+        return self._size + (self.write_now.buffered if self.write_now is not None else 0)
 
     def preload(self, chunk: bytes) -> None:
         """Queue ``chunk`` before the stream starts (connected frame, replay), unbounded by design."""

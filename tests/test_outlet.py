@@ -10,6 +10,24 @@ from devbus.outlet import Outlet
 WAIT = 5.0
 
 
+class FakeSocket:
+    """A subscriber socket that records writes, or refuses them while backed up."""
+
+    def __init__(self, *, backed_up: bool = False) -> None:
+        self.backed_up = backed_up
+        self.written: list[bytes] = []
+
+    @property
+    def buffered(self) -> int:
+        return 0
+
+    def __call__(self, chunk: bytes) -> bool:
+        if self.backed_up:
+            return False
+        self.written.append(chunk)
+        return True
+
+
 def make_outlet(*, limit: int = 1024) -> tuple[Outlet, list[Outlet]]:
     evicted: list[Outlet] = []
     return Outlet(TypeFilter(), named=False, limit=limit, on_evict=evicted.append), evicted
@@ -25,15 +43,14 @@ async def idle_writer(outlet: Outlet) -> asyncio.Task[bytes | None]:
 
 async def test_a_burst_leaves_in_one_socket_write() -> None:
     outlet, _ = make_outlet()
-    written: list[bytes] = []
-    outlet.write_now = lambda chunk: written.append(chunk) is None
+    socket = outlet.write_now = FakeSocket()
     task = await idle_writer(outlet)
     for frame in (b"a\n\n", b"b\n\n", b"c\n\n"):
         outlet.push(frame)
-    assert written == []  # nothing is written before the flush
+    assert socket.written == []  # nothing is written before the flush
     outlet.flush()
-    assert written == [b"a\n\nb\n\nc\n\n"]
-    assert outlet.pending_bytes == 0
+    assert socket.written == [b"a\n\nb\n\nc\n\n"]
+    assert outlet.pending_bytes == outlet.unsent == 0
     assert not task.done()  # the stream's task was never woken
     outlet.close()
     assert await task is None
@@ -41,11 +58,12 @@ async def test_a_burst_leaves_in_one_socket_write() -> None:
 
 async def test_a_backed_up_socket_hands_the_frames_to_the_stream_task() -> None:
     outlet, _ = make_outlet()
-    outlet.write_now = lambda chunk: False  # the socket is over its high-water mark
+    outlet.write_now = FakeSocket(backed_up=True)  # over its high-water mark
     task = await idle_writer(outlet)
     outlet.push(b"a\n\n")
     outlet.push(b"b\n\n")
     outlet.flush()
+    assert outlet.unsent == 6  # still here, for the task to write
     async with asyncio.timeout(WAIT):
         assert await task == b"a\n\nb\n\n"
 
