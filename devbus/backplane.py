@@ -41,6 +41,7 @@ async def backplane(app: web.Application) -> AsyncIterator[None]:
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     sockets: list[zmq.Socket[bytes]] = []
     ingest: Ingest | None = None
+    egress: Egress | None = None
     remove_listener = None
     try:
         if settings.ingest:
@@ -61,15 +62,19 @@ async def backplane(app: web.Application) -> AsyncIterator[None]:
             )
             ingest.start()
         if settings.egress:
-            pub = context.socket(zmq.PUB)
+            pub = context.socket(zmq.XPUB)
             sockets.append(pub)
             pub.setsockopt(zmq.SNDHWM, EGRESS_HWM)
             app[ENDPOINTS]["egress"] = _bind(pub, settings.egress, role="egress", option="--egress")
-            remove_listener = app[DISPATCHER].add_listener(Egress(pub, metrics=app[METRICS]))
+            egress = Egress(pub, metrics=app[METRICS])
+            egress.start()
+            remove_listener = app[DISPATCHER].add_listener(egress)
         yield
     finally:
         if ingest is not None:
             ingest.stop()
+        if egress is not None:
+            egress.stop()
         if remove_listener is not None:
             remove_listener()
         for socket in sockets:

@@ -115,7 +115,8 @@ def _convert(obj: object, type_: type[msgspec.Struct], what: str) -> Any:
 def _decode_json(body: bytes) -> object:
     try:
         return msgspec.json.decode(body)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        # msgspec reports a string that is not UTF-8 as UnicodeDecodeError, not DecodeError.
         raise MalformedInput(f"Body is not valid JSON: {exc}") from exc
     except RecursionError as exc:
         raise MalformedInput(f"Body nests too deeply to be an event: {exc}") from exc
@@ -154,7 +155,8 @@ def decode_wire_event(payload: bytes, *, default_source: str = "zmq", token: str
         incoming: WireEventIn = _wire_decoder.decode(payload)
     except msgspec.ValidationError as exc:
         raise InvalidEvent(f'expected {{"type": str, "data": map, "source"?: str}}: {exc}') from exc
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        # msgspec reports a string that is not UTF-8 as UnicodeDecodeError, not DecodeError.
         raise MalformedInput(f"Body is not valid MessagePack: {exc}") from exc
     except RecursionError as exc:
         raise MalformedInput(f"Body nests too deeply to be an event: {exc}") from exc

@@ -105,7 +105,11 @@ class Ingest:
             except WireReject as exc:
                 self._reject(exc)
         if drafts:
-            self._dispatcher.publish(drafts)
+            try:
+                self._dispatcher.publish(drafts)
+            except Exception:
+                # Never let one bad batch stop the ingest: log it and keep reading.
+                log.exception("could not publish %d events from ZeroMQ", len(drafts))
         # Reading EVENTS also lets libzmq process pending commands (new peers),
         # which is what re-arms the edge-triggered FD.
         if not (more or int(self.socket.getsockopt(zmq.EVENTS)) & zmq.POLLIN):

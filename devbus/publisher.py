@@ -35,6 +35,7 @@ __all__ = ["AsyncPublisher", "Publisher", "emit"]
 log = logging.getLogger(__name__)
 
 POLL_MS = 100  # how often a blocked send re-checks whether the bus went away
+AWAY_LINGER_S = 5.0  # longest a close waits for a bus that is away
 RETRY_S = 0.005  # longest an async send waits for room before trying again
 NOBLOCK = int(zmq.NOBLOCK)  # plain ints: pyzmq's enum flags cost per call
 SNDMORE = int(zmq.SNDMORE)
@@ -149,6 +150,9 @@ class _Link:
             return
         self.refresh()
         if not self.connected:
+            # Waiting the full linger for a bus that is not there would hold a
+            # script's exit; a restart in progress still gets a few seconds.
+            linger = min(linger, AWAY_LINGER_S)
             log.warning("devbus at %s is away; held events get %gs to be delivered", self.address, linger)
         self._teardown(int(linger * 1000))
 

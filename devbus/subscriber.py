@@ -11,6 +11,7 @@ import zmq.asyncio
 
 from devbus.client_config import resolve
 from devbus.envelope import Event
+from devbus.errors import BusUnavailable
 from devbus.filters import TypeFilter, parse_patterns
 from devbus.wire import decode_event_frames
 
@@ -40,11 +41,20 @@ class _Filtered:
         # glob then matches exactly here (`agent.created` must not pass `agent.created2`).
         self._exact = TypeFilter(self.patterns)
 
-    def setup(self, socket: zmq.Socket[Any]) -> None:
+    def setup(self, socket: zmq.Socket[Any]) -> Any:
+        """Subscribe and connect; return a monitor socket that reports the handshake."""
         socket.setsockopt(zmq.LINGER, 0)
         for prefix in prefixes(self.patterns):
             socket.setsockopt(zmq.SUBSCRIBE, prefix)
+        monitor = socket.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
         socket.connect(self.address)
+        return monitor
+
+    def unavailable(self, timeout: float) -> BusUnavailable:
+        return BusUnavailable(
+            f"No devbus at {self.address} (waited {timeout:g}s for its egress socket); "
+            "start one with `devbus run`, or point DEVBUS_EGRESS at it"
+        )
 
     def wanted(self, event: Event) -> bool:
         return self._exact(event.type)
@@ -58,12 +68,22 @@ class Subscriber:
     after it has connected.
     """
 
-    def __init__(self, *, types: Iterable[str] | str | None = None, egress: str | None = None) -> None:
+    def __init__(
+        self, *, types: Iterable[str] | str | None = None, egress: str | None = None, timeout: float = 5.0
+    ) -> None:
         self._filter = _Filtered(types, egress)
         self.address = self._filter.address
         self._context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self._socket = self._context.socket(zmq.SUB)
-        self._filter.setup(self._socket)
+        monitor = self._filter.setup(self._socket)
+        try:
+            found = monitor.poll(int(timeout * 1000))
+        finally:
+            self._socket.disable_monitor()
+            monitor.close(linger=0)
+        if not found:
+            self.close()
+            raise self._filter.unavailable(timeout)
 
     def receive(self, *, timeout: float | None = None) -> Event | None:
         """Return the next matching event, or None if none arrives within ``timeout`` seconds."""
@@ -96,12 +116,29 @@ class Subscriber:
 class AsyncSubscriber:
     """Iterate events from egress in asyncio code: ``async for event in AsyncSubscriber()``."""
 
-    def __init__(self, *, types: Iterable[str] | str | None = None, egress: str | None = None) -> None:
+    def __init__(
+        self, *, types: Iterable[str] | str | None = None, egress: str | None = None, timeout: float = 5.0
+    ) -> None:
         self._filter = _Filtered(types, egress)
         self.address = self._filter.address
+        self._timeout = timeout
         self._context = zmq.asyncio.Context()
         self._socket = self._context.socket(zmq.SUB)
-        self._filter.setup(self._socket)
+        self._monitor: zmq.asyncio.Socket | None = self._filter.setup(self._socket)
+
+    async def connect(self) -> AsyncSubscriber:
+        """Wait until the bus's egress accepted the connection; BusUnavailable after ``timeout``."""
+        monitor, self._monitor = self._monitor, None
+        if monitor is not None:
+            try:
+                found = await monitor.poll(int(self._timeout * 1000))
+            finally:
+                self._socket.disable_monitor()
+                monitor.close(linger=0)
+            if not found:
+                self.close()
+                raise self._filter.unavailable(self._timeout)
+        return self
 
     async def receive(self) -> Event:
         """Wait for the next matching event."""
@@ -116,11 +153,15 @@ class AsyncSubscriber:
 
     def close(self) -> None:
         """Close the socket."""
+        if self._monitor is not None:
+            self._socket.disable_monitor()
+            self._monitor.close(linger=0)
+            self._monitor = None
         self._socket.close(linger=0)
         self._context.term()
 
     async def __aenter__(self) -> AsyncSubscriber:
-        return self
+        return await self.connect()
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None

@@ -199,3 +199,46 @@ def test_what_overflows_the_hold_while_the_bus_is_away_is_counted_and_logged(
     assert held == list(range(len(held)))
     assert len(held) + publisher.dropped == 200
     assert f"{publisher.dropped} events were dropped while it was away" in caplog.text
+
+
+def test_subscriber_without_a_bus_raises_bus_unavailable() -> None:
+    endpoint = free_endpoint()
+    with pytest.raises(devbus.BusUnavailable, match=endpoint.replace(".", r"\.")):
+        devbus.Subscriber(egress=endpoint, timeout=0.3)
+
+
+async def test_async_subscriber_without_a_bus_raises_bus_unavailable() -> None:
+    with pytest.raises(devbus.BusUnavailable, match="egress"):
+        async with devbus.AsyncSubscriber(egress=free_endpoint(), timeout=0.3):
+            pass
+
+
+def test_subscriber_iterates_matching_events_from_a_real_bus(bus_process: Callable[..., BusProcess]) -> None:
+    bus = bus_process("--quiet")
+
+    def trigger(event_type: str) -> None:
+        body = json.dumps({"event_type": event_type, "data": {"t": event_type}}).encode()
+        request = urllib.request.Request(
+            f"{bus.url}/api/dev/trigger", data=body, headers={"Content-Type": "application/json"}
+        )
+        urllib.request.urlopen(request, timeout=WAIT).close()
+
+    with devbus.Subscriber(types=["agent.*", "sync.ping"], egress=bus.endpoints["egress"]) as subscriber:
+        # Connected is not yet subscribed (ZeroMQ's slow joiner): ping until one arrives.
+        deadline = time.monotonic() + WAIT
+        while subscriber.receive(timeout=0.05) is None:
+            assert time.monotonic() < deadline
+            trigger("sync.ping")
+        for event_type in ("rental.created", "agent.created", "sync.pong", "agent.deleted"):
+            trigger(event_type)
+        received = []
+        while len(received) < 2:
+            event = subscriber.receive(timeout=WAIT)
+            assert event is not None, received
+            if event.type != "sync.ping":
+                received.append(event)
+    assert [(e.type, e.data, e.source) for e in received] == [
+        ("agent.created", {"t": "agent.created"}, "trigger"),
+        ("agent.deleted", {"t": "agent.deleted"}, "trigger"),
+    ]
+    assert isinstance(received[0], devbus.Event)

@@ -164,3 +164,35 @@ def test_an_unreachable_bus_is_one_line_naming_the_address(args: list[str]) -> N
     assert f"127.0.0.1:{port}" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_commands_send_the_token_and_a_wrong_one_is_one_line(bus_process: Callable[..., BusProcess]) -> None:
+    bus = bus_process("--quiet", "--token", "t0ken")
+    env = {"DEVBUS_URL": bus.url, "DEVBUS_INGEST": bus.endpoints["ingest"], "DEVBUS_TOKEN": "t0ken"}
+    runner = CliRunner()
+    assert runner.invoke(main, ["emit", "secure.zmq"], env=env).exit_code == 0
+    assert runner.invoke(main, ["emit", "secure.http", "--http"], env=env).exit_code == 0
+    listed = runner.invoke(main, ["history", "--json"], env=env)
+    assert [json.loads(line)["type"] for line in listed.stdout.splitlines()] == ["secure.zmq", "secure.http"]
+    refused = runner.invoke(main, ["history"], env={**env, "DEVBUS_TOKEN": "n0t-1t"})
+    assert refused.exit_code == 1
+    assert "(401)" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+    assert "n0t-1t" not in refused.stderr
+
+
+def test_listen_survives_a_bus_restart_and_reports_the_gap(
+    bus_process: Callable[..., BusProcess], listen: Callable[..., Listener], bus: BusProcess
+) -> None:
+    listener = listen("--json")
+    devbus(bus, "emit", "before.restart")
+    before = json.loads(listener.line())
+    assert bus.stop() == 0
+    assert "went away; reconnecting" in listener.line(err=True)
+    port = bus.url.rsplit(":", 1)[1]
+    second = bus_process("--quiet", "--port", port)
+    assert listener.line(err=True).startswith("listening to")
+    devbus(second, "emit", "after.restart")
+    gap, after = json.loads(listener.line()), json.loads(listener.line())
+    # The new run no longer has what followed the old id: a gap event says so first.
+    assert (gap["type"], gap["data"]["last_event_id"]) == ("devbus.gap", before["id"])
+    assert after["type"] == "after.restart"

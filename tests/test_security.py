@@ -294,6 +294,15 @@ async def test_sse_injection_in_event_type_is_422(bus: Client, event_type: str) 
     assert await counts(bus) == (1, 1)
 
 
+async def test_invalid_utf8_body_is_400_not_a_crash(bus: Client) -> None:
+    """Regression: a string that is not UTF-8 raised UnicodeDecodeError, answered as a 500."""
+    body = b'{"event_type":"t","data":{"x":"\xff\xfe"}}'
+    response = await bus.post("/api/dev/webhook", data=body, headers={"Content-Type": "application/json"})
+    assert response.status == 400
+    assert "not valid JSON" in (await response.json())["error"]
+    assert await counts(bus) == (0, 0)
+
+
 async def test_deeply_nested_body_is_400_not_a_crash(bus: Client) -> None:
     body = b'{"event_type":"t","data":{"x":' + b"[" * 100_000 + b"]" * 100_000 + b"}}"
     response = await bus.post("/api/dev/webhook", data=body, headers={"Content-Type": "application/json"})

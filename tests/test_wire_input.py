@@ -28,6 +28,12 @@ def test_data_that_json_cannot_carry_is_refused(data: dict[str, Any]) -> None:
         decode_wire_event(body(data=data))
 
 
+def test_invalid_utf8_is_malformed_not_a_crash() -> None:
+    """Regression: msgspec raised UnicodeDecodeError, which escaped and dropped the whole ingest batch."""
+    with pytest.raises(MalformedInput, match="not valid MessagePack"):
+        decode_wire_event(b"\x82\xa4type\xa2\xff\xfe\xa4data\x80")
+
+
 def test_deep_nesting_is_malformed_not_a_crash() -> None:
     with pytest.raises(MalformedInput, match="nests too deeply"):
         decode_wire_event(b"\x82\xa4type\xa1t\xa4data\x81\xa1x" + b"\x91" * 100_000 + b"\xc0")
