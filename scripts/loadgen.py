@@ -332,7 +332,10 @@ def zmq_publish(
                     sock.send_multipart(frames, zmq.NOBLOCK)
                     break
                 except zmq.Again:
+                    # At the high-water mark POLLOUT can be reported before there is
+                    # room again; back off briefly instead of spinning on a core.
                     sock.poll(1000, zmq.POLLOUT)
+                    time.sleep(0.0005)
         finished = time.monotonic()
         result = {"started": started, "finished": finished, "cpu": cpu_self() - cpu_before}
     finally:
