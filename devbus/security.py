@@ -46,7 +46,7 @@ ALLOW_HEADERS = "Authorization, Content-Type, Last-Event-ID, Cache-Control"
 PREFLIGHT_MAX_AGE = "600"
 # Served without a token: the same bytes in every install, and a page has to load
 # before it can read ?token= from its own URL. Host and Origin still apply.
-PUBLIC_FILES = frozenset({"/", "/devbus.js", "/devbus.d.ts"})
+PUBLIC_FILES = frozenset({"/", "/dashboard.js", "/devbus.js", "/devbus.d.ts"})
 DEFAULT_PORTS = {"http": 80, "https": 443}
 WILDCARD_BINDS = frozenset({"", "0.0.0.0", "::", "*"})
 

@@ -55,7 +55,7 @@ async def test_token_in_header_or_query_opens_every_endpoint(locked: Client) -> 
 
 async def test_health_and_page_files_need_no_token(locked: Client) -> None:
     """A page must load before it can read ?token= from its own URL; the files hold no secret."""
-    for path in ["/api/dev/health", "/", "/devbus.js", "/devbus.d.ts", f"/?token={TOKEN}"]:
+    for path in ["/api/dev/health", "/", "/dashboard.js", "/devbus.js", "/devbus.d.ts", f"/?token={TOKEN}"]:
         assert (await locked.get(path)).status == 200, path
 
 
