@@ -49,8 +49,9 @@ def create_app(settings: Settings | None = None) -> web.Application:
         metrics=metrics,
     )
     app[FORWARDER] = forwarder
-    app[DISPATCHER].add_listener(forwarder)
-    app.cleanup_ctx.append(forwarder.run)
+    if forwarder.targets:
+        app[DISPATCHER].add_listener(forwarder)
+        app.cleanup_ctx.append(forwarder.run)
     api = settings.api
     app.router.add_post(f"{api}/webhook", views.webhook, expect_handler=expect_continue)
     app.router.add_post(f"{api}/trigger", views.trigger, expect_handler=expect_continue)
