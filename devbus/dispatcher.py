@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import time
@@ -82,6 +83,7 @@ class Dispatcher:
         self._buffer = subscriber_buffer
         self._max_subscribers = max_subscribers
         self._groups: dict[tuple[tuple[str, ...], bool], _Group] = {}
+        self._unflushed: dict[_Group, None] = {}
         self._count = 0
         self._listeners: list[Listener] = []
         metrics.watch(metrics.subscribers, lambda: self._count)
@@ -91,6 +93,10 @@ class Dispatcher:
     def subscribers(self) -> int:
         """Connected outlets."""
         return self._count
+
+    def unsent(self) -> int:
+        """Bytes subscribers have not taken yet, all together (a burst source may wait on it)."""
+        return sum(outlet.unsent for group in self._groups.values() for outlet in group.outlets)
 
     @property
     def last_id(self) -> str | None:
@@ -107,13 +113,15 @@ class Dispatcher:
         entries: list[Entry] = []
         published: list[Published] = []
         sources: dict[str, int] = {}
+        # One accepted batch is one moment: stamping it once keeps a burst cheap.
+        timestamp = self._clock.now()
         for draft in drafts:
             self._seq += 1
             event = Event(
                 id=format_id(self.run, self._seq),
                 type=draft.type,
                 data=draft.data,
-                timestamp=self._clock.now(),
+                timestamp=timestamp,
                 source=draft.source,
             )
             entry = Entry(self._seq, event.id, event.type, encode_json(event))
@@ -156,8 +164,25 @@ class Dispatcher:
             deliveries += width * len(frames)
             for outlet in list(group.outlets):
                 outlet.push(chunk)
+            if not self._unflushed:
+                self._schedule_flush()
+            self._unflushed[group] = None
         if deliveries:
             self.metrics.deliveries.inc(deliveries)
+
+    def _schedule_flush(self) -> None:
+        # A request read in one loop turn publishes in the next (aiohttp starts a
+        # task for it), so flushing one turn later lets requests that arrived
+        # together share one write per subscriber instead of one write each.
+        loop = asyncio.get_running_loop()
+        loop.call_soon(loop.call_soon, self._flush)
+
+    def _flush(self) -> None:
+        # Everything published since the last flush leaves in one write per subscriber.
+        groups, self._unflushed = self._unflushed, {}
+        for group in groups:
+            for outlet in list(group.outlets):
+                outlet.flush()
 
     def subscribe(self, type_filter: TypeFilter, *, named: bool, since: str | None, first: bytes) -> Outlet:
         """Register a subscriber; queue ``first``, then any replay after ``since``."""

@@ -22,6 +22,19 @@ NOBLOCK = int(zmq.NOBLOCK)  # a plain int: pyzmq's enum flags cost per call
 # call per thousands of events, small enough that HTTP and SSE stay responsive.
 BATCH = 2000
 
+# ... and bytes per loop turn, so that one batch never buffers much per subscriber.
+BATCH_BYTES = 256 * 1024
+
+# Flow control for bursts: while input is waiting and subscribers have not taken
+# what they were sent but keep taking it, wait (looking every CATCH_UP_POLL) before
+# reading more. Readers get a whole burst without the bus buffering it for them;
+# one that takes nothing for STALLED seconds is not waited for (its buffer bound
+# evicts it), and no batch waits more than CATCH_UP, so a slow reader cannot hold
+# a burst back for long.
+CATCH_UP = 1.0
+CATCH_UP_POLL = 0.002
+STALLED = 0.1
+
 
 class Ingest:
     """Read every pending message, validate it, and publish the valid ones as one batch.
@@ -69,8 +82,11 @@ class Ingest:
             return
         drafts: list[Draft] = []
         more = True
+        size = 0
         recv = self.socket.recv
         for _ in range(BATCH):
+            if size >= BATCH_BYTES:
+                break
             try:
                 # Frames, not recv_multipart: asking ZMQ_RCVMORE through getsockopt
                 # costs more than the rest of taking a message in.
@@ -83,6 +99,7 @@ class Ingest:
                 # A multipart message arrives whole, so its next frame is there.
                 frame = recv(NOBLOCK, copy=False)
                 frames.append(frame.bytes)
+            size += len(frames[-1])
             try:
                 drafts.append(decode_frames(frames, max_size=self._max_size, token=self._token))
             except WireReject as exc:
@@ -95,8 +112,26 @@ class Ingest:
                 log.exception("could not publish %d events from ZeroMQ", len(drafts))
         # Reading EVENTS also lets libzmq process pending commands (new peers),
         # which is what re-arms the edge-triggered FD.
-        if more or int(self.socket.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+        if not (more or int(self.socket.getsockopt(zmq.EVENTS)) & zmq.POLLIN):
+            return
+        unsent = self._dispatcher.unsent()
+        if unsent:
+            # Still marked scheduled, so the socket's wake-ups wait for this too.
+            self._scheduled = True
+            now = self._loop.time()
+            self._loop.call_later(CATCH_UP_POLL, self._catch_up, unsent, now, now)
+        else:
             self._wake()
+
+    def _catch_up(self, before: int, started: float, progressed: float) -> None:
+        unsent = self._dispatcher.unsent()
+        now = self._loop.time()
+        if unsent < before:
+            progressed = now
+        if unsent and now - progressed < STALLED and now - started < CATCH_UP:
+            self._loop.call_later(CATCH_UP_POLL, self._catch_up, unsent, started, progressed)
+        else:
+            self._drain()
 
     def _reject(self, exc: WireReject) -> None:
         self._metrics.reject(exc.reason)

@@ -1,25 +1,51 @@
-"""Outlets: one subscriber's bounded buffer of encoded frames, drained by its writer."""
+"""Outlets: one subscriber's bounded buffer of encoded frames, written out once per loop turn."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Protocol
 
 from devbus.filters import TypeFilter
 
-__all__ = ["Outlet"]
+__all__ = ["Outlet", "WriteNow"]
+
+
+class WriteNow(Protocol):
+    """A subscriber's socket, written without waiting."""
+
+    @property
+    def buffered(self) -> int:
+        """Bytes written but still waiting in the socket's send buffer."""
+
+    def __call__(self, chunk: bytes) -> bool:
+        """Write ``chunk`` now and return True, or return False if the socket is backed up."""
 
 
 class Outlet:
-    """Pending bytes for one subscriber; everything pending is taken as one write.
+    """Pending bytes for one subscriber; everything pending goes out as one write.
 
-    The dispatcher pushes already-encoded chunks and wakes the writer at most once
-    per loop turn, so a burst becomes one socket write instead of one per event.
+    The dispatcher pushes already-encoded chunks and calls :meth:`flush` once per
+    loop turn, so a burst becomes one socket write instead of one per event. While
+    the subscriber keeps up, the flush writes straight to its socket through
+    ``write_now`` (no task switch, no future); when the socket is backed up, the
+    stream's task takes what is pending and waits for the socket to drain.
     Past ``limit`` unsent bytes the subscriber is evicted: it can reconnect and
     resume from history, but it can never grow the bus's memory.
     """
 
-    __slots__ = ("_limit", "_on_evict", "_pending", "_size", "_waiter", "closed", "evicted", "named", "type_filter")
+    __slots__ = (
+        "_limit",
+        "_on_evict",
+        "_pending",
+        "_size",
+        "_waiter",
+        "closed",
+        "evicted",
+        "named",
+        "type_filter",
+        "write_now",
+    )
 
     def __init__(
         self,
@@ -38,11 +64,24 @@ class Outlet:
         self._pending: list[bytes] = []
         self._size = 0
         self._waiter: asyncio.Future[None] | None = None
+        # Set by the stream once its headers are out: writes a chunk to the socket
+        # at once, or returns False if the socket is backed up or closing.
+        self.write_now: WriteNow | None = None
 
     @property
     def pending_bytes(self) -> int:
         """Bytes pushed but not yet taken by the writer."""
         return self._size
+
+    @property
+    def waiting(self) -> bool:
+        """Whether the stream's task is idle, waiting for frames (so a flush may write for it)."""
+        return self._waiter is not None and not self._waiter.done()
+
+    @property
+    def unsent(self) -> int:
+        """Bytes this subscriber has not taken yet: pending here and buffered for its socket."""
+        return self._size + (self.write_now.buffered if self.write_now is not None else 0)
 
     def preload(self, chunk: bytes) -> None:
         """Queue ``chunk`` before the stream starts (connected frame, replay), unbounded by design."""
@@ -50,21 +89,33 @@ class Outlet:
         self._size += len(chunk)
 
     def push(self, chunk: bytes) -> None:
-        """Queue ``chunk``; evict the subscriber if it is behind by more than the bound."""
+        """Queue ``chunk`` until the next flush; evict the subscriber if it is behind by more than the bound."""
         if self.closed:
             return
         self._pending.append(chunk)
         self._size += len(chunk)
         # Only a writer that is still busy with its previous chunk is behind: an
-        # idle one takes everything pending on its next turn, however large.
+        # idle one takes everything pending on the next flush, however large.
         if self._size > self._limit and self._waiter is None:
             self.evicted = True
             self._pending.clear()
             self._size = 0
             self.close()
             self._on_evict(self)
+
+    def flush(self) -> None:
+        """Send everything pending: straight to the socket if it keeps up, else through the stream's task."""
+        waiter = self._waiter
+        if not self._pending or waiter is None or waiter.done():
+            # The task is busy writing or about to run (not waiting): it takes what is pending itself.
             return
-        self._wake()
+        chunk = self._take_pending()
+        if self.write_now is not None and self.write_now(chunk):
+            return
+        # The socket is backed up (or not ready): the task writes the chunk and waits for it to drain.
+        self._pending.append(chunk)
+        self._size = len(chunk)
+        waiter.set_result(None)
 
     def close(self) -> None:
         """Stop after what is pending has been taken (nothing, if evicted)."""
@@ -91,6 +142,9 @@ class Outlet:
                 self._waiter = None
             if not self._pending:
                 return None if self.closed else b""
+        return self._take_pending()
+
+    def _take_pending(self) -> bytes:
         chunk = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
         self._pending.clear()
         self._size = 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp_sse import EventSourceResponse
 
 from devbus.envelope import encode_json, sse_frame
@@ -31,6 +31,31 @@ def _resume_id(request: web.Request) -> str | None:
     return None
 
 
+class SocketWriter:
+    """Write chunks straight to a stream's socket, framed as aiohttp frames them."""
+
+    __slots__ = ("_chunked", "_protocol", "_transport")
+
+    def __init__(self, request: web.Request, response: web.StreamResponse) -> None:
+        self._transport = request.transport
+        self._protocol = request.protocol
+        self._chunked = response.headers.get(hdrs.TRANSFER_ENCODING) == "chunked"
+
+    @property
+    def buffered(self) -> int:
+        """Bytes written but still waiting in the socket's send buffer."""
+        return self._transport.get_write_buffer_size() if self._transport is not None else 0
+
+    def __call__(self, chunk: bytes) -> bool:
+        transport = self._transport
+        # A paused protocol means the buffer is over its high-water mark: then the
+        # stream's task writes through aiohttp instead, which waits for it to drain.
+        if transport is None or transport.is_closing() or self._protocol.writing_paused:
+            return False
+        transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if self._chunked else chunk)
+        return True
+
+
 async def stream_events(request: web.Request) -> web.StreamResponse:
     """Stream events as SSE: connected frame, replay after a resume id, then live."""
     settings = request.app[SETTINGS]
@@ -51,6 +76,7 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
     response = EventSourceResponse(ping_interval=settings.heartbeat, sep="\n")
     try:
         await response.prepare(request)
+        outlet.write_now = SocketWriter(request, response)
         while (chunk := await outlet.take(idle=settings.heartbeat)) is not None:
             if chunk:
                 await response.write(chunk)

@@ -178,3 +178,21 @@ def test_commands_send_the_token_and_a_wrong_one_is_one_line(bus_process: Callab
     assert refused.exit_code == 1
     assert "(401)" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
     assert "n0t-1t" not in refused.stderr
+
+
+def test_listen_survives_a_bus_restart_and_reports_the_gap(
+    bus_process: Callable[..., BusProcess], listen: Callable[..., Listener], bus: BusProcess
+) -> None:
+    listener = listen("--json")
+    devbus(bus, "emit", "before.restart")
+    before = json.loads(listener.line())
+    assert bus.stop() == 0
+    assert "went away; reconnecting" in listener.line(err=True)
+    port = bus.url.rsplit(":", 1)[1]
+    second = bus_process("--quiet", "--port", port)
+    assert listener.line(err=True).startswith("listening to")
+    devbus(second, "emit", "after.restart")
+    gap, after = json.loads(listener.line()), json.loads(listener.line())
+    # The new run no longer has what followed the old id: a gap event says so first.
+    assert (gap["type"], gap["data"]["last_event_id"]) == ("devbus.gap", before["id"])
+    assert after["type"] == "after.restart"

@@ -1,0 +1,341 @@
+"""The benchmark's load generator: cheap SSE sinks, publishers and process probes.
+
+SSE sinks are asyncio protocols on raw sockets: they count frames with ``bytes.count``
+and parse a frame only on the few sinks chosen to check ids or sample latency, so
+that the generator stays well below the bus in CPU.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import resource
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+import zmq
+
+# Every SSE frame has exactly one "data: " line, preceded by a newline: the end of
+# an "id:" line, or the CRLF of a chunked-encoding header. JSON never holds a raw newline.
+FRAME = b"\ndata: "
+_ID = re.compile(rb"\nid: [^\n]*-(\d+)\n")
+_SENT = re.compile(rb'"t":(\d+)')
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+class Tally:
+    """Counts sinks that still wait for their expected number of frames."""
+
+    def __init__(self) -> None:
+        self.waiting = 0
+        self.done = asyncio.Event()
+        self.last_at = 0.0
+
+    def arm(self, sinks: list[Sink], expected: int) -> None:
+        """Expect ``expected`` frames more on every sink from now on."""
+        self.done.clear()
+        self.waiting = 0
+        for sink in sinks:
+            sink.target = sink.frames + expected
+            sink.tally = self
+            self.waiting += 1
+        if not self.waiting:
+            self.done.set()
+
+    def reached(self) -> None:
+        self.waiting -= 1
+        self.last_at = time.monotonic()
+        if self.waiting == 0:
+            self.done.set()
+
+
+# Sinks read into one shared buffer: each read is counted before the next one starts.
+_BUFFER = bytearray(256 * 1024)
+_VIEW = memoryview(_BUFFER)
+
+
+class Sink(asyncio.BufferedProtocol):
+    """One SSE subscriber that counts frames; optionally checks ids and samples latency."""
+
+    def __init__(self, request: bytes, *, check_ids: bool = False, latencies: list[int] | None = None) -> None:
+        self.request = request
+        self.check_ids = check_ids
+        self.latencies = latencies
+        self.frames = -1  # the connected frame is not an event
+        self.target = -1
+        self.tally: Tally | None = None
+        self.last_seq = 0
+        self.out_of_order = 0
+        self.bytes = 0
+        self.connected = asyncio.get_running_loop().create_future()
+        self.closed = asyncio.get_running_loop().create_future()
+        self.transport: asyncio.Transport | None = None
+        self._tail = b""
+        self._carry = b""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.write(self.request)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return _VIEW
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.bytes += nbytes
+        found = _BUFFER.count(FRAME, 0, nbytes)
+        if self._tail:
+            # A marker split across two reads starts in the last bytes of the previous one.
+            found += (self._tail + _BUFFER[: len(FRAME) - 1]).count(FRAME)
+        self._tail = bytes(_BUFFER[max(0, nbytes - len(FRAME) + 1) : nbytes])
+        if found:
+            if self.frames < 0 and not self.connected.done():
+                self.connected.set_result(None)
+            self.frames += found
+        if self.check_ids or self.latencies is not None:
+            self._inspect(bytes(_BUFFER[:nbytes]))
+        if found and self.tally is not None and self.frames >= self.target >= 0:
+            self.target = -1
+            self.tally.reached()
+
+    def _inspect(self, data: bytes) -> None:
+        buffer = self._carry + data
+        end = buffer.rfind(b"\n\n")
+        if end < 0:
+            self._carry = buffer
+            return
+        # Keep the newline that ends the last whole frame: the next id line's pattern starts with it.
+        whole, self._carry = buffer[: end + 1], buffer[end + 1 :]
+        if self.check_ids:
+            for match in _ID.finditer(whole):
+                seq = int(match.group(1))
+                if seq != self.last_seq + 1 and self.last_seq:
+                    self.out_of_order += 1
+                self.last_seq = seq
+        if self.latencies is not None:
+            now = time.monotonic_ns()
+            self.latencies.extend(now - int(m.group(1)) for m in _SENT.finditer(whole))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.tally is not None and self.target >= 0:
+            # A closed stream will get nothing more: count it as finished, incomplete.
+            self.target = -1
+            self.tally.reached()
+        if not self.connected.done():
+            self.connected.set_exception(ConnectionError(f"stream closed before its first frame: {exc}"))
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+
+def sse_request(port: int, path: str) -> bytes:
+    """The GET request an EventSource would send, minus the browser headers."""
+    return (
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAccept: text/event-stream\r\nCache-Control: no-cache\r\n\r\n"
+    ).encode()
+
+
+async def open_sinks(
+    port: int,
+    count: int,
+    *,
+    path: str = "/api/dev/events",
+    check_every: int = 0,
+    latency_every: int = 0,
+    latencies: list[int] | None = None,
+    concurrency: int = 100,
+) -> list[Sink]:
+    """Connect ``count`` sinks, at most ``concurrency`` at a time, and wait for their connected frames."""
+    loop = asyncio.get_running_loop()
+    request = sse_request(port, path)
+    gate = asyncio.Semaphore(concurrency)
+    sinks: list[Sink] = []
+
+    async def one(index: int) -> None:
+        check = bool(check_every) and index % check_every == 0
+        sampled = latencies if latency_every and index % latency_every == 0 else None
+        async with gate:
+            _, sink = await loop.create_connection(
+                lambda: Sink(request, check_ids=check, latencies=sampled), "127.0.0.1", port
+            )
+            sinks.append(sink)
+            await sink.connected
+
+    await asyncio.gather(*(one(i) for i in range(count)))
+    return sinks
+
+
+def close_sinks(sinks: list[Sink]) -> None:
+    """Abort every sink's connection."""
+    for sink in sinks:
+        sink.close()
+
+
+def stalled_client(port: int, path: str = "/api/dev/events") -> socket.socket:
+    """Open a subscriber that never reads, with a tiny receive window."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(sse_request(port, path))
+    return sock
+
+
+def raise_fd_limit() -> int:
+    """Raise this process's open-file limit to the hard limit; return it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+def cpu_self() -> float:
+    """CPU seconds (user + system) this process has used."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+class Probe:
+    """CPU and memory of another process, read from /proc."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+
+    def cpu(self) -> float:
+        """CPU seconds (user + system) used so far."""
+        with open(f"/proc/{self.pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+    def memory(self) -> dict[str, int]:
+        """VmRSS and VmHWM (peak RSS) in bytes."""
+        found = {}
+        with open(f"/proc/{self.pid}/status") as status:
+            for line in status:
+                name, _, value = line.partition(":")
+                if name in ("VmRSS", "VmHWM"):
+                    found[name] = int(value.split()[0]) * 1024
+        return found
+
+    def rss(self) -> int:
+        return self.memory()["VmRSS"]
+
+
+async def post_events(url: str, bodies: Callable[[int], bytes], count: int, *, in_flight: int) -> None:
+    """POST ``count`` JSON bodies to ``url`` with ``in_flight`` requests outstanding."""
+    import aiohttp
+
+    next_index = 0
+    headers = {"Content-Type": "application/json"}
+
+    async def worker(session: aiohttp.ClientSession) -> None:
+        nonlocal next_index
+        while next_index < count:
+            index = next_index
+            next_index += 1
+            async with session.post(url, data=bodies(index), headers=headers) as response:
+                if response.status != 200:
+                    raise RuntimeError(f"POST {url} answered {response.status}: {await response.text()}")
+                await response.read()
+
+    connector = aiohttp.TCPConnector(limit=in_flight)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        await asyncio.gather(*(worker(session) for _ in range(in_flight)))
+
+
+def http_publish(
+    url: str, count: int, *, in_flight: int, size: int = 0, per_batch: int = 0, report: Any = None
+) -> dict[str, float]:
+    """POST ``count`` events to ``url`` (in a child process): one per request, or ``per_batch`` per request."""
+    body = webhook_body(size)
+    requests = count
+    bodies = body
+    if per_batch:
+        requests = -(-count // per_batch)
+
+        def bodies(index: int) -> bytes:
+            first = index * per_batch
+            items = b",".join(body(n) for n in range(first, min(count, first + per_batch)))
+            return b'{"events":[' + items + b"]}"
+
+    started = time.monotonic()
+    asyncio.run(post_events(url, bodies, requests, in_flight=in_flight))
+    result = {"started": started, "finished": time.monotonic(), "cpu": cpu_self()}
+    if report is not None:
+        report.send(result)
+    return result
+
+
+def webhook_body(size: int = 0) -> Callable[[int], bytes]:
+    """A function building the JSON body of the webhook POST for event number ``index``."""
+    pad = "x" * size
+
+    def body(index: int) -> bytes:
+        data: dict[str, Any] = {"n": index}
+        if pad:
+            data["pad"] = pad
+        return json.dumps({"event_type": "bench.tick", "data": data}).encode()
+
+    return body
+
+
+def zmq_publish(
+    endpoint: str,
+    count: int,
+    *,
+    size: int = 0,
+    rate: float = 0.0,
+    stamp: bool = False,
+    report: Any = None,
+    timeout: float = 10.0,
+) -> dict[str, float]:
+    """Send ``count`` events to a bus's ZeroMQ ingest (in a child process); return timings.
+
+    An XPUB socket learns when the bus's subscription arrives, so nothing is sent
+    into the void; XPUB_NODROP turns the high-water mark into backpressure.
+    """
+    encode = msgspec.msgpack.Encoder().encode
+    context = zmq.Context()
+    sock = context.socket(zmq.XPUB)
+    try:
+        sock.setsockopt(zmq.XPUB_NODROP, 1)
+        sock.setsockopt(zmq.SNDHWM, 10_000)
+        sock.connect(endpoint)
+        if not sock.poll(int(timeout * 1000)):
+            raise TimeoutError(f"no subscription from the bus at {endpoint} within {timeout}s")
+        sock.recv()
+        data: dict[str, Any] = {"pad": "x" * size} if size else {}
+        # Events are told apart by the ids the bus gives them, so unless each one
+        # carries its send time, one encoded body serves them all.
+        frames = [b"bench.tick", encode({"type": "bench.tick", "data": data})]
+        started = time.monotonic()
+        for index in range(count):
+            if rate:
+                delay = started + index / rate - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+            if stamp:
+                data["t"] = time.monotonic_ns()
+                frames[1] = encode({"type": "bench.tick", "data": data})
+            while True:
+                try:
+                    sock.send_multipart(frames, zmq.NOBLOCK)
+                    break
+                except zmq.Again:
+                    sock.poll(1000, zmq.POLLOUT)
+        finished = time.monotonic()
+        result = {"started": started, "finished": finished, "cpu": cpu_self()}
+    finally:
+        sock.close(linger=int(timeout * 1000))
+        context.term()
+    if report is not None:
+        report.send(result)
+    return result
