@@ -209,7 +209,14 @@ def run(quiet: bool, log_level: str, **options: Any) -> None:
     multiple=True,
     help=f"Also ignore these names or paths (repeatable, comma lists); always ignored: {', '.join(DEFAULT_IGNORES)}.",
 )
-@click.option("--type", "event_type", envvar="DEVBUS_WATCH_TYPE", default="frontend.file_changed", show_default=True)
+@click.option(
+    "--type",
+    "event_type",
+    envvar="DEVBUS_WATCH_TYPE",
+    default="frontend.file_changed",
+    show_default=True,
+    help="Type of the events.",
+)
 @click.option(
     "--debounce-ms",
     envvar="DEVBUS_WATCH_DEBOUNCE_MS",
@@ -218,7 +225,9 @@ def run(quiet: bool, log_level: str, **options: Any) -> None:
     show_default=True,
     help="Quiet time that ends a burst of changes.",
 )
-@click.option("--source", envvar="DEVBUS_WATCH_SOURCE", default="watch", show_default=True)
+@click.option(
+    "--source", envvar="DEVBUS_WATCH_SOURCE", default="watch", show_default=True, help="Source of the events."
+)
 @click.option("--batch", envvar="DEVBUS_WATCH_BATCH", is_flag=True, help="One event per burst: {changes: [...]}.")
 @click.option("--quiet", "-q", envvar="DEVBUS_QUIET", is_flag=True, help="Do not print a line per event.")
 @click.option("--ingest", envvar="DEVBUS_INGEST", default=None, help="The bus's ZeroMQ ingest (DEVBUS_INGEST).")

@@ -140,6 +140,16 @@ def origin_allowed(origin: str, settings: Settings) -> bool:
     return parsed in _extra_origins(settings.allow_origins)
 
 
+def _same_origin(origin: str, host: str) -> bool:
+    """Whether ``origin`` is the bus's own page as reached through ``host`` (a Host header)."""
+    parsed, own = _parse_origin(origin), _parse_host(host)
+    # Only after the Host check passed: with a rebound name both would say evil.com.
+    if parsed is None or own is None:
+        return False
+    scheme, origin_host, origin_port = parsed
+    return scheme == "http" and origin_host.strip("[]") == own[0] and origin_port == (own[1] or 80)
+
+
 def check_allowlists(settings: Settings) -> None:
     """Refuse --allow-origin / --allow-host values that could never match, or match anyone."""
     for value in settings.allow_origins:
@@ -187,7 +197,9 @@ def _check_request(request: web.Request, settings: Settings) -> None:
             reason="forbidden_host",
         )
     origins = request.headers.getall("Origin", [])
-    if len(origins) > 1 or (origins and not origin_allowed(origins[0], settings)):
+    if len(origins) > 1 or (
+        origins and not origin_allowed(origins[0], settings) and not _same_origin(origins[0], hosts[0])
+    ):
         shown = origins[0] if len(origins) == 1 else origins
         raise Forbidden(
             f"Origin {shown!r} is not allowed; pages on http(s)://localhost, 127.0.0.1 or [::1] "

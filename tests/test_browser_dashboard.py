@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -188,3 +189,17 @@ def test_event_emitted_over_zeromq_by_a_python_process_appears(page: Page, share
     expect(row).to_have_count(1)
     expect(row.locator(".source")).to_have_text("zmq")
     expect(row.locator(".data")).to_have_text('{"id":7,"via":"zmq"}')
+
+
+def test_a_forward_target_that_is_down_is_shown(page: Page, bus_process: Callable[..., BusProcess]) -> None:
+    with socket.socket() as probe:  # a loopback port with nothing listening on it
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    bus = bus_process("--forward", f"api=http://127.0.0.1:{port}/hook")
+    open_dashboard(page, bus.url)
+    send_from_form(page, "forward.me", "{}")
+
+    target = page.locator("#forward li")
+    expect(target).to_have_count(1)
+    expect(target).to_have_attribute("data-state", "down")
+    expect(target).to_have_text(re.compile(r"^→ api down · 1 queued$"))

@@ -170,6 +170,36 @@ async def test_origin_matrix(bus: Client, origin: str, allowed: bool) -> None:
         stream.close()
 
 
+async def test_the_bus_own_page_is_allowed_through_an_allowed_host(make_bus: BusFactory) -> None:
+    """The dashboard opened as http://devbox.lan:8765 (with --allow-host) may use the API it came from."""
+    client = await make_bus(allow_hosts=("devbox.lan",))
+    port = raw(client)
+    json_type = {"Content-Type": "application/json"}
+    own = request_bytes(
+        "POST",
+        "/api/dev/webhook",
+        host="devbox.lan:8765",
+        headers={**json_type, "Origin": "http://devbox.lan:8765"},
+        body=EVENT,
+    )
+    assert (await exchange(port, own)).status == 200
+    for origin in ["http://devbox.lan:9999", "https://devbox.lan:8765", "http://evil.com:8765"]:
+        other = request_bytes(
+            "POST", "/api/dev/webhook", host="devbox.lan:8765", headers={**json_type, "Origin": origin}, body=EVENT
+        )
+        assert (await exchange(port, other)).status == 403, origin
+    # A rebound name is same-origin with itself, and still refused: the Host check comes first.
+    rebound = request_bytes(
+        "POST",
+        "/api/dev/webhook",
+        host="evil.com:8765",
+        headers={**json_type, "Origin": "http://evil.com:8765"},
+        body=EVENT,
+    )
+    assert (await exchange(port, rebound)).status == 403
+    assert await counts(client) == (1, 0)
+
+
 async def test_allow_origin_matches_exactly_after_parsing(make_bus: BusFactory) -> None:
     client = await make_bus(allow_origins=("https://app.example.test",))
     for origin, status in [

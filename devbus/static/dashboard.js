@@ -17,6 +17,7 @@ const ui = {
   rate: $("count-rate"),
   subscribers: $("count-subscribers"),
   total: $("count-total"),
+  forward: $("forward"),
   filter: $("filter"),
   pause: $("pause"),
   clear: $("clear"),
@@ -267,11 +268,28 @@ setInterval(() => {
   ui.rate.textContent = rate >= 10 || rate === 0 ? numbers.format(Math.round(rate)) : rate.toFixed(1);
 }, 1000);
 
+function showForward(targets = []) {
+  // One pill per --forward target, so a backend that stays down is seen, not guessed.
+  ui.forward.hidden = targets.length === 0;
+  ui.forward.replaceChildren(
+    ...targets.map((target) => {
+      const item = document.createElement("li");
+      item.dataset.state = target.state;
+      const extra = [`${numbers.format(target.queued)} queued`];
+      if (target.dropped) extra.push(`${numbers.format(target.dropped)} dropped`);
+      item.textContent = `→ ${target.name} ${target.state} · ${extra.join(" · ")}`;
+      item.title = target.url;
+      return item;
+    }),
+  );
+}
+
 async function pollHealth() {
   try {
     const health = await bus.health();
     ui.subscribers.textContent = numbers.format(health.subscribers);
     ui.total.textContent = numbers.format(health.events);
+    showForward(health.forward);
   } catch {
     ui.subscribers.textContent = "–";
     ui.total.textContent = "–";

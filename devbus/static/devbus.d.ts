@@ -55,7 +55,19 @@ export interface DevbusHealth {
   uptime_s: number;
   subscribers: number;
   events: number;
+  /** One entry per `devbus run --forward` target. */
+  forward?: ForwardTarget[];
   [key: string]: unknown;
+}
+
+export interface ForwardTarget {
+  url: string;
+  name: string;
+  state: "up" | "down";
+  queued: number;
+  forwarded: number;
+  rejected: number;
+  dropped: number;
 }
 
 /** A refusal from the bus: `message` is the server's error text, `status` its HTTP status (0: unreachable). */
