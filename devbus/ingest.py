@@ -23,7 +23,7 @@ NOBLOCK = int(zmq.NOBLOCK)  # a plain int: pyzmq's enum flags cost per call
 BATCH = 2000
 
 # ... and bytes per loop turn, so that one batch never buffers much per subscriber.
-BATCH_BYTES = 256 * 1024
+BATCH_BYTES = 64 * 1024
 
 # Flow control for bursts: while input is waiting and subscribers have not taken
 # what they were sent but keep taking it, wait (looking every CATCH_UP_POLL) before

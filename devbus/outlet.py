@@ -80,8 +80,12 @@ class Outlet:
 
     @property
     def unsent(self) -> int:
-        """Bytes this subscriber has not taken yet: pending here and buffered for its socket."""
-        return self._size + (self.write_now.buffered if self.write_now is not None else 0)
+        """Bytes this subscriber is behind by: buffered for its socket, plus pending ones while its task is busy.
+
+        Pending bytes of an idle stream do not count: the next flush writes them.
+        """
+        behind = 0 if self.waiting else self._size
+        return behind + (self.write_now.buffered if self.write_now is not None else 0)
 
     def preload(self, chunk: bytes) -> None:
         """Queue ``chunk`` before the stream starts (connected frame, replay), unbounded by design."""

@@ -79,6 +79,7 @@ class Meter:
         return {
             "bus_cpu_s": round(self.server.probe.cpu() - self.bus_cpu, 2),
             "gen_cpu_s": round(cpu_self() - self.gen_cpu + publisher_cpu, 2),
+            "publisher_cpu_s": round(publisher_cpu, 2),
             "bus_rss_mb": round(memory["VmRSS"] / 2**20, 1),
             "bus_rss_before_mb": round(self.rss_before / 2**20, 1),
             "bus_peak_rss_mb": round(memory["VmHWM"] / 2**20, 1),

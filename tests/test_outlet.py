@@ -62,8 +62,9 @@ async def test_a_backed_up_socket_hands_the_frames_to_the_stream_task() -> None:
     task = await idle_writer(outlet)
     outlet.push(b"a\n\n")
     outlet.push(b"b\n\n")
+    assert outlet.unsent == 0  # an idle stream's pending frames go out with the next flush
     outlet.flush()
-    assert outlet.unsent == 6  # still here, for the task to write
+    assert outlet.unsent == 6  # handed to the task, which has yet to write them
     async with asyncio.timeout(WAIT):
         assert await task == b"a\n\nb\n\n"
 
