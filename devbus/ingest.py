@@ -33,7 +33,7 @@ BATCH_BYTES = 64 * 1024
 # a burst back for long.
 CATCH_UP = 1.0
 CATCH_UP_POLL = 0.002
-STALLED = 0.1
+STALLED = 0.03
 
 
 class Ingest:
