@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import resource
 import signal
@@ -64,6 +65,18 @@ def check_exposure(settings: Settings) -> None:
         )
 
 
+# Objects the young generation may gain before a collection. A batch of events
+# creates thousands of short-lived objects at once (drafts, events, history
+# entries); at the default of 700 the collector runs many times per batch and
+# promotes them all, costing about a fifth of ingest. At this size they die first.
+YOUNG_GC_THRESHOLD = 50_000
+
+
+def _tune_gc() -> None:
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(YOUNG_GC_THRESHOLD, middle, old)
+
+
 def _raise_fd_limit() -> None:
     # Every SSE subscriber holds a socket; the common soft limit of 1024 would
     # cap the bus long before memory does.
@@ -98,6 +111,7 @@ async def serve(settings: Settings, *, quiet: bool = False, write: Callable[[str
     check_exposure(settings)
     check_allowlists(settings)
     _raise_fd_limit()
+    _tune_gc()
     app = create_app(settings)
     runner = web.AppRunner(
         app,
