@@ -22,7 +22,7 @@ NOBLOCK = int(zmq.NOBLOCK)  # a plain int: pyzmq's enum flags cost per call
 # call per thousands of events, small enough that HTTP and SSE stay responsive.
 BATCH = 2000
 
-# ... and bytes per loop turn, so that one batch never buffers much per subscriber.
+# Bytes taken per loop turn, so that one batch never buffers much per subscriber.
 BATCH_BYTES = 64 * 1024
 
 # Flow control for bursts: while input is waiting and subscribers have not taken
