@@ -9,13 +9,15 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+import zmq
+import zmq.asyncio
 from aiohttp.test_utils import TestClient
 
 from devbus.app import create_app
@@ -127,6 +129,14 @@ class BusProcess:
             raise AssertionError(f"no line matching {pattern!r}; printed so far: {self.lines}")
         return match
 
+    def close(self) -> None:
+        """Kill the process if it still runs and release its pipe."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=WAIT)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
     def stop(self, *, timeout: float = WAIT) -> int:
         """Send SIGTERM and return the exit code."""
         if self.proc.poll() is None:
@@ -171,6 +181,23 @@ def start_bus(*args: str, env: dict[str, str] | None = None) -> BusProcess:
     return bus
 
 
+async def connect_sender(context: zmq.asyncio.Context, endpoint: str) -> zmq.asyncio.Socket:
+    """A raw XPUB connected to the ingest, returned once the bus has subscribed."""
+    sender = context.socket(zmq.XPUB)
+    sender.connect(endpoint)
+    async with asyncio.timeout(WAIT):
+        assert await sender.recv() == b"\x01"
+    return sender
+
+
+@pytest.fixture
+async def zmq_context() -> AsyncIterator[zmq.asyncio.Context]:
+    """An asyncio ZeroMQ context whose sockets are all closed after the test."""
+    context = zmq.asyncio.Context()
+    yield context
+    context.destroy(linger=0)
+
+
 @pytest.fixture
 def bus_process() -> Iterator[Callable[..., BusProcess]]:
     """Start real buses; every one is stopped at the end of the test."""
@@ -183,8 +210,4 @@ def bus_process() -> Iterator[Callable[..., BusProcess]]:
 
     yield factory
     for bus in started:
-        if bus.proc.poll() is None:
-            bus.proc.kill()
-            bus.proc.wait(timeout=WAIT)
-        if bus.proc.stdout is not None:
-            bus.proc.stdout.close()
+        bus.close()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
@@ -13,7 +12,7 @@ import pytest
 import zmq
 import zmq.asyncio
 from buswait import history
-from conftest import WAIT, BusFactory
+from conftest import WAIT, BusFactory, connect_sender
 
 from devbus.envelope import Draft
 from devbus.keys import DISPATCHER, ENDPOINTS
@@ -21,23 +20,6 @@ from devbus.subscriber import AsyncSubscriber, prefixes
 from devbus.wire import encode_frames
 
 ANY_PORT = "tcp://127.0.0.1:*"
-
-
-@pytest.fixture
-async def zmq_context() -> AsyncIterator[zmq.asyncio.Context]:
-    """An asyncio ZeroMQ context whose sockets are all closed after the test."""
-    context = zmq.asyncio.Context()
-    yield context
-    context.destroy(linger=0)
-
-
-async def connect_sender(context: zmq.asyncio.Context, endpoint: str) -> zmq.asyncio.Socket:
-    """A raw XPUB connected to the ingest, returned once the bus has subscribed."""
-    sender = context.socket(zmq.XPUB)
-    sender.connect(endpoint)
-    async with asyncio.timeout(WAIT):
-        assert await sender.recv() == b"\x01"
-    return sender
 
 
 def valid(n: int) -> list[bytes]:

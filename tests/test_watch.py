@@ -45,11 +45,7 @@ def watchers() -> Iterator[Callable[..., BusProcess]]:
 
     yield factory
     for watcher in started:
-        if watcher.proc.poll() is None:
-            watcher.proc.kill()
-        watcher.proc.wait(timeout=WAIT)
-        if watcher.proc.stdout is not None:
-            watcher.proc.stdout.close()
+        watcher.close()
 
 
 class Events:

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import msgspec
 import pytest
 import zmq
 import zmq.asyncio
 from buswait import history
-from conftest import WAIT, BusFactory
-from test_backplane import connect_sender
+from conftest import WAIT, BusFactory, connect_sender
 
 import devbus
 from devbus.keys import ENDPOINTS
@@ -18,14 +15,6 @@ from devbus.wire import encode_frames
 
 ANY_PORT = "tcp://127.0.0.1:*"
 TOKEN = "zmq-s3cret"
-
-
-@pytest.fixture
-async def zmq_context() -> AsyncIterator[zmq.asyncio.Context]:
-    """An asyncio ZeroMQ context whose sockets are all closed after the test."""
-    context = zmq.asyncio.Context()
-    yield context
-    context.destroy(linger=0)
 
 
 async def test_ingest_drops_messages_without_the_token(make_bus: BusFactory, zmq_context: zmq.asyncio.Context) -> None:
