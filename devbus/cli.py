@@ -147,6 +147,14 @@ def _url_default(part: str) -> str | int:
     help="Largest accepted ZeroMQ message.",
 )
 @click.option(
+    "--ingest-queue",
+    envvar="DEVBUS_INGEST_QUEUE",
+    type=click.IntRange(1),
+    default=10_000,
+    show_default=True,
+    help="ZeroMQ messages queued for the bus before senders are made to wait.",
+)
+@click.option(
     "--max-subscribers",
     envvar="DEVBUS_MAX_SUBSCRIBERS",
     type=click.IntRange(1),

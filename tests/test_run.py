@@ -7,7 +7,11 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+from click.testing import CliRunner
 from conftest import BusProcess
+
+from devbus.cli import main
 
 
 def post(url: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -62,3 +66,19 @@ def test_run_refuses_a_public_bind_without_token(bus_process: Callable[..., BusP
     assert result.returncode != 0
     assert "--token" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--ingest-queue", "0", "--ingest-queue"),
+        ("--max-body", "lots", "512k or 1MiB"),
+        ("--max-subscribers", "-1", "--max-subscribers"),
+    ],
+    ids=["ingest-queue-zero", "max-body-not-a-size", "negative-subscribers"],
+)
+def test_run_names_the_option_a_bad_bound_came_from(option: str, value: str, message: str) -> None:
+    result = CliRunner().invoke(main, ["run", option, value])
+    assert result.exit_code == 2
+    assert message in result.output
+    assert "Traceback" not in result.output
