@@ -38,16 +38,24 @@ def _open(request: urllib.request.Request, config: ClientConfig, *, timeout: flo
         return urllib.request.urlopen(request, timeout=timeout)
     except urllib.error.HTTPError as exc:
         with exc:
-            try:
-                message = json.loads(exc.read()).get("error") or exc.reason
-            except (ValueError, AttributeError):
-                message = exc.reason
+            message = _error_message(exc.read(), fallback=exc.reason)
         raise DevbusError(f"The bus at {config.url} refused the request ({exc.code}): {message}") from exc
     except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise BusUnavailable(
-            f"No devbus at {config.url} ({reason}); start one with `devbus run`, or point DEVBUS_URL at it"
-        ) from exc
+        raise _unreachable(config, getattr(exc, "reason", exc)) from exc
+
+
+def _error_message(body: bytes, *, fallback: str) -> str:
+    """The ``error`` of a JSON refusal from the bus, else ``fallback``."""
+    try:
+        return str(json.loads(body).get("error") or fallback)
+    except (ValueError, AttributeError):
+        return fallback
+
+
+def _unreachable(config: ClientConfig, reason: object) -> BusUnavailable:
+    return BusUnavailable(
+        f"No devbus at {config.url} ({reason}); start one with `devbus run`, or point DEVBUS_URL at it"
+    )
 
 
 def post_json(config: ClientConfig, path: str, body: Any) -> Any:
@@ -76,14 +84,9 @@ def stream(config: ClientConfig, *, types: str | None = None, since: str | None 
             connection.request("GET", request.selector, headers={**request.headers, "Accept": "text/event-stream"})
             response = connection.getresponse()
         except OSError as exc:
-            raise BusUnavailable(
-                f"No devbus at {config.url} ({exc}); start one with `devbus run`, or point DEVBUS_URL at it"
-            ) from exc
+            raise _unreachable(config, exc) from exc
         if response.status != 200:
-            try:
-                message = json.loads(response.read()).get("error")
-            except (ValueError, AttributeError):
-                message = response.reason
+            message = _error_message(response.read(), fallback=response.reason)
             raise DevbusError(f"The bus at {config.url} refused the stream ({response.status}): {message}")
         # An idle stream is normal (heartbeats keep it alive), so reads never time out.
         assert connection.sock is not None
