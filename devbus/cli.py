@@ -18,8 +18,7 @@ from devbus.errors import DevbusError, InvalidEvent
 from devbus.globs import split_patterns
 from devbus.logs import configure_logging
 from devbus.publisher import Publisher
-from devbus.server import serve
-from devbus.settings import DEFAULT_EGRESS, DEFAULT_HOST, DEFAULT_INGEST, DEFAULT_PORT, DEFAULT_URL, Settings
+from devbus.settings import DEFAULT_EGRESS, DEFAULT_HOST, DEFAULT_INGEST, DEFAULT_PORT, DEFAULT_URL, MIB, Settings
 from devbus.watch import DEFAULT_IGNORES, WatchFilter, emit_changes
 
 __all__ = ["main"]
@@ -30,10 +29,22 @@ _UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 
 def _size(ctx: click.Context, param: click.Parameter, value: str) -> int:
     """Parse a size in bytes: 1048576, 512k, 1MiB."""
-    match = _SIZE.match(str(value))
+    match = _SIZE.match(value)
     if match is None:
         raise click.BadParameter(f"{value!r} is not a size; use bytes or a unit such as 512k or 1MiB")
     return int(match.group(1)) * _UNITS[(match.group(2) or "")[:1].lower()]
+
+
+# The options of `devbus run` default to the Settings defaults: one place to change them.
+DEFAULTS = Settings()
+
+
+def _size_text(size: int) -> str:
+    """Show a byte size as the user would type it: 1MiB, 512KiB, 1000."""
+    for unit, factor in (("MiB", MIB), ("KiB", 1024)):
+        if size % factor == 0:
+            return f"{size // factor}{unit}"
+    return str(size)
 
 
 class DevbusGroup(click.Group):
@@ -75,7 +86,7 @@ def _url_default(part: str) -> str | int:
     show_default=str(DEFAULT_PORT),
     help="HTTP port (0 picks a free one).",
 )
-@click.option("--prefix", envvar="DEVBUS_PREFIX", default="/api/dev", show_default=True, help="API path prefix.")
+@click.option("--prefix", envvar="DEVBUS_PREFIX", default=DEFAULTS.prefix, show_default=True, help="API path prefix.")
 @click.option(
     "--ingest",
     envvar="DEVBUS_INGEST",
@@ -110,7 +121,7 @@ def _url_default(part: str) -> str | int:
     "--history",
     envvar="DEVBUS_HISTORY",
     type=click.IntRange(1, 10_000_000),
-    default=10_000,
+    default=DEFAULTS.history,
     show_default=True,
     help="Events retained for replay.",
 )
@@ -118,7 +129,7 @@ def _url_default(part: str) -> str | int:
     "--history-bytes",
     envvar="DEVBUS_HISTORY_BYTES",
     callback=_size,
-    default="64MiB",
+    default=_size_text(DEFAULTS.history_bytes),
     show_default=True,
     help="Encoded bytes of events retained for replay (oldest dropped first).",
 )
@@ -126,7 +137,7 @@ def _url_default(part: str) -> str | int:
     "--heartbeat",
     envvar="DEVBUS_HEARTBEAT",
     type=click.FloatRange(0.1, 3600),
-    default=15.0,
+    default=DEFAULTS.heartbeat,
     show_default=True,
     help="Seconds between SSE heartbeat comments.",
 )
@@ -134,7 +145,7 @@ def _url_default(part: str) -> str | int:
     "--max-body",
     envvar="DEVBUS_MAX_BODY",
     callback=_size,
-    default="1MiB",
+    default=_size_text(DEFAULTS.max_body),
     show_default=True,
     help="Largest accepted HTTP body.",
 )
@@ -142,7 +153,7 @@ def _url_default(part: str) -> str | int:
     "--max-message",
     envvar="DEVBUS_MAX_MESSAGE",
     callback=_size,
-    default="1MiB",
+    default=_size_text(DEFAULTS.max_message),
     show_default=True,
     help="Largest accepted ZeroMQ message.",
 )
@@ -150,7 +161,7 @@ def _url_default(part: str) -> str | int:
     "--ingest-queue",
     envvar="DEVBUS_INGEST_QUEUE",
     type=click.IntRange(1),
-    default=10_000,
+    default=DEFAULTS.ingest_queue,
     show_default=True,
     help="ZeroMQ messages queued for the bus before senders are made to wait.",
 )
@@ -158,7 +169,7 @@ def _url_default(part: str) -> str | int:
     "--max-subscribers",
     envvar="DEVBUS_MAX_SUBSCRIBERS",
     type=click.IntRange(1),
-    default=1000,
+    default=DEFAULTS.max_subscribers,
     show_default=True,
     help="Concurrent SSE subscribers (503 beyond).",
 )
@@ -166,7 +177,7 @@ def _url_default(part: str) -> str | int:
     "--subscriber-buffer",
     envvar="DEVBUS_SUBSCRIBER_BUFFER",
     callback=_size,
-    default="4MiB",
+    default=_size_text(DEFAULTS.subscriber_buffer),
     show_default=True,
     help="Unsent bytes a subscriber may fall behind before it is evicted.",
 )
@@ -178,7 +189,7 @@ def _url_default(part: str) -> str | int:
     "--forward-queue",
     envvar="DEVBUS_FORWARD_QUEUE",
     type=click.IntRange(1),
-    default=10_000,
+    default=DEFAULTS.forward_queue,
     show_default=True,
     help="Events queued per forward target while it is down (oldest dropped beyond).",
 )
@@ -197,6 +208,9 @@ def run(quiet: bool, log_level: str, **options: Any) -> None:
         options[name] = options[name] or None
     for name in ("allow_origins", "allow_hosts", "forward", "forward_types"):
         options[name] = tuple(options[name])
+    # Imported here: the server pulls in aiohttp, which the client commands never need.
+    from devbus.server import serve
+
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(Settings(**options), quiet=quiet))
 

@@ -1,45 +1,14 @@
-"""Logging for `devbus run`: a debug access log and a formatter that never shows the token."""
+"""Logging for the CLI: a formatter that never shows the token."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
 
-from aiohttp import web
-from aiohttp.abc import AbstractAccessLogger
-
-__all__ = ["LOG_FORMAT", "AccessLogger", "RedactingFormatter", "configure_logging", "redacted_path"]
+__all__ = ["LOG_FORMAT", "REDACTED", "RedactingFormatter", "configure_logging"]
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 REDACTED = "***"
-
-
-def redacted_path(request: web.BaseRequest) -> str:
-    """The path and query of ``request`` with any ?token= value hidden."""
-    url = request.rel_url
-    if "token" in url.query:
-        url = url.update_query(token=REDACTED)
-    return str(url)
-
-
-class AccessLogger(AbstractAccessLogger):
-    """Log one debug line per request; never headers, never a token."""
-
-    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        """Write the access line for one finished request."""
-        self.logger.debug(
-            "%s %s %s -> %d (%.1f ms)",
-            request.remote,
-            request.method,
-            redacted_path(request),
-            response.status,
-            time * 1000,
-        )
-
-    @property
-    def enabled(self) -> bool:
-        """Only pay for access logging when debug output is on."""
-        return self.logger.isEnabledFor(logging.DEBUG)
 
 
 class RedactingFormatter(logging.Formatter):

@@ -1,4 +1,4 @@
-"""Serve a bus until SIGINT or SIGTERM: sites, banner, per-event output, clean stop."""
+"""Serve a bus until SIGINT or SIGTERM: sites, access log, banner, per-event output, clean stop."""
 
 from __future__ import annotations
 
@@ -12,13 +12,14 @@ from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
 
 from devbus import __version__
 from devbus.app import create_app
 from devbus.console import EventPrinter
 from devbus.errors import ConfigError
 from devbus.keys import DISPATCHER, ENDPOINTS
-from devbus.logs import AccessLogger
+from devbus.logs import REDACTED
 from devbus.security import check_allowlists, is_loopback_host
 from devbus.settings import Settings
 
@@ -27,6 +28,34 @@ __all__ = ["check_exposure", "serve"]
 log = logging.getLogger(__name__)
 
 SHUTDOWN_TIMEOUT = 1.0
+
+
+def redacted_path(request: web.BaseRequest) -> str:
+    """The path and query of ``request`` with any ?token= value hidden."""
+    url = request.rel_url
+    if "token" in url.query:
+        url = url.update_query(token=REDACTED)
+    return str(url)
+
+
+class AccessLogger(AbstractAccessLogger):
+    """Log one debug line per request; never headers, never a token."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        """Write the access line for one finished request."""
+        self.logger.debug(
+            "%s %s %s -> %d (%.1f ms)",
+            request.remote,
+            request.method,
+            redacted_path(request),
+            response.status,
+            time * 1000,
+        )
+
+    @property
+    def enabled(self) -> bool:
+        """Only pay for access logging when debug output is on."""
+        return self.logger.isEnabledFor(logging.DEBUG)
 
 
 def _zmq_is_local(endpoint: str) -> bool:

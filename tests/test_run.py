@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from typing import Any
@@ -82,3 +83,17 @@ def test_run_names_the_option_a_bad_bound_came_from(option: str, value: str, mes
     assert result.exit_code == 2
     assert message in result.output
     assert "Traceback" not in result.output
+
+
+def test_run_takes_sizes_with_units(bus_process: Callable[..., BusProcess]) -> None:
+    """A size with a unit parses: --max-body 1k refuses a 2 KiB body."""
+    bus = bus_process("--max-body", "1k", "--quiet")
+    body = json.dumps({"event_type": "big", "data": {"blob": "x" * 2048}}).encode()
+    request = urllib.request.Request(
+        f"{bus.url}/api/dev/webhook", data=body, headers={"Content-Type": "application/json"}, method="POST"
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=10)
+    with refused.value:
+        assert refused.value.code == 413
+        assert "1024 bytes" in json.load(refused.value)["error"]
