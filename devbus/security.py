@@ -53,9 +53,7 @@ WILDCARD_BINDS = frozenset({"", "0.0.0.0", "::", "*"})
 # Parsed by hand rather than with urllib, which silently drops tabs and newlines
 # and tolerates userinfo, paths and fragments that have no place in these headers.
 _HOST = re.compile(r"(?:\[(?P<ipv6>[0-9A-Fa-f:.]+)\]|(?P<name>[A-Za-z0-9._-]+))(?::(?P<port>[0-9]{1,5}))?")
-_ORIGIN = re.compile(
-    r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(?::(?P<port>[0-9]{1,5}))?"
-)
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Origin = tuple[str, str, int | None]
@@ -113,14 +111,13 @@ def host_allowed(value: str | None, settings: Settings) -> bool:
 
 def _parse_origin(value: str) -> Origin | None:
     """Split a serialized origin into (scheme, host, port), default port filled in."""
-    match = _ORIGIN.fullmatch(value)
-    if match is None:
+    scheme, sep, authority = value.partition("://")
+    parsed = _parse_host(authority) if sep and _SCHEME.fullmatch(scheme) else None
+    if parsed is None:
         return None
-    scheme = match["scheme"].lower()
-    port = int(match["port"]) if match["port"] else DEFAULT_PORTS.get(scheme)
-    if port is not None and port > 65535:
-        return None
-    return scheme, match["host"].lower(), port
+    scheme = scheme.lower()
+    host, port = parsed
+    return scheme, host, port if port is not None else DEFAULT_PORTS.get(scheme)
 
 
 @functools.lru_cache(maxsize=8)
@@ -135,7 +132,7 @@ def origin_allowed(origin: str, settings: Settings) -> bool:
     if parsed is None:
         return False
     scheme, host, _ = parsed
-    if scheme in DEFAULT_PORTS and is_loopback_host(host.strip("[]")):
+    if scheme in DEFAULT_PORTS and is_loopback_host(host):
         return True
     return parsed in _extra_origins(settings.allow_origins)
 
@@ -147,7 +144,7 @@ def _same_origin(origin: str, host: str) -> bool:
     if parsed is None or own is None:
         return False
     scheme, origin_host, origin_port = parsed
-    return scheme == "http" and origin_host.strip("[]") == own[0] and origin_port == (own[1] or 80)
+    return scheme == "http" and origin_host == own[0] and origin_port == (own[1] or 80)
 
 
 def check_allowlists(settings: Settings) -> None:
