@@ -1,13 +1,13 @@
 """devbus: a local development event bus."""
 
+from devbus.client.publisher import AsyncPublisher, Publisher, emit
+from devbus.client.subscriber import AsyncSubscriber, Subscriber
 from devbus.envelope import Event
 from devbus.errors import (
     BusUnavailable,
     DevbusError,
     InvalidEvent,
 )
-from devbus.publisher import AsyncPublisher, Publisher, emit
-from devbus.subscriber import AsyncSubscriber, Subscriber
 
 __version__ = "0.1.0"
 

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import BusProcess, start_bus
 from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
+from support import BusProcess, start_bus
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [

@@ -1,69 +1,19 @@
-"""Shared fixtures: an in-process bus, SSE frame reading, and a real `devbus run`."""
+"""Shared fixtures: an in-process bus, a ZeroMQ context, real `devbus run` processes."""
 
 from __future__ import annotations
 
-import asyncio
-import os
-import re
-import signal
-import subprocess
-import sys
-import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
-import aiohttp
 import pytest
-import zmq
 import zmq.asyncio
 from aiohttp.test_utils import TestClient
+from support import BusFactory, BusProcess, start_bus
 
-from devbus.app import create_app
-from devbus.settings import Settings
+from devbus.bus.app import create_app
+from devbus.bus.settings import Settings
 
 pytest_plugins = ["browser_fixtures"]
-
-ROOT = Path(__file__).resolve().parent.parent
-WAIT = 10.0  # seconds any single wait in a test may take before it fails
-
-
-class SSEReader:
-    """Read an SSE response frame by frame, keeping the exact bytes seen."""
-
-    def __init__(self, response: aiohttp.ClientResponse) -> None:
-        self.response = response
-        self.raw = b""
-        self._buffer = b""
-
-    async def frame(self, *, within: float = WAIT) -> bytes:
-        """Return the next frame (without its blank-line terminator), heartbeats included."""
-        async with asyncio.timeout(within):
-            while b"\n\n" not in self._buffer:
-                chunk = await self.response.content.readany()
-                if not chunk:
-                    raise EOFError("stream ended")
-                self.raw += chunk
-                self._buffer += chunk
-        frame, _, self._buffer = self._buffer.partition(b"\n\n")
-        return frame
-
-    async def event(self, *, within: float = WAIT) -> dict[str, str]:
-        """Return the next non-comment frame as a field → value mapping."""
-        while True:
-            frame = await self.frame(within=within)
-            fields = {}
-            for line in frame.decode().split("\n"):
-                if line.startswith(":"):
-                    continue
-                name, _, value = line.partition(": ")
-                fields[name] = value
-            if fields:
-                return fields
-
-
-BusFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 
 
 @pytest.fixture
@@ -84,110 +34,6 @@ async def make_bus(aiohttp_client: Any) -> BusFactory:
 async def bus(make_bus: BusFactory) -> TestClient[Any, Any]:
     """An in-process bus with default settings."""
     return await make_bus()
-
-
-async def open_stream(client: TestClient[Any, Any], path: str = "/api/dev/events", **kwargs: Any) -> SSEReader:
-    """Open an SSE stream and consume its connected frame."""
-    response = await client.get(path, **kwargs)
-    assert response.status == 200, await response.text()
-    reader = SSEReader(response)
-    connected = await reader.event()
-    assert '"type":"connected"' in connected["data"]
-    return reader
-
-
-@dataclass
-class BusProcess:
-    """A real `devbus run` child process and the addresses it printed."""
-
-    proc: subprocess.Popen[str]
-    url: str = ""
-    endpoints: dict[str, str] = field(default_factory=dict)
-    lines: list[str] = field(default_factory=list)
-    _seen: threading.Condition = field(default_factory=threading.Condition)
-
-    def _pump(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            with self._seen:
-                self.lines.append(line.rstrip("\n"))
-                self._seen.notify_all()
-        with self._seen:
-            self._seen.notify_all()
-
-    def wait_for_line(self, pattern: str, *, timeout: float = WAIT) -> re.Match[str]:
-        """Wait until the bus prints a line matching ``pattern``."""
-        regex = re.compile(pattern)
-
-        def find() -> re.Match[str] | None:
-            return next((m for line in self.lines if (m := regex.search(line)) is not None), None)
-
-        with self._seen:
-            self._seen.wait_for(lambda: find() is not None or self.proc.poll() is not None, timeout)
-            match = find()
-        if match is None:
-            raise AssertionError(f"no line matching {pattern!r}; printed so far: {self.lines}")
-        return match
-
-    def close(self) -> None:
-        """Kill the process if it still runs and release its pipe."""
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(timeout=WAIT)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-
-    def stop(self, *, timeout: float = WAIT) -> int:
-        """Send SIGTERM and return the exit code."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=timeout)
-
-
-def bus_env(**extra: str) -> dict[str, str]:
-    """The environment for a child process that should import this checkout."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DEVBUS_")}
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(extra)
-    return env
-
-
-def start_bus(*args: str, env: dict[str, str] | None = None) -> BusProcess:
-    """Start `devbus run` on free loopback ports and wait for its banner."""
-    command = [
-        sys.executable,
-        "-m",
-        "devbus",
-        "run",
-        "--port",
-        "0",
-        "--ingest",
-        "tcp://127.0.0.1:*",
-        "--egress",
-        "tcp://127.0.0.1:*",
-        *args,
-    ]
-    proc = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env or bus_env(), cwd=ROOT
-    )
-    bus = BusProcess(proc)
-    threading.Thread(target=bus._pump, daemon=True).start()
-    bus.wait_for_line(r"^ready")
-    bus.url = bus.wait_for_line(r"^devbus \S+ on (http://\S+)").group(1)
-    for line in bus.lines:
-        if (row := re.match(r"^  (\w+)\s+(\S+)", line)) is not None:
-            bus.endpoints[row.group(1)] = row.group(2)
-    return bus
-
-
-async def connect_sender(context: zmq.asyncio.Context, endpoint: str) -> zmq.asyncio.Socket:
-    """A raw XPUB connected to the ingest, returned once the bus has subscribed."""
-    sender = context.socket(zmq.XPUB)
-    sender.connect(endpoint)
-    async with asyncio.timeout(WAIT):
-        assert await sender.recv() == b"\x01"
-    return sender
 
 
 @pytest.fixture

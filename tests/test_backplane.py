@@ -11,13 +11,12 @@ import msgspec
 import pytest
 import zmq
 import zmq.asyncio
-from buswait import history
-from conftest import WAIT, BusFactory, connect_sender
+from support import WAIT, BusFactory, connect_sender, history
 
+from devbus.bus.keys import DISPATCHER, ENDPOINTS
+from devbus.client.subscriber import AsyncSubscriber, prefixes
 from devbus.envelope import Draft
-from devbus.keys import DISPATCHER, ENDPOINTS
-from devbus.subscriber import AsyncSubscriber, prefixes
-from devbus.wire import encode_frames
+from devbus.frames import encode_frames
 
 ANY_PORT = "tcp://127.0.0.1:*"
 

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, bus_env
+from support import ROOT, bus_env
 
 SCENARIOS = ["burst", "http-fanout", "latency", "idle", "slow", "ingest"]
 

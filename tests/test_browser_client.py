@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 from browser_fixtures import CuttableProxy, PageServer, emit
-from conftest import BusProcess
 from playwright.sync_api import Page
+from support import BusProcess
 
 pytestmark = pytest.mark.browser
 

@@ -10,8 +10,8 @@ from collections.abc import Callable
 
 import pytest
 from browser_fixtures import WAIT_MS, emit, post_json
-from conftest import ROOT, WAIT, BusProcess, bus_env
 from playwright.sync_api import Locator, Page, expect
+from support import ROOT, WAIT, BusProcess, bus_env
 
 pytestmark = pytest.mark.browser
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 from browser_fixtures import PageServer
-from conftest import ROOT, WAIT, BusProcess, bus_env
 from playwright.sync_api import Page
+from support import ROOT, WAIT, BusProcess, bus_env
 
 SCRIPT = ROOT / "scripts" / "bulk_create_agents.py"
 

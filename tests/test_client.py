@@ -14,11 +14,10 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from buswait import history
-from conftest import ROOT, WAIT, BusFactory, BusProcess, bus_env
+from support import ROOT, WAIT, BusFactory, BusProcess, bus_env, history
 
 import devbus
-from devbus.keys import ENDPOINTS
+from devbus.bus.keys import ENDPOINTS
 
 ANY_PORT = "tcp://127.0.0.1:*"
 BURST = 100_000

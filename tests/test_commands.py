@@ -14,7 +14,7 @@ from typing import IO
 
 import pytest
 from click.testing import CliRunner, Result
-from conftest import ROOT, WAIT, BusProcess, bus_env
+from support import ROOT, WAIT, BusProcess, bus_env
 
 from devbus.cli import main
 

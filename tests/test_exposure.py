@@ -11,11 +11,11 @@ import urllib.request
 from collections.abc import Callable
 
 import pytest
-from conftest import ROOT, WAIT, BusProcess, bus_env
+from support import ROOT, WAIT, BusProcess, bus_env
 
+from devbus.bus.serve import check_exposure
+from devbus.bus.settings import Settings
 from devbus.errors import ConfigError
-from devbus.server import check_exposure
-from devbus.settings import Settings
 
 SECRET = "tok-7f3a9c1e5b"
 LOOPBACK = {"ingest": "tcp://127.0.0.1:8766", "egress": "tcp://127.0.0.1:8767"}

@@ -7,10 +7,10 @@ import socket
 import threading
 import time
 
-from conftest import WAIT, BusFactory, open_stream
+from support import WAIT, BusFactory, open_stream
 
 from devbus import AsyncPublisher
-from devbus.keys import ENDPOINTS
+from devbus.bus.keys import ENDPOINTS
 
 EVENTS = 3000
 BLOB = "x" * 2048

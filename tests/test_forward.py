@@ -14,11 +14,11 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 from click.testing import CliRunner
-from conftest import WAIT, BusFactory, open_stream
+from support import WAIT, BusFactory, open_stream
 
+from devbus.bus.outputs.forward import FORWARDED_HEADER, parse_target
 from devbus.cli import main
 from devbus.errors import ConfigError
-from devbus.forward import FORWARDED_HEADER, parse_target
 
 Handler = Callable[[web.Request, dict[str, Any]], Awaitable[None]]
 

@@ -9,9 +9,9 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any
 
-from conftest import WAIT, BusProcess
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support import WAIT, BusProcess
 
 MAX_BODY = 4096
 VALID_NAME = re.compile(r"[^\s\x00-\x1f\x7f-\x9f]{1,200}")

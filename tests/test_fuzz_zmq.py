@@ -11,9 +11,9 @@ from typing import Any
 import msgspec
 import pytest
 import zmq
-from conftest import WAIT, BusProcess
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support import WAIT, BusProcess
 from test_fuzz_http import check_event
 
 MAX_MESSAGE = 4096

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
-from conftest import BusFactory, open_stream
+from support import BusFactory, open_stream
 
 Client = TestClient[Any, Any]
 JSON = {"Content-Type": "application/json"}

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from conftest import BusProcess
+from support import BusProcess
 
 from devbus.cli import main
 
@@ -42,7 +42,7 @@ def test_run_serves_posts_streams_and_stops_on_sigterm(bus_process: Callable[...
 
 
 def test_run_reads_environment_variables(bus_process: Callable[..., BusProcess]) -> None:
-    from conftest import bus_env
+    from support import bus_env
 
     bus = bus_process(env=bus_env(DEVBUS_PREFIX="/bus", DEVBUS_QUIET="1"))
     assert post(f"{bus.url}/bus/trigger", {"event_type": "x"})["success"] is True
@@ -54,7 +54,7 @@ def test_run_refuses_a_public_bind_without_token(bus_process: Callable[..., BusP
     import subprocess
     import sys
 
-    from conftest import ROOT, bus_env
+    from support import ROOT, bus_env
 
     result = subprocess.run(
         [sys.executable, "-m", "devbus", "run", "--host", "0.0.0.0", "--port", "0"],

@@ -7,12 +7,12 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
-from conftest import WAIT, BusFactory, open_stream
 from rawhttp import exchange, request_bytes
+from support import WAIT, BusFactory, open_stream
 
+from devbus.bus.guard import check_allowlists
+from devbus.bus.settings import Settings
 from devbus.errors import ConfigError
-from devbus.security import check_allowlists
-from devbus.settings import Settings
 
 Client = TestClient[Any, Any]
 EVENT = b'{"event_type":"t.ok","data":{}}'

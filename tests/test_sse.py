@@ -8,7 +8,7 @@ import socket
 from typing import Any
 
 from aiohttp.test_utils import TestClient
-from conftest import BusFactory, SSEReader, open_stream
+from support import BusFactory, SSEReader, open_stream
 
 Client = TestClient[Any, Any]
 

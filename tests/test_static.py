@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 from browser_fixtures import require_chromium
-from conftest import BusFactory
+from support import BusFactory
 
 
 @pytest.mark.parametrize(

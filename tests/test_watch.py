@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 import pytest
 from click.testing import CliRunner
-from conftest import ROOT, WAIT, BusProcess, SSEReader, bus_env
+from support import ROOT, WAIT, BusProcess, SSEReader, bus_env
 
 from devbus.cli import main
 

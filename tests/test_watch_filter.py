@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import WAIT
+from support import WAIT
 from watchfiles import Change
 
-from devbus.globs import expand_braces, glob_regex, split_patterns
-from devbus.watch import FileChange, WatchFilter, _net_changes, batch_data, watch_changes
+from devbus.watch.globs import expand_braces, glob_regex, split_patterns
+from devbus.watch.watcher import FileChange, WatchFilter, _net_changes, batch_data, watch_changes
 
 
 def test_comma_lists_keep_commas_inside_braces() -> None:

@@ -6,12 +6,11 @@ import msgspec
 import pytest
 import zmq
 import zmq.asyncio
-from buswait import history
-from conftest import WAIT, BusFactory, connect_sender
+from support import WAIT, BusFactory, connect_sender, history
 
 import devbus
-from devbus.keys import ENDPOINTS
-from devbus.wire import encode_frames
+from devbus.bus.keys import ENDPOINTS
+from devbus.frames import encode_frames
 
 ANY_PORT = "tcp://127.0.0.1:*"
 TOKEN = "zmq-s3cret"

@@ -6,7 +6,7 @@ import os
 import re
 from dataclasses import dataclass
 
-from devbus.settings import DEFAULT_EGRESS, DEFAULT_INGEST, DEFAULT_URL
+from devbus.bus.settings import DEFAULT_EGRESS, DEFAULT_INGEST, DEFAULT_URL
 
 __all__ = ["ClientConfig", "connectable", "resolve"]
 

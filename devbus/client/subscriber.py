@@ -9,11 +9,11 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
-from devbus.client_config import resolve
+from devbus.client.config import resolve
 from devbus.envelope import Event
 from devbus.errors import BusUnavailable
-from devbus.filters import TypeFilter, parse_patterns
-from devbus.wire import decode_event_frames
+from devbus.frames import decode_event_frames
+from devbus.typefilter import TypeFilter, parse_patterns
 
 __all__ = ["AsyncSubscriber", "Subscriber", "prefixes"]
 

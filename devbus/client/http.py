@@ -10,7 +10,7 @@ import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
-from devbus.client_config import ClientConfig
+from devbus.client.config import ClientConfig
 from devbus.errors import BusUnavailable, DevbusError
 
 __all__ = ["get_json", "post_json", "stream"]

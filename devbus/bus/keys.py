@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from devbus.dispatcher import Dispatcher
-from devbus.forward import Forwarder
-from devbus.metrics import Metrics
-from devbus.settings import Settings
+from devbus.bus.dispatcher import Dispatcher
+from devbus.bus.metrics import Metrics
+from devbus.bus.outputs.forward import Forwarder
+from devbus.bus.settings import Settings
 
 __all__ = ["DISPATCHER", "ENDPOINTS", "FORWARDER", "METRICS", "SETTINGS", "STARTED"]
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from devbus.filters import TypeFilter
-from devbus.outlet import Outlet
+from devbus.bus.outputs.sse_buffer import Outlet
+from devbus.typefilter import TypeFilter
 
 WAIT = 5.0
 

@@ -1,6 +1,6 @@
 """Publishers: push events onto the bus over ZeroMQ without losing any.
 
-Each publisher owns a Link (devbus.link), which explains how: it waits for the
+Each publisher owns a Link (devbus.client.link), which explains how: it waits for the
 bus's subscription, slows the sender down instead of dropping, holds events while
 the bus restarts, and flushes on close.
 """
@@ -17,10 +17,10 @@ from typing import Any
 
 import zmq
 
+from devbus.bus.settings import MIB
+from devbus.client.link import POLL_MS, Link, wait_for_signal
 from devbus.errors import BusUnavailable
-from devbus.link import POLL_MS, Link, wait_for_signal
-from devbus.settings import MIB
-from devbus.wire import encode_frames
+from devbus.frames import encode_frames
 
 __all__ = ["AsyncPublisher", "Publisher", "emit"]
 

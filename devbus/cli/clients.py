@@ -12,10 +12,10 @@ from typing import Any, TypeVar
 
 import click
 
-from devbus.client_config import ClientConfig, resolve
+from devbus.client.config import ClientConfig, resolve
+from devbus.client.http import get_json, post_json, stream
+from devbus.client.publisher import Publisher
 from devbus.errors import BusUnavailable
-from devbus.http_client import get_json, post_json, stream
-from devbus.publisher import Publisher
 
 __all__ = ["emit", "history", "listen"]
 

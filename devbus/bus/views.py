@@ -1,4 +1,4 @@
-"""HTTP handlers of the API, the metrics endpoint and the static browser files."""
+"""HTTP reads: history, health, metrics and the static browser files."""
 
 from __future__ import annotations
 
@@ -10,46 +10,15 @@ from importlib import resources
 from aiohttp import web
 
 from devbus import __version__
-from devbus.envelope import decode_batch, decode_http_event
+from devbus.bus.keys import DISPATCHER, FORWARDER, METRICS, SETTINGS, STARTED
+from devbus.bus.metrics import CONTENT_TYPE_LATEST
+from devbus.bus.store.memory import parse_id
 from devbus.errors import InvalidEvent
-from devbus.filters import TypeFilter, parse_patterns
-from devbus.history import parse_id
-from devbus.keys import DISPATCHER, FORWARDER, METRICS, SETTINGS, STARTED
-from devbus.metrics import CONTENT_TYPE_LATEST
-from devbus.security import read_body
+from devbus.typefilter import TypeFilter, parse_patterns
 
-__all__ = ["batch", "health", "history", "metrics", "static_file", "trigger", "webhook"]
+__all__ = ["health", "history", "metrics", "static_file"]
 
 DEFAULT_HISTORY_LIMIT = 100
-
-
-async def webhook(request: web.Request) -> web.Response:
-    """Broadcast one event (the old dev-webhook contract)."""
-    draft = decode_http_event(await read_body(request), default_source="http")
-    [published] = request.app[DISPATCHER].publish([draft])
-    reached = published.reached
-    return web.json_response(
-        {
-            "success": True,
-            "id": published.event.id,
-            "message": f"Event {draft.type} broadcasted to {reached} subscribers",
-            "subscribers": reached,
-        }
-    )
-
-
-async def trigger(request: web.Request) -> web.Response:
-    """Broadcast one event sent by a backend or script."""
-    draft = decode_http_event(await read_body(request), default_source="trigger")
-    [published] = request.app[DISPATCHER].publish([draft])
-    return web.json_response({"success": True, "id": published.event.id, "subscribers_notified": published.reached})
-
-
-async def batch(request: web.Request) -> web.Response:
-    """Broadcast many events in order, all or none."""
-    drafts = decode_batch(await read_body(request), default_source="http")
-    published = request.app[DISPATCHER].publish(drafts)
-    return web.json_response({"success": True, "ids": [p.event.id for p in published]})
 
 
 def _limit(request: web.Request) -> int:

@@ -8,12 +8,12 @@ import secrets
 import time
 from collections.abc import Callable, Sequence
 
+from devbus.bus.metrics import Metrics
+from devbus.bus.outputs.sse_buffer import Outlet
+from devbus.bus.store.memory import Entry, History, format_id, parse_id
 from devbus.envelope import Draft, Event, encode_json, sse_frame
 from devbus.errors import TooManySubscribers
-from devbus.filters import TypeFilter
-from devbus.history import Entry, History, format_id, parse_id
-from devbus.metrics import Metrics
-from devbus.outlet import Outlet
+from devbus.typefilter import TypeFilter
 
 __all__ = ["Dispatcher", "Listener", "Published"]
 

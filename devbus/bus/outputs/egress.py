@@ -8,9 +8,9 @@ from collections.abc import Sequence
 
 import zmq
 
-from devbus.dispatcher import Published
-from devbus.metrics import Metrics
-from devbus.wire import encode_event_frames
+from devbus.bus.dispatcher import Published
+from devbus.bus.metrics import Metrics
+from devbus.frames import encode_event_frames
 
 __all__ = ["Egress"]
 

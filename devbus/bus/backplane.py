@@ -9,10 +9,10 @@ from collections.abc import AsyncIterator
 import zmq
 from aiohttp import web
 
-from devbus.egress import Egress
+from devbus.bus.inputs.zeromq import Ingest
+from devbus.bus.keys import DISPATCHER, ENDPOINTS, METRICS, SETTINGS
+from devbus.bus.outputs.egress import Egress
 from devbus.errors import ConfigError
-from devbus.ingest import Ingest
-from devbus.keys import DISPATCHER, ENDPOINTS, METRICS, SETTINGS
 
 __all__ = ["EGRESS_HWM", "backplane"]
 

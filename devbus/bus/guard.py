@@ -17,6 +17,8 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from aiohttp.http import HttpVersion11
 
+from devbus.bus.keys import METRICS, SETTINGS
+from devbus.bus.settings import Settings
 from devbus.errors import (
     BodyTooLarge,
     ConfigError,
@@ -25,8 +27,6 @@ from devbus.errors import (
     Unauthorized,
     UnsupportedMediaType,
 )
-from devbus.keys import METRICS, SETTINGS
-from devbus.settings import Settings
 
 __all__ = [
     "add_cors_headers",

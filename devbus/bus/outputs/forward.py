@@ -24,11 +24,11 @@ import aiohttp
 from aiohttp import web
 
 from devbus import __version__
-from devbus.dispatcher import Published
+from devbus.bus.dispatcher import Published
+from devbus.bus.metrics import Metrics
 from devbus.envelope import MAX_SOURCE_LENGTH, Event, check_name, encode_json
 from devbus.errors import ConfigError, InvalidEvent
-from devbus.filters import TypeFilter
-from devbus.metrics import Metrics
+from devbus.typefilter import TypeFilter
 
 __all__ = ["FORWARDED_HEADER", "Forwarder", "Target", "parse_target"]
 

@@ -7,10 +7,10 @@ import logging
 
 import zmq
 
-from devbus.dispatcher import Dispatcher
+from devbus.bus.dispatcher import Dispatcher
+from devbus.bus.metrics import Metrics
 from devbus.envelope import Draft
-from devbus.metrics import Metrics
-from devbus.wire import WireReject, decode_frames
+from devbus.frames import WireReject, decode_frames
 
 __all__ = ["Ingest"]
 

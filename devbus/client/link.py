@@ -20,9 +20,9 @@ from typing import Any
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
-from devbus.client_config import resolve
+from devbus.client.config import resolve
 from devbus.errors import BusUnavailable, InvalidEvent
-from devbus.wire import encode_frames
+from devbus.frames import encode_frames
 
 __all__ = ["POLL_MS", "Link", "wait_for_signal"]
 

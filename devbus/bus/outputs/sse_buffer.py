@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Protocol
 
-from devbus.filters import TypeFilter
+from devbus.typefilter import TypeFilter
 
 __all__ = ["Outlet", "WriteNow"]
 

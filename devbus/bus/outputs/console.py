@@ -7,7 +7,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 
-from devbus.dispatcher import Published
+from devbus.bus.dispatcher import Published
 
 __all__ = ["EventPrinter"]
 

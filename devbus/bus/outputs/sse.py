@@ -7,9 +7,9 @@ import logging
 from aiohttp import hdrs, web
 from aiohttp_sse import EventSourceResponse
 
+from devbus.bus.keys import DISPATCHER, SETTINGS
 from devbus.envelope import encode_json, sse_frame
-from devbus.filters import TypeFilter, parse_patterns
-from devbus.keys import DISPATCHER, SETTINGS
+from devbus.typefilter import TypeFilter, parse_patterns
 
 __all__ = ["stream_events"]
 

@@ -1,4 +1,4 @@
-"""The `devbus` command line: run the bus, and talk to it from a shell."""
+"""`devbus run`: every option of the bus, from flags or DEVBUS_* variables."""
 
 from __future__ import annotations
 
@@ -11,17 +11,10 @@ from urllib.parse import urlsplit
 
 import click
 
-from devbus import __version__
-from devbus.commands import emit, history, listen
-from devbus.envelope import MAX_SOURCE_LENGTH, MAX_TYPE_LENGTH, check_name
-from devbus.errors import DevbusError, InvalidEvent
-from devbus.globs import split_patterns
+from devbus.bus.settings import DEFAULT_EGRESS, DEFAULT_HOST, DEFAULT_INGEST, DEFAULT_PORT, DEFAULT_URL, MIB, Settings
 from devbus.logs import configure_logging
-from devbus.publisher import Publisher
-from devbus.settings import DEFAULT_EGRESS, DEFAULT_HOST, DEFAULT_INGEST, DEFAULT_PORT, DEFAULT_URL, MIB, Settings
-from devbus.watch import DEFAULT_IGNORES, WatchFilter, emit_changes
 
-__all__ = ["main"]
+__all__ = ["run"]
 
 _SIZE = re.compile(r"^\s*(\d+)\s*(b|k|kb|kib|m|mb|mib|g|gb|gib)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
@@ -47,22 +40,6 @@ def _size_text(size: int) -> str:
     return str(size)
 
 
-class DevbusGroup(click.Group):
-    """Turn every DevbusError into one clear line and a non-zero exit, in one place."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except DevbusError as exc:
-            raise click.ClickException(str(exc)) from exc
-
-
-@click.group(cls=DevbusGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="devbus")
-def main() -> None:
-    """devbus: a local development event bus (HTTP + SSE + ZeroMQ)."""
-
-
 def _url_default(part: str) -> str | int:
     url = urlsplit(os.environ.get("DEVBUS_URL") or DEFAULT_URL)
     if part == "host":
@@ -70,7 +47,7 @@ def _url_default(part: str) -> str | int:
     return url.port or DEFAULT_PORT
 
 
-@main.command()
+@click.command()
 @click.option(
     "--host",
     envvar="DEVBUS_HOST",
@@ -209,98 +186,7 @@ def run(quiet: bool, log_level: str, **options: Any) -> None:
     for name in ("allow_origins", "allow_hosts", "forward", "forward_types"):
         options[name] = tuple(options[name])
     # Imported here: the server pulls in aiohttp, which the client commands never need.
-    from devbus.server import serve
+    from devbus.bus.serve import serve
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(Settings(**options), quiet=quiet))
-
-
-@main.command()
-@click.argument("paths", metavar="PATH...", nargs=-1, required=True, type=click.Path(exists=True))
-@click.option(
-    "--glob",
-    "globs",
-    envvar="DEVBUS_WATCH_GLOB",
-    multiple=True,
-    help="Only report files matching these globs (repeatable, comma lists, {a,b}), e.g. 'src/**/*.{ts,tsx}'.",
-)
-@click.option(
-    "--ignore",
-    "ignores",
-    envvar="DEVBUS_WATCH_IGNORE",
-    multiple=True,
-    help=f"Also ignore these names or paths (repeatable, comma lists); always ignored: {', '.join(DEFAULT_IGNORES)}.",
-)
-@click.option(
-    "--type",
-    "event_type",
-    envvar="DEVBUS_WATCH_TYPE",
-    default="frontend.file_changed",
-    show_default=True,
-    help="Type of the events.",
-)
-@click.option(
-    "--debounce-ms",
-    envvar="DEVBUS_WATCH_DEBOUNCE_MS",
-    type=click.IntRange(1, 60_000),
-    default=50,
-    show_default=True,
-    help="Quiet time that ends a burst of changes.",
-)
-@click.option(
-    "--source", envvar="DEVBUS_WATCH_SOURCE", default="watch", show_default=True, help="Source of the events."
-)
-@click.option("--batch", envvar="DEVBUS_WATCH_BATCH", is_flag=True, help="One event per burst: {changes: [...]}.")
-@click.option("--quiet", "-q", envvar="DEVBUS_QUIET", is_flag=True, help="Do not print a line per event.")
-@click.option("--ingest", envvar="DEVBUS_INGEST", default=None, help="The bus's ZeroMQ ingest (DEVBUS_INGEST).")
-@click.option("--token", envvar="DEVBUS_TOKEN", default=None, help="The bus's token, if it has one (DEVBUS_TOKEN).")
-@click.option("--timeout", type=click.FloatRange(0.1), default=5.0, show_default=True, help="Seconds to find the bus.")
-def watch(
-    paths: tuple[str, ...],
-    globs: tuple[str, ...],
-    ignores: tuple[str, ...],
-    event_type: str,
-    debounce_ms: int,
-    source: str,
-    batch: bool,
-    quiet: bool,
-    ingest: str | None,
-    token: str | None,
-    timeout: float,
-) -> None:
-    """Emit an event for every file that changes under PATH."""
-    for value, name in ((event_type, "--type"), (source, "--source")):
-        try:
-            check_name(value, field=name, max_length=MAX_SOURCE_LENGTH if name == "--source" else MAX_TYPE_LENGTH)
-        except InvalidEvent as exc:
-            raise click.BadParameter(str(exc), param_hint=name) from exc
-    configure_logging("warning", secrets=[token])  # the client's own warnings: bus gone, bus back
-    roots = [os.path.abspath(path) for path in paths]
-    watch_filter = WatchFilter(roots, globs=split_patterns(globs), ignores=split_patterns(ignores))
-    out = click.echo
-    try:
-        # Connecting waits for the bus (BusUnavailable after --timeout), so "ready" means both ends are live.
-        with Publisher(ingest=ingest, token=token, source=source, timeout=timeout) as publisher:
-
-            def ready() -> None:
-                out(f"watching {', '.join(roots)} → {event_type} on {publisher.address}")
-                out("ready (Ctrl-C to stop)")
-
-            emit_changes(
-                roots,
-                publisher=publisher,
-                event_type=event_type,
-                source=source,
-                batch=batch,
-                watch_filter=watch_filter,
-                debounce_ms=debounce_ms,
-                on_ready=ready,
-                write=None if quiet else out,
-            )
-    except KeyboardInterrupt:
-        # Only a second Ctrl-C gets here: the user chose not to wait for the last burst.
-        raise click.exceptions.Exit(130) from None
-
-
-for _command in (emit, listen, history):
-    main.add_command(_command)

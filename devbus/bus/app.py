@@ -6,16 +6,17 @@ import time
 
 from aiohttp import web
 
-from devbus import views
-from devbus.backplane import backplane
-from devbus.dispatcher import Dispatcher
-from devbus.filters import TypeFilter, parse_patterns
-from devbus.forward import Forwarder
-from devbus.keys import DISPATCHER, ENDPOINTS, FORWARDER, METRICS, SETTINGS, STARTED
-from devbus.metrics import Metrics
-from devbus.security import add_cors_headers, expect_continue, guard
-from devbus.settings import Settings
-from devbus.sse import stream_events
+from devbus.bus import views
+from devbus.bus.backplane import backplane
+from devbus.bus.dispatcher import Dispatcher
+from devbus.bus.guard import add_cors_headers, expect_continue, guard
+from devbus.bus.inputs import http
+from devbus.bus.keys import DISPATCHER, ENDPOINTS, FORWARDER, METRICS, SETTINGS, STARTED
+from devbus.bus.metrics import Metrics
+from devbus.bus.outputs.forward import Forwarder
+from devbus.bus.outputs.sse import stream_events
+from devbus.bus.settings import Settings
+from devbus.typefilter import TypeFilter, parse_patterns
 
 __all__ = ["create_app"]
 
@@ -53,9 +54,9 @@ def create_app(settings: Settings | None = None) -> web.Application:
         app[DISPATCHER].add_listener(forwarder)
         app.cleanup_ctx.append(forwarder.run)
     api = settings.api
-    app.router.add_post(f"{api}/webhook", views.webhook, expect_handler=expect_continue)
-    app.router.add_post(f"{api}/trigger", views.trigger, expect_handler=expect_continue)
-    app.router.add_post(f"{api}/batch", views.batch, expect_handler=expect_continue)
+    app.router.add_post(f"{api}/webhook", http.webhook, expect_handler=expect_continue)
+    app.router.add_post(f"{api}/trigger", http.trigger, expect_handler=expect_continue)
+    app.router.add_post(f"{api}/batch", http.batch, expect_handler=expect_continue)
     app.router.add_get(f"{api}/events", stream_events)
     app.router.add_get(f"{api}/history", views.history)
     app.router.add_get(f"{api}/health", views.health)

@@ -15,13 +15,13 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from devbus import __version__
-from devbus.app import create_app
-from devbus.console import EventPrinter
+from devbus.bus.app import create_app
+from devbus.bus.guard import check_allowlists, is_loopback_host
+from devbus.bus.keys import DISPATCHER, ENDPOINTS
+from devbus.bus.outputs.console import EventPrinter
+from devbus.bus.settings import Settings
 from devbus.errors import ConfigError
-from devbus.keys import DISPATCHER, ENDPOINTS
 from devbus.logs import REDACTED
-from devbus.security import check_allowlists, is_loopback_host
-from devbus.settings import Settings
 
 __all__ = ["check_exposure", "serve"]
 

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from watchfiles import Change, DefaultFilter, watch
 
-from devbus.globs import expand_braces, glob_regex
+from devbus.watch.globs import expand_braces, glob_regex
 
 __all__ = ["DEFAULT_IGNORES", "Emitter", "FileChange", "WatchFilter", "batch_data", "emit_changes", "watch_changes"]
 

@@ -1,0 +1,1 @@
+"""The bus side: inputs → dispatcher → store → outputs, served by one aiohttp app."""

@@ -1,0 +1,1 @@
+"""Where events enter the bus: HTTP and ZeroMQ ingest."""

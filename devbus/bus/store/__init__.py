@@ -1,0 +1,1 @@
+"""Where order and history live."""

@@ -1,0 +1,1 @@
+"""The clients: publish over ZeroMQ, subscribe to egress, talk HTTP to a bus."""

@@ -1,0 +1,1 @@
+"""`devbus watch`: file changes turned into events."""
