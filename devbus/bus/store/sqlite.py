@@ -117,8 +117,13 @@ class SqliteStore(Store):
         try:
             self._write_db = await loop.run_in_executor(self._writer, self._open_writer)
             self._read_db = await loop.run_in_executor(self._reader, _connect, self.path)
-        except sqlite3.Error as exc:
+        except sqlite3.DatabaseError as exc:
             await self.close()
+            if not isinstance(exc, sqlite3.OperationalError):
+                raise ConfigError(
+                    f"--store {self.name} is not a devbus SQLite store ({exc}); "
+                    "move the file away or pass another --store"
+                ) from exc
             raise ConfigError(
                 f"Cannot use --store {self.name}: {exc}; check that the directory exists and is writable, "
                 "or pass another --store"
