@@ -162,8 +162,14 @@ class Fanout:
             return
         if not self._unflushed:
             self._schedule_flush()
+        whole = None  # every record, unnamed: the same chunk for every group that matched them all
         for group, frames in chunks.items():
-            chunk = frames[0] if len(frames) == 1 else b"".join(frames)
+            if len(frames) == 1:
+                chunk = frames[0]
+            elif len(frames) == len(records) and not group.named:
+                chunk = whole = whole or b"".join(frames)
+            else:
+                chunk = b"".join(frames)
             # Pushing may evict an outlet, which leaves the group: iterate over a copy.
             for outlet in list(group.outlets):
                 outlet.push(chunk)
