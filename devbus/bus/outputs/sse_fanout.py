@@ -109,10 +109,10 @@ class Fanout:
         outlet.close()
         self._outlets.pop(outlet, None)
 
-    def evict(self, outlet: Outlet) -> None:
+    def evict(self, outlet: Outlet, *, why: str = "") -> None:
         """Drop a subscriber that fell behind: its connection is closed now and its buffer freed."""
         outlet.evicted = True
-        log.warning("evicted a subscriber that fell %d bytes behind", self._buffer)
+        log.warning("evicted a subscriber that %s", why or f"fell {self._buffer} bytes behind")
         self.metrics.evictions.inc()
         self._leave(outlet)
         # Close the connection now: the peer is not reading, so waiting for its

@@ -98,7 +98,7 @@ class Replay:
 
     async def _write(self, chunk: bytes) -> None:
         if chunk and not await write_or_stall(self._response, chunk):
-            self._fanout.evict(self._outlet)
+            self._fanout.evict(self._outlet, why=f"took nothing of its replay for {REPLAY_STALL:g} s")
 
 
 async def write_or_stall(response: web.StreamResponse, chunk: bytes) -> bool:
