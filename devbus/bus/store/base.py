@@ -42,9 +42,10 @@ Reads
     records nor more than ``max_bytes`` of JSON, except that it always holds at
     least one record when there is one (so a single large event still moves a
     cursor on). An id the store does not know (``""`` included) resolves to a
-    gap just before the oldest record retained. Reads may return records not
-    delivered yet (a shared stream is readable before this bus's read loop
-    delivers it); the SSE cursor copes with both, see
+    gap just before the oldest record retained. Reads never go past the last
+    record handed to ``deliver`` (a shared stream is readable before this bus's
+    read loop delivers it: clamp to what was delivered). The SSE cursor relies
+    on it to hand over to the live fan-out with no duplicate, see
     ``devbus.bus.outputs.sse_replay``.
 
 Lifecycle
