@@ -30,6 +30,8 @@ class Settings:
     heartbeat: float = 15.0
     retry_ms: int = 1000
     max_body: int = MIB
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
     max_message: int = MIB
     max_subscribers: int = 1000
     subscriber_buffer: int = 4 * MIB

@@ -127,6 +127,22 @@ def _url_default(part: str) -> str | int:
     help="Largest accepted HTTP body.",
 )
 @click.option(
+    "--header-timeout",
+    envvar="DEVBUS_HEADER_TIMEOUT",
+    type=click.FloatRange(0.1, 3600),
+    default=DEFAULTS.header_timeout,
+    show_default=True,
+    help="Seconds a connection may take to send a request's headers (and stay idle between requests).",
+)
+@click.option(
+    "--body-timeout",
+    envvar="DEVBUS_BODY_TIMEOUT",
+    type=click.FloatRange(0.1, 3600),
+    default=DEFAULTS.body_timeout,
+    show_default=True,
+    help="Seconds a POST body may take to arrive (408 beyond).",
+)
+@click.option(
     "--max-message",
     envvar="DEVBUS_MAX_MESSAGE",
     callback=_size,
