@@ -175,6 +175,9 @@ def start_bus(*args: str, env: dict[str, str] | None = None, open_files: int | N
 async def connect_sender(context: zmq.asyncio.Context, endpoint: str) -> zmq.asyncio.Socket:
     """A raw XPUB connected to the ingest, returned once the bus has subscribed."""
     sender = context.socket(zmq.XPUB)
+    # The bus reads on the test's own event loop: queue everything rather than
+    # drop at the default high-water mark while the test is sending.
+    sender.setsockopt(zmq.SNDHWM, 0)
     sender.connect(endpoint)
     async with asyncio.timeout(WAIT):
         assert await sender.recv() == b"\x01"

@@ -45,22 +45,10 @@ async def backplane(app: web.Application) -> AsyncIterator[None]:
     remove_listener = None
     try:
         if settings.ingest:
-            sub = context.socket(zmq.SUB)
-            sockets.append(sub)
-            sub.setsockopt(zmq.SUBSCRIBE, b"")
-            sub.setsockopt(zmq.RCVHWM, settings.ingest_queue)
-            # A frame over the limit makes ZeroMQ drop that sender's connection
-            # before the bytes are buffered; decode_frames checks the whole message.
-            sub.setsockopt(zmq.MAXMSGSIZE, settings.max_message)
-            app[ENDPOINTS]["ingest"] = _bind(sub, settings.ingest, role="ingest", option="--ingest")
             ingest = Ingest(
-                sub,
-                dispatcher=app[DISPATCHER],
-                metrics=app[METRICS],
-                max_size=settings.max_message,
-                token=settings.token,
+                dispatcher=app[DISPATCHER], metrics=app[METRICS], max_size=settings.max_message, token=settings.token
             )
-            ingest.start()
+            app[ENDPOINTS]["ingest"] = await ingest.bind(settings.ingest)
         if settings.egress:
             pub = context.socket(zmq.XPUB)
             sockets.append(pub)
@@ -72,7 +60,7 @@ async def backplane(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         if ingest is not None:
-            ingest.stop()
+            await ingest.close()
         if egress is not None:
             egress.stop()
         if remove_listener is not None:

@@ -178,4 +178,6 @@ async def serve(settings: Settings, *, quiet: bool = False, write: Callable[[str
         out("devbus stopping")
     finally:
         await runner.cleanup()
+    # After cleanup, which reads what senders had already written to the ingest.
+    out(f"devbus stopped after {app[DISPATCHER].total} events")
     sys.stdout.flush()

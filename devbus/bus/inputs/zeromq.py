@@ -1,127 +1,185 @@
-"""ZeroMQ ingest: a bound SUB socket drained in batches on the event loop."""
+"""ZeroMQ ingest: senders' PUB sockets connect here and the bus reads the ZMTP wire itself.
+
+libzmq would hold an unfinished multipart message without bound and drop a
+whole connection for one frame over the limit (see devbus/zmtp.py), so the
+bus listens with asyncio and speaks ZMTP 3 as a SUB peer: each message is
+bounded as a whole, a message that breaks a rule is skipped alone, and on stop
+what senders already wrote is read before the connections close.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-
-import zmq
+import os
+import socket
+import stat
+from contextlib import suppress
+from urllib.parse import urlsplit
 
 from devbus.bus.dispatcher import Dispatcher
 from devbus.bus.metrics import Metrics
 from devbus.envelope import Draft
+from devbus.errors import ConfigError
 from devbus.frames import WireReject, decode_frames
+from devbus.zmtp import (
+    GREETING,
+    GREETING_SIZE,
+    FrameReader,
+    HandshakeError,
+    Rejected,
+    check_greeting,
+    command,
+    parse_ready,
+    ready,
+)
 
 __all__ = ["Ingest"]
 
 log = logging.getLogger(__name__)
 
-NOBLOCK = int(zmq.NOBLOCK)  # a plain int: pyzmq's enum flags cost per call
-
-# Messages taken per loop turn: large enough that a burst costs one dispatcher
-# call per thousands of events, small enough that HTTP and SSE stay responsive.
-BATCH = 2000
-
-# Bytes taken per loop turn, so that one batch never buffers much per subscriber.
-BATCH_BYTES = 64 * 1024
-
-# Flow control for bursts: while input is waiting and subscribers have not taken
-# what they were sent but keep taking it, wait (looking every CATCH_UP_POLL) before
-# reading more. Readers get a whole burst without the bus buffering it for them;
-# one that takes nothing for STALLED seconds is not waited for (its buffer bound
-# evicts it), and no batch waits more than CATCH_UP, so a slow reader cannot hold
-# a burst back for long.
+# Flow control for bursts: while subscribers have not taken what they were sent
+# but keep taking it, stop reading senders (looking every CATCH_UP_POLL), so the
+# kernel and the senders' queues hold the burst instead of the bus. A reader that
+# takes nothing for STALLED seconds is not waited for (its buffer bound evicts
+# it), and no pause lasts more than CATCH_UP.
 CATCH_UP = 1.0
 CATCH_UP_POLL = 0.002
 STALLED = 0.03
 
+# On stop: read until every sender has been quiet this long, for at most DRAIN.
+DRAIN = 2.0
+DRAIN_QUIET = 0.1
+
+SUBSCRIBE_ALL = b"\x00\x01\x01"  # a one-byte message frame: subscribe to every topic (ZMTP 3.0)
+PUBLISHERS = frozenset({b"PUB", b"XPUB"})
+FRAMES = 2  # [type, MessagePack body]
+
 
 class Ingest:
-    """Read every pending message, validate it, and publish the valid ones as one batch.
-
-    The socket's FD is edge-triggered: it only signals a change of state, so after
-    each drain ZMQ_EVENTS is checked and the drain is rescheduled while input remains.
-    """
+    """Accept senders, validate each message, and publish the valid ones in batches."""
 
     def __init__(
         self,
-        socket: zmq.Socket[bytes],
         *,
         dispatcher: Dispatcher,
         metrics: Metrics,
         max_size: int,
         token: str | None = None,
     ) -> None:
-        self.socket = socket
         self._dispatcher = dispatcher
         self._metrics = metrics
         self._max_size = max_size
         self._token = token
         self._loop = asyncio.get_running_loop()
-        self._scheduled = False
+        self._server: asyncio.Server | None = None
+        self._peers: set[_Peer] = set()
+        self._paused = False
+        self._closing = False
         self._logged: set[str] = set()
-        self._fd = int(socket.getsockopt(zmq.FD))
+        self._socket_file: tuple[str, int] | None = None  # an ipc:// path we created, and its inode
+        self.last_read = 0.0
 
-    def start(self) -> None:
-        """Watch the socket on the running loop."""
-        self._loop.add_reader(self._fd, self._wake)
-        self._wake()
+    async def bind(self, endpoint: str) -> str:
+        """Listen on ``endpoint`` (tcp:// or ipc://); return the address senders should use."""
+        parts = urlsplit(endpoint)
+        try:
+            if parts.scheme == "tcp":
+                return await self._bind_tcp(parts.netloc)
+            if parts.scheme == "ipc":
+                return await self._bind_ipc(endpoint.removeprefix("ipc://"))
+        except OSError as exc:
+            raise ConfigError(
+                f"Cannot bind the ZeroMQ ingest to {endpoint}: {exc.strerror or exc}; pass another --ingest"
+            ) from exc
+        raise ConfigError(f"--ingest {endpoint!r}: the bus listens on tcp://HOST:PORT or ipc://PATH")
 
-    def stop(self) -> None:
-        """Stop watching the socket (the owner closes it)."""
-        self._loop.remove_reader(self._fd)
+    async def _bind_tcp(self, netloc: str) -> str:
+        host, _, port = netloc.rpartition(":")
+        host = host.strip("[]")
+        if host == "*":
+            host = "0.0.0.0"
+        number = 0 if port == "*" else int(port)
+        self._server = await self._loop.create_server(self._peer, host, number, reuse_address=True)
+        bound = self._server.sockets[0].getsockname()
+        shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
+        return f"tcp://{shown}:{bound[1]}"
 
-    def _wake(self) -> None:
-        if not self._scheduled:
-            self._scheduled = True
-            self._loop.call_soon(self._drain)
+    async def _bind_ipc(self, path: str) -> str:
+        _claim_socket_file(path)
+        self._server = await self._loop.create_unix_server(self._peer, path)
+        self._socket_file = (path, os.stat(path).st_ino)
+        return f"ipc://{path}"
 
-    def _drain(self) -> None:
-        self._scheduled = False
-        if self.socket.closed:
-            return
+    def _peer(self) -> _Peer:
+        return _Peer(self)
+
+    async def close(self) -> None:
+        """Stop accepting, read what senders already sent (bounded in time), then close."""
+        if self._server is not None:
+            self._server.close()
+        self._closing = True  # no more pauses: the outputs may be closed already
+        self._resume()
+        deadline = self._loop.time() + DRAIN
+        self.last_read = self._loop.time()
+        while self._peers and self._loop.time() < deadline:
+            if self._loop.time() - self.last_read >= DRAIN_QUIET:
+                break
+            await asyncio.sleep(DRAIN_QUIET / 4)  # polling the quiet period, bounded by DRAIN
+        unfinished = sum(1 for peer in self._peers if peer.reader.buffered)
+        for peer in list(self._peers):
+            peer.close()
+        if unfinished:
+            log.warning("stopped with %d ZeroMQ messages only partly received; they are lost", unfinished)
+        if self._socket_file is not None:
+            path, inode = self._socket_file
+            with suppress(OSError):
+                if os.stat(path).st_ino == inode:
+                    os.unlink(path)
+
+    # -- per message -------------------------------------------------------------
+
+    def accept(self, messages: list[list[bytes]], rejected: list[Rejected]) -> None:
+        """Validate and publish the messages one read brought; count what was refused."""
         drafts: list[Draft] = []
-        more = True
-        size = 0
-        recv = self.socket.recv
-        for _ in range(BATCH):
-            if size >= BATCH_BYTES:
-                break
-            try:
-                # Frames, not recv_multipart: asking ZMQ_RCVMORE through getsockopt
-                # costs more than the rest of taking a message in.
-                frame = recv(NOBLOCK, copy=False)
-            except zmq.Again:
-                more = False
-                break
-            frames = [frame.bytes]
-            while frame.more:
-                # A multipart message arrives whole, so its next frame is there.
-                frame = recv(NOBLOCK, copy=False)
-                frames.append(frame.bytes)
-            size += len(frames[-1])
+        for frames in messages:
             try:
                 drafts.append(decode_frames(frames, max_size=self._max_size, token=self._token))
             except WireReject as exc:
-                self._reject(exc)
+                self._reject(exc.reason, str(exc))
+        for item in rejected:
+            self._reject(item.reason, item.text)
         if drafts:
             try:
                 self._dispatcher.publish(drafts)
             except Exception:
                 # Never let one bad batch stop the ingest: log it and keep reading.
                 log.exception("could not publish %d events from ZeroMQ", len(drafts))
-        # Reading EVENTS also lets libzmq process pending commands (new peers),
-        # which is what re-arms the edge-triggered FD.
-        if not (more or int(self.socket.getsockopt(zmq.EVENTS)) & zmq.POLLIN):
-            return
         unsent = self._dispatcher.unsent()
-        if unsent:
-            # Still marked scheduled, so the socket's wake-ups wait for this too.
-            self._scheduled = True
+        if unsent and not self._paused and not self._closing:
+            self._pause()
             now = self._loop.time()
             self._loop.call_later(CATCH_UP_POLL, self._catch_up, unsent, now, now)
+
+    def _reject(self, reason: str, text: str) -> None:
+        self._metrics.reject(reason)
+        if reason not in self._logged:
+            self._logged.add(reason)
+            log.warning("refused a ZeroMQ message (%s): %s; further ones are only counted", reason, text)
         else:
-            self._wake()
+            log.debug("refused a ZeroMQ message (%s): %s", reason, text)
+
+    # -- flow control ------------------------------------------------------------
+
+    def _pause(self) -> None:
+        self._paused = True
+        for peer in self._peers:
+            peer.pause()
+
+    def _resume(self) -> None:
+        self._paused = False
+        for peer in self._peers:
+            peer.resume()
 
     def _catch_up(self, before: int, started: float, progressed: float) -> None:
         unsent = self._dispatcher.unsent()
@@ -131,12 +189,114 @@ class Ingest:
         if unsent and now - progressed < STALLED and now - started < CATCH_UP:
             self._loop.call_later(CATCH_UP_POLL, self._catch_up, unsent, started, progressed)
         else:
-            self._drain()
+            self._resume()
 
-    def _reject(self, exc: WireReject) -> None:
-        self._metrics.reject(exc.reason)
-        if exc.reason not in self._logged:
-            self._logged.add(exc.reason)
-            log.warning("refused a ZeroMQ message (%s): %s; further ones are only counted", exc.reason, exc)
-        else:
-            log.debug("refused a ZeroMQ message (%s): %s", exc.reason, exc)
+    def joined(self, peer: _Peer) -> None:
+        """Track a sender whose handshake succeeded."""
+        self._peers.add(peer)
+        if self._paused:
+            peer.pause()
+
+    def left(self, peer: _Peer) -> None:
+        """Forget a sender whose connection closed."""
+        self._peers.discard(peer)
+
+
+def _claim_socket_file(path: str) -> None:
+    """Refuse a socket file another live bus serves; remove one a dead bus left behind."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise ConfigError(f"--ingest ipc://{path}: that path exists and is not a socket; choose another path")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        os.unlink(path)  # nobody listens: left by a bus that died
+        log.info("removed the stale socket file %s", path)
+        return
+    except OSError:
+        return  # bind will say what is wrong
+    finally:
+        probe.close()
+    raise ConfigError(
+        f"Another process (a running devbus?) already serves ipc://{path}; stop it or pick another --ingest"
+    )
+
+
+class _Peer(asyncio.Protocol):
+    """One sender's connection: greeting, READY, then messages."""
+
+    def __init__(self, ingest: Ingest) -> None:
+        self.ingest = ingest
+        self.reader = FrameReader(max_message=ingest._max_size, max_frames=FRAMES)
+        self.transport: asyncio.Transport | None = None
+        self._greeting = b""
+        self._ready = False
+        self._paused = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.write(GREETING + ready(b"SUB"))
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.ingest.left(self)
+        self.transport = None
+
+    def pause(self) -> None:
+        if self.transport is not None and not self._paused:
+            self._paused = True
+            self.transport.pause_reading()
+
+    def resume(self) -> None:
+        if self.transport is not None and self._paused:
+            self._paused = False
+            self.transport.resume_reading()
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        self.ingest.last_read = self.ingest._loop.time()
+        try:
+            if len(self._greeting) < GREETING_SIZE:
+                needed = GREETING_SIZE - len(self._greeting)
+                self._greeting += data[:needed]
+                data = data[needed:]
+                if len(self._greeting) < GREETING_SIZE:
+                    return
+                check_greeting(self._greeting)
+            messages: list[list[bytes]] = []
+            rejected: list[Rejected] = []
+            for item in self.reader.feed(data):
+                if isinstance(item, list):
+                    messages.append(item)
+                elif isinstance(item, Rejected):
+                    rejected.append(item)
+                else:
+                    self._command(*item)
+            if not self._ready and messages:
+                raise HandshakeError("sent a message before READY")
+            if messages or rejected:
+                self.ingest.accept(messages, rejected)
+        except HandshakeError as exc:
+            self.ingest._reject("zmq_handshake", f"closed a connection: {exc}")
+            self.close()
+
+    def _command(self, name: bytes, body: bytes) -> None:
+        assert self.transport is not None
+        if name == b"READY" and not self._ready:
+            kind = parse_ready(body).get(b"socket-type", b"")
+            if kind not in PUBLISHERS:
+                raise HandshakeError(f"a {kind.decode(errors='replace')} socket cannot send to the ingest (PUB only)")
+            self._ready = True
+            self.ingest.joined(self)
+            self.transport.write(SUBSCRIBE_ALL)
+        elif name == b"PING":
+            # ZMTP 3.1 heartbeat: answer with the context it carries (after its 2-byte TTL).
+            self.transport.write(command(b"PONG", body[2:]))
