@@ -24,6 +24,7 @@ __all__ = [
     "Rejected",
     "check_greeting",
     "command",
+    "message",
     "parse_ready",
     "ready",
 ]
@@ -59,6 +60,20 @@ def command(name: bytes, body: bytes = b"") -> bytes:
     if len(payload) <= 255:
         return bytes([COMMAND, len(payload)]) + payload
     return bytes([COMMAND | LONG]) + _U64.pack(len(payload)) + payload
+
+
+def message(frames: list[bytes]) -> bytes:
+    """Frame one message for the wire (every frame but the last has MORE)."""
+    parts = []
+    last = len(frames) - 1
+    for index, frame in enumerate(frames):
+        more = MORE if index < last else 0
+        if len(frame) <= 255:
+            parts.append(bytes([more, len(frame)]))
+        else:
+            parts.append(bytes([more | LONG]) + _U64.pack(len(frame)))
+        parts.append(frame)
+    return b"".join(parts)
 
 
 def ready(socket_type: bytes) -> bytes:

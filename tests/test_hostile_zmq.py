@@ -14,6 +14,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+import zmq
 from support import ROOT, WAIT, BusProcess, bus_env, rss
 
 from devbus import Publisher
@@ -172,3 +173,37 @@ def test_a_second_bus_on_a_live_ipc_endpoint_refuses_and_a_stale_one_is_cleaned(
     with Publisher(ingest=endpoint) as publisher:
         publisher.emit("on.third")
     wait_until(lambda: health_events(third) == 1, "a bus on a stale socket file got nothing")
+
+
+def test_a_stalled_egress_listener_costs_bounded_memory_and_its_losses_are_counted(bus_process: Start) -> None:
+    """Regression: a SUB that stopped reading made the bus queue 100,000 messages of any size (45 → 924 MB)."""
+    bus = bus_process("--egress-buffer", "1MiB", "--history-bytes", "4MiB", "--quiet")
+    context = zmq.Context()
+    try:
+        stalled = context.socket(zmq.SUB)
+        stalled.setsockopt(zmq.RCVHWM, 1)
+        stalled.setsockopt(zmq.RCVBUF, 4096)
+        stalled.subscribe(b"")
+        stalled.connect(bus.endpoints["egress"])
+        before = rss(bus.proc.pid)
+        events = 3000
+        blob = "x" * (32 * 1024)  # 96 MiB in all
+        with Publisher(ingest=bus.endpoints["ingest"]) as publisher:
+            wait_until(lambda: "devbus_egress_listeners 1.0" in metrics(bus), "the listener never subscribed")
+            for n in range(events):
+                publisher.emit("big", {"n": n, "blob": blob})
+        wait_until(lambda: health_events(bus) == events, "the bus did not take every event")
+        grown = rss(bus.proc.pid) - before
+        assert grown < 48 * MIB, f"the bus grew by {grown / MIB:.0f} MiB"
+        dropped = _counter(metrics(bus), "devbus_egress_dropped_total")
+        assert dropped > events // 2
+        assert sum("fell 1048576 bytes behind" in line for line in bus.lines) == 1
+    finally:
+        context.destroy(linger=0)
+
+
+def _counter(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return 0.0

@@ -159,6 +159,14 @@ def _url_default(part: str) -> str | int:
     help="ZeroMQ messages queued for the bus before senders are made to wait.",
 )
 @click.option(
+    "--egress-buffer",
+    envvar="DEVBUS_EGRESS_BUFFER",
+    callback=_size,
+    default=_size_text(DEFAULTS.egress_buffer),
+    show_default=True,
+    help="Unsent bytes a ZeroMQ egress listener may fall behind before its events are dropped (counted).",
+)
+@click.option(
     "--max-subscribers",
     envvar="DEVBUS_MAX_SUBSCRIBERS",
     type=click.IntRange(1),

@@ -11,16 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import socket
-import stat
-from contextlib import suppress
-from urllib.parse import urlsplit
 
 from devbus.bus.dispatcher import Dispatcher
+from devbus.bus.endpoints import Listening, listen
 from devbus.bus.metrics import Metrics
 from devbus.envelope import Draft
-from devbus.errors import ConfigError
 from devbus.frames import WireReject, decode_frames
 from devbus.zmtp import (
     GREETING,
@@ -72,52 +67,25 @@ class Ingest:
         self._max_size = max_size
         self._token = token
         self._loop = asyncio.get_running_loop()
-        self._server: asyncio.Server | None = None
+        self._listening: Listening | None = None
         self._peers: set[_Peer] = set()
         self._paused = False
         self._closing = False
         self._logged: set[str] = set()
-        self._socket_file: tuple[str, int] | None = None  # an ipc:// path we created, and its inode
         self.last_read = 0.0
 
     async def bind(self, endpoint: str) -> str:
         """Listen on ``endpoint`` (tcp:// or ipc://); return the address senders should use."""
-        parts = urlsplit(endpoint)
-        try:
-            if parts.scheme == "tcp":
-                return await self._bind_tcp(parts.netloc)
-            if parts.scheme == "ipc":
-                return await self._bind_ipc(endpoint.removeprefix("ipc://"))
-        except OSError as exc:
-            raise ConfigError(
-                f"Cannot bind the ZeroMQ ingest to {endpoint}: {exc.strerror or exc}; pass another --ingest"
-            ) from exc
-        raise ConfigError(f"--ingest {endpoint!r}: the bus listens on tcp://HOST:PORT or ipc://PATH")
-
-    async def _bind_tcp(self, netloc: str) -> str:
-        host, _, port = netloc.rpartition(":")
-        host = host.strip("[]")
-        if host == "*":
-            host = "0.0.0.0"
-        number = 0 if port == "*" else int(port)
-        self._server = await self._loop.create_server(self._peer, host, number, reuse_address=True)
-        bound = self._server.sockets[0].getsockname()
-        shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
-        return f"tcp://{shown}:{bound[1]}"
-
-    async def _bind_ipc(self, path: str) -> str:
-        _claim_socket_file(path)
-        self._server = await self._loop.create_unix_server(self._peer, path)
-        self._socket_file = (path, os.stat(path).st_ino)
-        return f"ipc://{path}"
+        self._listening = await listen(endpoint, self._peer, role="ingest", option="--ingest")
+        return self._listening.address
 
     def _peer(self) -> _Peer:
         return _Peer(self)
 
     async def close(self) -> None:
         """Stop accepting, read what senders already sent (bounded in time), then close."""
-        if self._server is not None:
-            self._server.close()
+        if self._listening is not None:
+            self._listening.close()
         self._closing = True  # no more pauses: the outputs may be closed already
         self._resume()
         deadline = self._loop.time() + DRAIN
@@ -131,11 +99,6 @@ class Ingest:
             peer.close()
         if unfinished:
             log.warning("stopped with %d ZeroMQ messages only partly received; they are lost", unfinished)
-        if self._socket_file is not None:
-            path, inode = self._socket_file
-            with suppress(OSError):
-                if os.stat(path).st_ino == inode:
-                    os.unlink(path)
 
     # -- per message -------------------------------------------------------------
 
@@ -200,31 +163,6 @@ class Ingest:
     def left(self, peer: _Peer) -> None:
         """Forget a sender whose connection closed."""
         self._peers.discard(peer)
-
-
-def _claim_socket_file(path: str) -> None:
-    """Refuse a socket file another live bus serves; remove one a dead bus left behind."""
-    try:
-        mode = os.lstat(path).st_mode
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(mode):
-        raise ConfigError(f"--ingest ipc://{path}: that path exists and is not a socket; choose another path")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.settimeout(1.0)
-        probe.connect(path)
-    except (ConnectionRefusedError, FileNotFoundError):
-        os.unlink(path)  # nobody listens: left by a bus that died
-        log.info("removed the stale socket file %s", path)
-        return
-    except OSError:
-        return  # bind will say what is wrong
-    finally:
-        probe.close()
-    raise ConfigError(
-        f"Another process (a running devbus?) already serves ipc://{path}; stop it or pick another --ingest"
-    )
 
 
 class _Peer(asyncio.Protocol):

@@ -1,4 +1,11 @@
-"""ZeroMQ egress: every accepted event published on a bound XPUB socket as ``[type, envelope]``."""
+"""ZeroMQ egress: every accepted event sent to each SUB listener as ``[type, envelope]``.
+
+The bus speaks ZMTP as the PUB side itself (see devbus/zmtp.py) rather than
+through a libzmq PUB socket, whose queue per listener is bounded only in
+messages (of any size): here a listener that falls behind may have at most
+``backlog`` bytes waiting for it; past that its events are dropped, counted in
+devbus_egress_dropped_total and logged once per episode.
+"""
 
 from __future__ import annotations
 
@@ -6,73 +13,160 @@ import asyncio
 import logging
 from collections.abc import Sequence
 
-import zmq
-
 from devbus.bus.dispatcher import Published
+from devbus.bus.endpoints import Listening, listen
 from devbus.bus.metrics import Metrics
 from devbus.frames import encode_event_frames
+from devbus.zmtp import (
+    GREETING,
+    GREETING_SIZE,
+    FrameReader,
+    HandshakeError,
+    check_greeting,
+    message,
+    parse_ready,
+    ready,
+)
 
 __all__ = ["Egress"]
 
 log = logging.getLogger(__name__)
 
-# Plain ints: pyzmq's enum flags cost more per call than the send itself.
-NOBLOCK = int(zmq.NOBLOCK)
-SNDMORE = int(zmq.SNDMORE) | NOBLOCK
+LISTENERS = frozenset({b"SUB", b"XSUB"})
+MAX_SUBSCRIPTION = 4096  # bytes of one subscription prefix a listener may send
 
 
 class Egress:
-    """A dispatcher listener that sends each event once, without ever blocking the loop.
+    """A dispatcher listener that sends each event once per subscribed listener, never blocking the loop.
 
-    The socket is an XPUB so that the bus sees its listeners' subscriptions: while
-    nobody listens (the usual case) events are not even encoded. Like a PUB it
-    drops for a listener at its high-water mark, so a stalled listener never
-    stalls the bus.
+    While nobody listens (the usual case) events are not even encoded.
     """
 
-    def __init__(self, socket: zmq.Socket[bytes], *, metrics: Metrics) -> None:
-        self.socket = socket
-        self.topics: set[bytes] = set()
+    def __init__(self, *, metrics: Metrics, backlog: int) -> None:
+        self.backlog = backlog
         self._metrics = metrics
-        self._failed = False
-        self._loop = asyncio.get_running_loop()
-        self._fd = int(socket.getsockopt(zmq.FD))
+        self._listening: Listening | None = None
+        self.listeners: set[_Listener] = set()
+        metrics.watch(metrics.egress_listeners, lambda: sum(1 for listener in self.listeners if listener.prefixes))
 
-    def start(self) -> None:
-        """Watch the socket for subscriptions on the running loop."""
-        self._loop.add_reader(self._fd, self._read_subscriptions)
-        self._read_subscriptions()
+    async def bind(self, endpoint: str) -> str:
+        """Listen on ``endpoint`` (tcp:// or ipc://); return the address listeners should use."""
+        self._listening = await listen(endpoint, lambda: _Listener(self), role="egress", option="--egress")
+        return self._listening.address
 
-    def stop(self) -> None:
-        """Stop watching the socket (the owner closes it)."""
-        self._loop.remove_reader(self._fd)
-
-    def _read_subscriptions(self) -> None:
-        # The FD is edge-triggered: read until EAGAIN, which also lets libzmq
-        # attach newly connected listeners.
-        while not self.socket.closed:
-            try:
-                message = self.socket.recv(NOBLOCK)
-            except zmq.Again:
-                return
-            # XPUB reports the first subscription to a topic and the last
-            # unsubscription from it, so this set is exactly what is listened to.
-            if message[:1] == b"\x01":
-                self.topics.add(message[1:])
-            elif message[:1] == b"\x00":
-                self.topics.discard(message[1:])
+    def close(self) -> None:
+        """Stop accepting listeners and close the connected ones."""
+        if self._listening is not None:
+            self._listening.close()
+        for listener in list(self.listeners):
+            listener.close()
 
     def __call__(self, batch: Sequence[Published]) -> None:
-        if not self.topics:
+        listeners = [listener for listener in self.listeners if listener.prefixes]
+        if not listeners:
             return
-        send = self.socket.send
+        wires = []
         for item in batch:
             head, body = encode_event_frames(item.event)
-            try:
-                send(head, SNDMORE)
-                send(body, NOBLOCK)
-            except zmq.ZMQError as exc:
-                self._metrics.reject("zmq_egress")
-                if not self._failed:
-                    self._failed = True
-                    log.warning("could not publish on the egress socket: %s", exc)
+            wires.append((head, message([head, body])))
+        for listener in listeners:
+            listener.send(wires)
+
+    def dropped(self, count: int) -> None:
+        """Count events dropped for a listener that fell behind."""
+        self._metrics.egress_dropped.inc(count)
+
+
+class _Listener(asyncio.Protocol):
+    """One SUB connection: greeting, READY, subscriptions; events written within its byte budget."""
+
+    def __init__(self, egress: Egress) -> None:
+        self.egress = egress
+        self.prefixes: set[bytes] = set()
+        self.transport: asyncio.Transport | None = None
+        self.reader = FrameReader(max_message=MAX_SUBSCRIPTION, max_frames=1)
+        self._greeting = b""
+        self._ready = False
+        self._dropping = 0  # events dropped in the current episode of falling behind
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.write(GREETING + ready(b"PUB"))
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.egress.listeners.discard(self)
+        self.transport = None
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def send(self, wires: list[tuple[bytes, bytes]]) -> None:
+        """Write the events this listener subscribed to, as far as its backlog allows."""
+        transport = self.transport
+        if transport is None:
+            return
+        room = self.egress.backlog - transport.get_write_buffer_size()
+        parts = []
+        dropped = 0
+        for head, wire in wires:
+            if not any(head.startswith(prefix) for prefix in self.prefixes):
+                continue
+            if len(wire) > room:
+                dropped += 1
+                continue
+            room -= len(wire)
+            parts.append(wire)
+        if parts:
+            transport.write(b"".join(parts))
+        if dropped:
+            if not self._dropping:
+                log.warning(
+                    "a ZeroMQ listener fell %d bytes behind (its limit, --egress-buffer); dropping its events "
+                    "until it catches up",
+                    self.egress.backlog,
+                )
+            self._dropping += dropped
+            self.egress.dropped(dropped)
+        elif self._dropping and parts:
+            log.warning("a ZeroMQ listener caught up after %d events were dropped for it", self._dropping)
+            self._dropping = 0
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            if len(self._greeting) < GREETING_SIZE:
+                needed = GREETING_SIZE - len(self._greeting)
+                self._greeting += data[:needed]
+                data = data[needed:]
+                if len(self._greeting) < GREETING_SIZE:
+                    return
+                check_greeting(self._greeting)
+            for item in self.reader.feed(data):
+                if isinstance(item, list):
+                    self._subscription(item[0])
+                elif isinstance(item, tuple):
+                    self._command(*item)
+        except HandshakeError as exc:
+            log.info("closed a ZeroMQ egress connection: %s", exc)
+            self.close()
+
+    def _command(self, name: bytes, body: bytes) -> None:
+        assert self.transport is not None
+        if name == b"READY" and not self._ready:
+            kind = parse_ready(body).get(b"socket-type", b"")
+            if kind not in LISTENERS:
+                raise HandshakeError(f"a {kind.decode(errors='replace')} socket cannot listen to the egress (SUB only)")
+            self._ready = True
+            self.egress.listeners.add(self)
+        elif name == b"SUBSCRIBE":  # ZMTP 3.1 form
+            self.prefixes.add(body)
+        elif name == b"CANCEL":
+            self.prefixes.discard(body)
+
+    def _subscription(self, frame: bytes) -> None:
+        # ZMTP 3.0: a one-frame message, 1 then the prefix to subscribe, 0 to cancel.
+        if frame[:1] == b"\x01":
+            self.prefixes.add(frame[1:])
+        elif frame[:1] == b"\x00":
+            self.prefixes.discard(frame[1:])
