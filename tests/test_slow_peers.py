@@ -159,3 +159,26 @@ def _writable(sock: socket.socket) -> bool:
     import select
 
     return bool(select.select([], [sock], [], 0)[1])
+
+
+async def test_connections_beyond_the_cap_are_refused_at_once(bus_process: Start) -> None:
+    """When every connection is a live stream, one more gets a 503 right away instead of hanging."""
+    bus = bus_process("--header-timeout", "60", open_files=128)  # room for 64 connections
+    streams = []
+    try:
+        for _ in range(64):
+            reader, writer = await asyncio.open_connection(*address(bus.url))
+            writer.write(b"GET /api/dev/events HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            async with asyncio.timeout(WAIT):
+                await reader.readuntil(b"connected")
+            streams.append(writer)
+        started = time.monotonic()
+        reader, writer = await asyncio.open_connection(*address(bus.url))
+        writer.write(b"GET /api/dev/health HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        refusal = await closed_by_server(reader, within=WAIT)
+        writer.close()
+        assert refusal.startswith(b"HTTP/1.1 503") and b"Too many connections" in refusal
+        assert time.monotonic() - started < WAIT / 2
+    finally:
+        for writer in streams:
+            writer.close()

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 ACCEPT_BURST = 64  # connections accepted per wake-up, so a storm cannot starve the loop
 ACCEPT_RETRY = 0.1  # seconds to wait when the process is out of descriptors
+REFUSAL_GRACE = 0.5  # seconds a refused peer has to read its 503
 # Descriptors kept back from HTTP connections: ZeroMQ sockets and peers, log
 # files, the event loop's own, and the accept that finds the bus full.
 FD_RESERVE = 64
@@ -69,7 +70,7 @@ class LimitedSite(web.BaseSite):
     the count before each accept.
     """
 
-    __slots__ = ("_full", "_host", "_limit", "_metrics", "_open", "_paused", "_port", "_tasks")
+    __slots__ = ("_full", "_host", "_limit", "_metrics", "_open", "_paused", "_port", "_refusing", "_tasks")
 
     def __init__(
         self, runner: web.BaseRunner, host: str, port: int, *, limit: int, backlog: int, metrics: Metrics
@@ -82,6 +83,7 @@ class LimitedSite(web.BaseSite):
         self._full = False
         self._paused = False
         self._open = 0  # connections handed to aiohttp and not yet closed
+        self._refusing = 0  # refused connections waiting to be closed
         self._tasks: set[asyncio.Task[Any]] = set()
 
     @property
@@ -112,7 +114,6 @@ class LimitedSite(web.BaseSite):
         assert server is not None
         loop = asyncio.get_running_loop()
         for _ in range(ACCEPT_BURST):
-            full = self._open >= self._limit and not self._displace(server.connections)
             try:
                 conn, _ = listener.accept()
             except (BlockingIOError, InterruptedError, ConnectionAbortedError):
@@ -121,12 +122,8 @@ class LimitedSite(web.BaseSite):
                 # Out of descriptors all the same (other files, ZeroMQ peers): wait a moment.
                 self._pause(loop, listener, exc)
                 return
-            if full:
-                self._metrics.reject("too_many_connections")
-                with contextlib.suppress(OSError):
-                    conn.setblocking(False)
-                    conn.send(REFUSAL)
-                conn.close()
+            if self._open >= self._limit and not self._displace(server.connections):
+                self._refuse(loop, conn)
                 continue
             self._paused = False
             conn.setblocking(False)
@@ -136,6 +133,24 @@ class LimitedSite(web.BaseSite):
             task = loop.create_task(loop.connect_accepted_socket(functools.partial(_same, handler), conn))
             self._tasks.add(task)
             task.add_done_callback(self._started)
+
+    def _refuse(self, loop: asyncio.AbstractEventLoop, conn: socket.socket) -> None:
+        self._metrics.reject("too_many_connections")
+        with contextlib.suppress(OSError):
+            conn.setblocking(False)
+            conn.send(REFUSAL)
+            conn.shutdown(socket.SHUT_WR)
+        if self._refusing >= FD_RESERVE // 2:
+            conn.close()  # a storm: no time for the peer to read the 503
+            return
+        # Closing with the request unread would reset the connection, and the peer
+        # might lose the 503 it has not read yet: give it a moment.
+        self._refusing += 1
+        loop.call_later(REFUSAL_GRACE, self._refused, conn)
+
+    def _refused(self, conn: socket.socket) -> None:
+        self._refusing -= 1
+        conn.close()
 
     def _started(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
@@ -217,15 +232,6 @@ class _CountedHandler(RequestHandler):
         """Release the connection's place, then let aiohttp clean up."""
         self.release()
         super().connection_lost(exc)
-
-
-class _Refuse(asyncio.Protocol):
-    """Answer 503 and close, without reading anything."""
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.WriteTransport)
-        transport.write(REFUSAL)
-        transport.close()
 
 
 class RequestErrorLog(logging.LoggerAdapter[logging.Logger]):

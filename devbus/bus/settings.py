@@ -35,7 +35,6 @@ class Settings:
     max_message: int = MIB
     max_subscribers: int = 1000
     subscriber_buffer: int = 4 * MIB
-    ingest_queue: int = 10_000
     egress_buffer: int = 16 * MIB
     forward: tuple[str, ...] = ()
     forward_types: tuple[str, ...] = ()

@@ -151,14 +151,6 @@ def _url_default(part: str) -> str | int:
     help="Largest accepted ZeroMQ message.",
 )
 @click.option(
-    "--ingest-queue",
-    envvar="DEVBUS_INGEST_QUEUE",
-    type=click.IntRange(1),
-    default=DEFAULTS.ingest_queue,
-    show_default=True,
-    help="ZeroMQ messages queued for the bus before senders are made to wait.",
-)
-@click.option(
     "--egress-buffer",
     envvar="DEVBUS_EGRESS_BUFFER",
     callback=_size,
