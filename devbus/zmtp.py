@@ -20,12 +20,15 @@ __all__ = [
     "GREETING",
     "GREETING_SIZE",
     "FrameReader",
+    "Greeting",
     "HandshakeError",
     "Rejected",
     "check_greeting",
+    "check_ready",
     "command",
     "message",
     "parse_ready",
+    "pong",
     "ready",
 ]
 
@@ -52,6 +55,37 @@ def check_greeting(greeting: bytes) -> None:
         raise HandshakeError(f"ZMTP {greeting[10]}.x is too old; devbus speaks ZMTP 3 (libzmq 4 and later)")
     if greeting[12:32].rstrip(b"\x00") != b"NULL":
         raise HandshakeError(f"security mechanism {greeting[12:32].rstrip(bytes(1))!r} is not supported (NULL only)")
+
+
+class Greeting:
+    """A peer's 64-byte greeting, collected across reads and checked once whole."""
+
+    def __init__(self) -> None:
+        self._received = b""
+
+    def take(self, data: bytes) -> bytes | None:
+        """Consume greeting bytes; return what follows the greeting, or None while it is incomplete."""
+        if len(self._received) >= GREETING_SIZE:
+            return data
+        needed = GREETING_SIZE - len(self._received)
+        self._received += data[:needed]
+        if len(self._received) < GREETING_SIZE:
+            return None
+        check_greeting(self._received)
+        return data[needed:]
+
+
+def check_ready(body: bytes, *, allowed: frozenset[bytes], role: str) -> None:
+    """Accept a READY command's socket type if it is one of ``allowed``, else raise HandshakeError."""
+    kind = parse_ready(body).get(b"socket-type", b"")
+    if kind not in allowed:
+        wanted = " or ".join(sorted(name.decode() for name in allowed))
+        raise HandshakeError(f"a {kind.decode(errors='replace')} socket cannot connect to the {role} ({wanted} only)")
+
+
+def pong(body: bytes) -> bytes:
+    """The answer to a ZMTP 3.1 PING: a PONG with the context it carries (after its 2-byte TTL)."""
+    return command(b"PONG", body[2:])
 
 
 def command(name: bytes, body: bytes = b"") -> bytes:

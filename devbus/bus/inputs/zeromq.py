@@ -17,17 +17,7 @@ from devbus.bus.endpoints import Listening, listen
 from devbus.bus.metrics import Metrics
 from devbus.envelope import Draft
 from devbus.frames import WireReject, decode_frames
-from devbus.zmtp import (
-    GREETING,
-    GREETING_SIZE,
-    FrameReader,
-    HandshakeError,
-    Rejected,
-    check_greeting,
-    command,
-    parse_ready,
-    ready,
-)
+from devbus.zmtp import GREETING, FrameReader, Greeting, HandshakeError, Rejected, check_ready, pong, ready
 
 __all__ = ["Ingest"]
 
@@ -172,7 +162,7 @@ class _Peer(asyncio.Protocol):
         self.ingest = ingest
         self.reader = FrameReader(max_message=ingest._max_size, max_frames=FRAMES)
         self.transport: asyncio.Transport | None = None
-        self._greeting = b""
+        self._greeting = Greeting()
         self._ready = False
         self._paused = False
 
@@ -202,16 +192,12 @@ class _Peer(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.ingest.last_read = self.ingest._loop.time()
         try:
-            if len(self._greeting) < GREETING_SIZE:
-                needed = GREETING_SIZE - len(self._greeting)
-                self._greeting += data[:needed]
-                data = data[needed:]
-                if len(self._greeting) < GREETING_SIZE:
-                    return
-                check_greeting(self._greeting)
+            rest = self._greeting.take(data)
+            if rest is None:
+                return
             messages: list[list[bytes]] = []
             rejected: list[Rejected] = []
-            for item in self.reader.feed(data):
+            for item in self.reader.feed(rest):
                 if isinstance(item, list):
                     messages.append(item)
                 elif isinstance(item, Rejected):
@@ -229,12 +215,9 @@ class _Peer(asyncio.Protocol):
     def _command(self, name: bytes, body: bytes) -> None:
         assert self.transport is not None
         if name == b"READY" and not self._ready:
-            kind = parse_ready(body).get(b"socket-type", b"")
-            if kind not in PUBLISHERS:
-                raise HandshakeError(f"a {kind.decode(errors='replace')} socket cannot send to the ingest (PUB only)")
+            check_ready(body, allowed=PUBLISHERS, role="ingest")
             self._ready = True
             self.ingest.joined(self)
             self.transport.write(SUBSCRIBE_ALL)
         elif name == b"PING":
-            # ZMTP 3.1 heartbeat: answer with the context it carries (after its 2-byte TTL).
-            self.transport.write(command(b"PONG", body[2:]))
+            self.transport.write(pong(body))

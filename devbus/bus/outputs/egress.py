@@ -17,16 +17,7 @@ from devbus.bus.dispatcher import Published
 from devbus.bus.endpoints import Listening, listen
 from devbus.bus.metrics import Metrics
 from devbus.frames import encode_event_frames
-from devbus.zmtp import (
-    GREETING,
-    GREETING_SIZE,
-    FrameReader,
-    HandshakeError,
-    check_greeting,
-    message,
-    parse_ready,
-    ready,
-)
+from devbus.zmtp import GREETING, FrameReader, Greeting, HandshakeError, check_ready, message, pong, ready
 
 __all__ = ["Egress"]
 
@@ -85,7 +76,7 @@ class _Listener(asyncio.Protocol):
         self.prefixes: set[bytes] = set()
         self.transport: asyncio.Transport | None = None
         self.reader = FrameReader(max_message=MAX_SUBSCRIPTION, max_frames=1)
-        self._greeting = b""
+        self._greeting = Greeting()
         self._ready = False
         self._dropping = 0  # events dropped in the current episode of falling behind
 
@@ -135,14 +126,10 @@ class _Listener(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         try:
-            if len(self._greeting) < GREETING_SIZE:
-                needed = GREETING_SIZE - len(self._greeting)
-                self._greeting += data[:needed]
-                data = data[needed:]
-                if len(self._greeting) < GREETING_SIZE:
-                    return
-                check_greeting(self._greeting)
-            for item in self.reader.feed(data):
+            rest = self._greeting.take(data)
+            if rest is None:
+                return
+            for item in self.reader.feed(rest):
                 if isinstance(item, list):
                     self._subscription(item[0])
                 elif isinstance(item, tuple):
@@ -154,11 +141,11 @@ class _Listener(asyncio.Protocol):
     def _command(self, name: bytes, body: bytes) -> None:
         assert self.transport is not None
         if name == b"READY" and not self._ready:
-            kind = parse_ready(body).get(b"socket-type", b"")
-            if kind not in LISTENERS:
-                raise HandshakeError(f"a {kind.decode(errors='replace')} socket cannot listen to the egress (SUB only)")
+            check_ready(body, allowed=LISTENERS, role="egress")
             self._ready = True
             self.egress.listeners.add(self)
+        elif name == b"PING":
+            self.transport.write(pong(body))
         elif name == b"SUBSCRIBE":  # ZMTP 3.1 form
             self.prefixes.add(body)
         elif name == b"CANCEL":
