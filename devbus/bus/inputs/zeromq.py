@@ -36,6 +36,7 @@ STALLED = 0.03
 DRAIN = 2.0
 DRAIN_QUIET = 0.1
 
+HANDSHAKE_TIMEOUT = 10.0  # seconds a sender has to greet and say READY before it is closed
 SUBSCRIBE_ALL = b"\x00\x01\x01"  # a one-byte message frame: subscribe to every topic (ZMTP 3.0)
 PUBLISHERS = frozenset({b"PUB", b"XPUB"})
 FRAMES = 2  # [type, MessagePack body]
@@ -99,9 +100,9 @@ class Ingest:
             try:
                 drafts.append(decode_frames(frames, max_size=self._max_size, token=self._token))
             except WireReject as exc:
-                self._reject(exc.reason, str(exc))
+                self.reject(exc.reason, str(exc))
         for item in rejected:
-            self._reject(item.reason, item.text)
+            self.reject(item.reason, item.text)
         if drafts:
             try:
                 self._dispatcher.publish(drafts)
@@ -114,7 +115,8 @@ class Ingest:
             now = self._loop.time()
             self._loop.call_later(CATCH_UP_POLL, self._catch_up, unsent, now, now)
 
-    def _reject(self, reason: str, text: str) -> None:
+    def reject(self, reason: str, text: str) -> None:
+        """Count a refused message (or connection); log the first of each kind."""
         self._metrics.reject(reason)
         if reason not in self._logged:
             self._logged.add(reason)
@@ -145,7 +147,7 @@ class Ingest:
             self._resume()
 
     def joined(self, peer: _Peer) -> None:
-        """Track a sender whose handshake succeeded."""
+        """Track a sender's connection."""
         self._peers.add(peer)
         if self._paused:
             peer.pause()
@@ -165,15 +167,24 @@ class _Peer(asyncio.Protocol):
         self._greeting = Greeting()
         self._ready = False
         self._paused = False
+        self._deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         transport.write(GREETING + ready(b"SUB"))
+        self.ingest.joined(self)
+        self._deadline = asyncio.get_running_loop().call_later(HANDSHAKE_TIMEOUT, self._too_slow)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self.ingest.left(self)
         self.transport = None
+        if self._deadline is not None:
+            self._deadline.cancel()
+
+    def _too_slow(self) -> None:
+        self.ingest.reject("zmq_handshake", f"closed a connection that sent no READY within {HANDSHAKE_TIMEOUT:g} s")
+        self.close()
 
     def pause(self) -> None:
         if self.transport is not None and not self._paused:
@@ -209,7 +220,7 @@ class _Peer(asyncio.Protocol):
             if messages or rejected:
                 self.ingest.accept(messages, rejected)
         except HandshakeError as exc:
-            self.ingest._reject("zmq_handshake", f"closed a connection: {exc}")
+            self.ingest.reject("zmq_handshake", f"closed a connection: {exc}")
             self.close()
 
     def _command(self, name: bytes, body: bytes) -> None:
@@ -217,7 +228,8 @@ class _Peer(asyncio.Protocol):
         if name == b"READY" and not self._ready:
             check_ready(body, allowed=PUBLISHERS, role="ingest")
             self._ready = True
-            self.ingest.joined(self)
+            if self._deadline is not None:
+                self._deadline.cancel()
             self.transport.write(SUBSCRIBE_ALL)
         elif name == b"PING":
             self.transport.write(pong(body))

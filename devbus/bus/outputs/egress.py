@@ -24,6 +24,7 @@ __all__ = ["Egress"]
 log = logging.getLogger(__name__)
 
 LISTENERS = frozenset({b"SUB", b"XSUB"})
+HANDSHAKE_TIMEOUT = 10.0  # seconds a listener has to greet and say READY before it is closed
 MAX_SUBSCRIPTION = 4096  # bytes of one subscription prefix a listener may send
 
 
@@ -79,15 +80,26 @@ class _Listener(asyncio.Protocol):
         self._greeting = Greeting()
         self._ready = False
         self._dropping = 0  # events dropped in the current episode of falling behind
+        self._deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         transport.write(GREETING + ready(b"PUB"))
+        # Tracked from the start, so that close() ends connections still in their handshake.
+        self.egress.listeners.add(self)
+        self._deadline = asyncio.get_running_loop().call_later(HANDSHAKE_TIMEOUT, self._too_slow)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self.egress.listeners.discard(self)
         self.transport = None
+        if self._deadline is not None:
+            self._deadline.cancel()
+
+    def _too_slow(self) -> None:
+        if not self._ready:
+            log.info("closed a ZeroMQ egress connection that sent no READY within %g s", HANDSHAKE_TIMEOUT)
+            self.close()
 
     def close(self) -> None:
         if self.transport is not None:
@@ -143,7 +155,6 @@ class _Listener(asyncio.Protocol):
         if name == b"READY" and not self._ready:
             check_ready(body, allowed=LISTENERS, role="egress")
             self._ready = True
-            self.egress.listeners.add(self)
         elif name == b"PING":
             self.transport.write(pong(body))
         elif name == b"SUBSCRIBE":  # ZMTP 3.1 form
