@@ -173,6 +173,11 @@ class FrameReader:
         """Bytes held for a message not yet complete."""
         return len(self._buffer) + self._size
 
+    @property
+    def in_progress(self) -> bool:
+        """Whether a frame or message has started and not ended (held or being thrown away)."""
+        return bool(self._buffer or self._message or self._skip or self._skipping)
+
     def feed(self, data: bytes) -> list[list[bytes] | tuple[bytes, bytes] | Rejected]:
         """Parse ``data``; return whole messages (lists of frames), commands (name, body) and rejections."""
         if self._buffer:

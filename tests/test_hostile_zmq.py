@@ -207,3 +207,18 @@ def _counter(text: str, name: str) -> float:
         if line.startswith(name + " "):
             return float(line.split()[1])
     return 0.0
+
+
+def test_a_message_left_unfinished_is_dropped_with_its_connection_after_the_body_timeout(
+    bus_process: Start,
+) -> None:
+    """A sender that starts a message and stalls holds memory only for --body-timeout."""
+    bus = bus_process("--body-timeout", "1", "--quiet")
+    peer = raw_publisher(bus.endpoints["ingest"])
+    started = time.monotonic()
+    peer.sendall(long_frame(1000, more=True) + b"x" * 500)  # half a frame, then nothing
+    peer.settimeout(WAIT * 3)
+    assert peer.recv(4096) == b""  # closed by the bus
+    assert time.monotonic() - started < WAIT * 3
+    assert 'devbus_rejected_total{reason="zmq_timeout"} 1.0' in metrics(bus)
+    peer.close()

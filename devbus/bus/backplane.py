@@ -22,7 +22,11 @@ async def backplane(app: web.Application) -> AsyncIterator[None]:
     try:
         if settings.ingest:
             ingest = Ingest(
-                dispatcher=app[DISPATCHER], metrics=app[METRICS], max_size=settings.max_message, token=settings.token
+                dispatcher=app[DISPATCHER],
+                metrics=app[METRICS],
+                max_size=settings.max_message,
+                token=settings.token,
+                message_timeout=settings.body_timeout,
             )
             app[ENDPOINTS]["ingest"] = await ingest.bind(settings.ingest)
         if settings.egress:

@@ -52,8 +52,10 @@ class Ingest:
         metrics: Metrics,
         max_size: int,
         token: str | None = None,
+        message_timeout: float = 30.0,
     ) -> None:
         self._dispatcher = dispatcher
+        self.message_timeout = message_timeout
         self._metrics = metrics
         self._max_size = max_size
         self._token = token
@@ -167,7 +169,7 @@ class _Peer(asyncio.Protocol):
         self._greeting = Greeting()
         self._ready = False
         self._paused = False
-        self._deadline: asyncio.TimerHandle | None = None
+        self._deadline: asyncio.TimerHandle | None = None  # for the handshake, then for a message in progress
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -183,8 +185,27 @@ class _Peer(asyncio.Protocol):
             self._deadline.cancel()
 
     def _too_slow(self) -> None:
-        self.ingest.reject("zmq_handshake", f"closed a connection that sent no READY within {HANDSHAKE_TIMEOUT:g} s")
+        if self._ready:
+            self.ingest.reject(
+                "zmq_timeout",
+                f"closed a connection whose message took over {self.ingest.message_timeout:g} s (--body-timeout)",
+            )
+        else:
+            self.ingest.reject(
+                "zmq_handshake", f"closed a connection that sent no READY within {HANDSHAKE_TIMEOUT:g} s"
+            )
         self.close()
+
+    def _time_message(self) -> None:
+        # A message in progress holds up to --max-message: it must finish in bounded time.
+        if not self._ready:
+            return
+        if not self.reader.in_progress:
+            if self._deadline is not None:
+                self._deadline.cancel()
+                self._deadline = None
+        elif self._deadline is None:
+            self._deadline = asyncio.get_running_loop().call_later(self.ingest.message_timeout, self._too_slow)
 
     def pause(self) -> None:
         if self.transport is not None and not self._paused:
@@ -219,6 +240,7 @@ class _Peer(asyncio.Protocol):
                 raise HandshakeError("sent a message before READY")
             if messages or rejected:
                 self.ingest.accept(messages, rejected)
+            self._time_message()
         except HandshakeError as exc:
             self.ingest.reject("zmq_handshake", f"closed a connection: {exc}")
             self.close()
@@ -230,6 +252,7 @@ class _Peer(asyncio.Protocol):
             self._ready = True
             if self._deadline is not None:
                 self._deadline.cancel()
+                self._deadline = None
             self.transport.write(SUBSCRIBE_ALL)
         elif name == b"PING":
             self.transport.write(pong(body))
