@@ -188,7 +188,9 @@ def decode_wire_event(payload: bytes, *, default_source: str = "zmq", token: str
     # JSON encodes NaN and Infinity as null; HTTP input cannot carry them at all,
     # so refuse them here too. Only data with a null in it is walked.
     if b"null" in as_json and _has_non_finite(draft.data):
-        raise InvalidEvent("`data` must hold only JSON values: NaN and Infinity are not numbers JSON can carry")
+        raise InvalidEvent(
+            "`data` must hold only JSON values: NaN and Infinity are not numbers JSON can carry"
+        ) from ValueError("non-finite number")  # a shape error to the ZeroMQ ingest's counters
     return draft
 
 

@@ -66,8 +66,8 @@ class LimitedSite(web.BaseSite):
     """A TCP site that accepts only as many connections as it has descriptors for.
 
     It runs its own accept loop (asyncio's keeps accepting until the process runs
-    out of descriptors, then stalls for a second and floods the log), checking
-    the count before each accept.
+    out of descriptors, then stalls for a second and floods the log), and decides
+    for each accepted connection whether it is served, displaces one, or is refused.
     """
 
     __slots__ = ("_full", "_host", "_limit", "_metrics", "_open", "_paused", "_port", "_refusing", "_tasks")
@@ -95,11 +95,10 @@ class LimitedSite(web.BaseSite):
         """Bind, listen with the site's backlog, and accept on the running loop."""
         await super().start()
         loop = asyncio.get_running_loop()
-        listeners = _listen(self._host, self._port, backlog=self._backlog)
-        # A Server that never serves, so that aiohttp finds the sockets and closes them.
-        self._server = await loop.create_server(asyncio.Protocol, sock=listeners[0], start_serving=False)
-        for listener in listeners:
-            loop.add_reader(listener.fileno(), self._accept, listener)
+        listener = _listen(self._host, self._port, backlog=self._backlog)
+        # A Server that never serves, so that aiohttp finds the socket and closes it.
+        self._server = await loop.create_server(asyncio.Protocol, sock=listener, start_serving=False)
+        loop.add_reader(listener.fileno(), self._accept, listener)
 
     async def stop(self) -> None:
         """Stop accepting, then close the listening sockets."""
@@ -198,7 +197,7 @@ def _same(handler: RequestHandler) -> RequestHandler:
     return handler
 
 
-def _listen(host: str, port: int, *, backlog: int) -> list[socket.socket]:
+def _listen(host: str, port: int, *, backlog: int) -> socket.socket:
     """A listening socket on the first address ``host`` resolves to."""
     family, kind, proto, _, where = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
     listener = socket.socket(family, kind, proto)
@@ -210,7 +209,7 @@ def _listen(host: str, port: int, *, backlog: int) -> list[socket.socket]:
     except OSError:
         listener.close()
         raise
-    return [listener]
+    return listener
 
 
 class _CountedHandler(RequestHandler):
