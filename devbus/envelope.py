@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hmac
+import math
 import re
+import unicodedata
 from typing import Any
 
 import msgspec
@@ -33,6 +35,10 @@ MAX_BATCH = 10_000
 # Whitespace or control characters (C0, DEL, C1) would let a type break SSE
 # framing or a terminal line, so they are refused everywhere a name enters.
 _BAD_NAME_CHAR = re.compile(r"[\s\x00-\x1f\x7f-\x9f]")
+# Unicode format characters (bidi overrides such as U+202E, zero-width joiners,
+# BOM), private-use, unassigned and surrogate code points: invisible or
+# reordering in a terminal or page, so a name could pass for another one.
+_BAD_NAME_CATEGORIES = frozenset({"Cf", "Co", "Cn", "Cs", "Zl", "Zp"})
 
 # Senders reuse a handful of types and sources; remembering the valid ones takes
 # the regex off the per-event path. Bounded, so invented names cannot grow it.
@@ -93,6 +99,13 @@ def check_name(value: str, *, field: str, max_length: int = MAX_TYPE_LENGTH) -> 
             f"`{field}` must not contain whitespace or control characters "
             f"(found {bad.group()!r} at position {bad.start()}); use e.g. 'agent.created'"
         )
+    if not value.isascii():
+        for position, char in enumerate(value):
+            if unicodedata.category(char) in _BAD_NAME_CATEGORIES:
+                raise InvalidEvent(
+                    f"`{field}` must not contain invisible, bidi or unassigned Unicode characters "
+                    f"(found U+{ord(char):04X} at position {position}); use e.g. 'agent.created'"
+                )
     if len(_valid_names) < MAX_CACHED_NAMES:
         _valid_names.add(value)
     return value
@@ -169,10 +182,31 @@ def decode_wire_event(payload: bytes, *, default_source: str = "zmq", token: str
     try:
         # MessagePack can carry what JSON cannot (extension types, maps keyed by
         # null or bool); refuse it here rather than fail while fanning out.
-        _json_encoder.encode(draft.data)
+        as_json = _json_encoder.encode(draft.data)
     except (TypeError, ValueError) as exc:
         raise InvalidEvent(f"`data` must hold only JSON values: {exc}") from exc
+    # JSON encodes NaN and Infinity as null; HTTP input cannot carry them at all,
+    # so refuse them here too. Only data with a null in it is walked.
+    if b"null" in as_json and _has_non_finite(draft.data):
+        raise InvalidEvent(
+            "`data` must hold only JSON values: NaN and Infinity are not numbers JSON can carry"
+        ) from ValueError("non-finite number")  # a shape error to the ZeroMQ ingest's counters
     return draft
+
+
+def _has_non_finite(value: object) -> bool:
+    """Whether ``value`` holds a float that is NaN or infinite, at any depth."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+    return False
 
 
 _json_encoder = msgspec.json.Encoder()

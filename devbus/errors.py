@@ -4,6 +4,7 @@ DevbusError
 ├── InvalidEvent            an event or request of the wrong shape (HTTP 422)
 │   └── MalformedInput      bytes that are not JSON / MessagePack at all (HTTP 400)
 ├── BodyTooLarge            a request body over --max-body (HTTP 413)
+├── RequestTimeout          a request body slower than --body-timeout (HTTP 408)
 ├── UnsupportedMediaType    a POST that is not application/json (HTTP 415)
 ├── Unauthorized            a missing or wrong token (HTTP 401)
 ├── Forbidden               a disallowed Host or Origin (HTTP 403)
@@ -47,6 +48,13 @@ class BodyTooLarge(DevbusError):
 
     status = 413
     reason = "body_too_large"
+
+
+class RequestTimeout(DevbusError):
+    """A request body that did not arrive in time."""
+
+    status = 408
+    reason = "body_timeout"
 
 
 class UnsupportedMediaType(DevbusError):

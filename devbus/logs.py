@@ -9,6 +9,9 @@ __all__ = ["LOG_FORMAT", "REDACTED", "RedactingFormatter", "configure_logging"]
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 REDACTED = "***"
+# A library error may quote a cut-off piece of a request line: any run of this
+# many characters of a secret is hidden, so no part long enough to help guess it shows.
+MIN_FRAGMENT = 6
 
 
 class RedactingFormatter(logging.Formatter):
@@ -16,15 +19,35 @@ class RedactingFormatter(logging.Formatter):
 
     def __init__(self, fmt: str, *, secrets: Iterable[str]) -> None:
         super().__init__(fmt)
-        # Longest first, so that a secret containing another is hidden whole.
-        self._secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+        pieces: set[str] = set()
+        for secret in {s for s in secrets if s}:
+            size = min(MIN_FRAGMENT, len(secret))
+            pieces.update(secret[i : i + size] for i in range(len(secret) - size + 1))
+        self._pieces = pieces
 
     def format(self, record: logging.LogRecord) -> str:
-        """Format ``record``, then hide the secrets."""
-        text = super().format(record)
-        for secret in self._secrets:
-            text = text.replace(secret, REDACTED)
-        return text
+        """Format ``record``, then hide every secret and every piece of one."""
+        return self.redact(super().format(record))
+
+    def redact(self, text: str) -> str:
+        """Replace each run of ``text`` made of overlapping pieces of a secret."""
+        hidden = [False] * len(text)
+        found = False
+        for piece in self._pieces:
+            start = text.find(piece)
+            while start != -1:
+                found = True
+                hidden[start : start + len(piece)] = [True] * len(piece)
+                start = text.find(piece, start + 1)
+        if not found:
+            return text
+        out: list[str] = []
+        for index, char in enumerate(text):
+            if not hidden[index]:
+                out.append(char)
+            elif index == 0 or not hidden[index - 1]:
+                out.append(REDACTED)
+        return "".join(out)
 
 
 def configure_logging(level: str, *, secrets: Iterable[str | None] = ()) -> None:

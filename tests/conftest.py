@@ -49,8 +49,8 @@ def bus_process() -> Iterator[Callable[..., BusProcess]]:
     """Start real buses; every one is stopped at the end of the test."""
     started: list[BusProcess] = []
 
-    def factory(*args: str, env: dict[str, str] | None = None) -> BusProcess:
-        bus = start_bus(*args, env=env)
+    def factory(*args: str, env: dict[str, str] | None = None, open_files: int | None = None) -> BusProcess:
+        bus = start_bus(*args, env=env, open_files=open_files)
         started.append(bus)
         return bus
 

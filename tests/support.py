@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -129,8 +130,11 @@ def bus_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def start_bus(*args: str, env: dict[str, str] | None = None) -> BusProcess:
-    """Start `devbus run` on free loopback ports and wait for its banner."""
+def start_bus(*args: str, env: dict[str, str] | None = None, open_files: int | None = None) -> BusProcess:
+    """Start `devbus run` on free loopback ports and wait for its banner.
+
+    ``open_files`` sets the child's open-file limit (soft and hard), as a small machine would.
+    """
     command = [
         sys.executable,
         "-m",
@@ -144,8 +148,19 @@ def start_bus(*args: str, env: dict[str, str] | None = None) -> BusProcess:
         "tcp://127.0.0.1:*",
         *args,
     ]
+
+    def limit_files() -> None:
+        if open_files is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files))
+
     proc = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env or bus_env(), cwd=ROOT
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env or bus_env(),
+        cwd=ROOT,
+        preexec_fn=limit_files if open_files is not None else None,
     )
     bus = BusProcess(proc)
     threading.Thread(target=bus._pump, daemon=True).start()
@@ -160,6 +175,9 @@ def start_bus(*args: str, env: dict[str, str] | None = None) -> BusProcess:
 async def connect_sender(context: zmq.asyncio.Context, endpoint: str) -> zmq.asyncio.Socket:
     """A raw XPUB connected to the ingest, returned once the bus has subscribed."""
     sender = context.socket(zmq.XPUB)
+    # The bus reads on the test's own event loop: queue everything rather than
+    # drop at the default high-water mark while the test is sending.
+    sender.setsockopt(zmq.SNDHWM, 0)
     sender.connect(endpoint)
     async with asyncio.timeout(WAIT):
         assert await sender.recv() == b"\x01"
@@ -192,3 +210,18 @@ async def history(client: TestClient[Any, Any], *, count: int, token: str | None
     assert response.status == 200, await response.text()
     events: list[dict[str, Any]] = (await response.json())["events"]
     return events
+
+
+def rss(pid: int) -> int:
+    """Resident memory of process ``pid`` in bytes (VmRSS from /proc)."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for process {pid}")
+
+
+def address(url: str) -> tuple[str, int]:
+    """(host, port) of an http:// URL printed by the bus."""
+    host, _, port = url.removeprefix("http://").partition(":")
+    return host, int(port)

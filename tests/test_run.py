@@ -72,11 +72,11 @@ def test_run_refuses_a_public_bind_without_token(bus_process: Callable[..., BusP
 @pytest.mark.parametrize(
     ("option", "value", "message"),
     [
-        ("--ingest-queue", "0", "--ingest-queue"),
+        ("--egress-buffer", "lots", "512k or 1MiB"),
         ("--max-body", "lots", "512k or 1MiB"),
         ("--max-subscribers", "-1", "--max-subscribers"),
     ],
-    ids=["ingest-queue-zero", "max-body-not-a-size", "negative-subscribers"],
+    ids=["egress-buffer-not-a-size", "max-body-not-a-size", "negative-subscribers"],
 )
 def test_run_names_the_option_a_bad_bound_came_from(option: str, value: str, message: str) -> None:
     result = CliRunner().invoke(main, ["run", option, value])

@@ -8,6 +8,7 @@ bodies. Refusals are JSON errors that say what to change.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hmac
 import ipaddress
@@ -24,6 +25,8 @@ from devbus.errors import (
     ConfigError,
     DevbusError,
     Forbidden,
+    MalformedInput,
+    RequestTimeout,
     Unauthorized,
     UnsupportedMediaType,
 )
@@ -184,7 +187,24 @@ def error_response(request: web.Request, error: DevbusError) -> web.Response:
     return response
 
 
+def _check_header_bytes(request: web.Request) -> None:
+    # aiohttp keeps bytes that are not UTF-8 as lone surrogates; any later
+    # .encode() of such a value (a token, a Last-Event-ID) would fail with 500.
+    for name, value in request.headers.items():
+        if not (name.isascii() and value.isascii()):
+            try:
+                name.encode()
+                value.encode()
+            except UnicodeEncodeError:
+                shown = name.encode(errors="backslashreplace").decode()
+                raise MalformedInput(
+                    f"Header {shown!r} is not valid UTF-8; send header values as ASCII or UTF-8 text",
+                    reason="bad_header",
+                ) from None
+
+
 def _check_request(request: web.Request, settings: Settings) -> None:
+    _check_header_bytes(request)
     hosts = request.headers.getall("Host", [])
     if len(hosts) != 1 or not host_allowed(hosts[0], settings):
         shown = hosts[0] if len(hosts) == 1 else hosts
@@ -278,11 +298,19 @@ async def read_body(request: web.Request) -> bytes:
     # Count what actually arrives too: a chunked body declares no length.
     chunks = []
     size = 0
-    while chunk := await request.content.readany():
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(limit)
-        chunks.append(chunk)
+    timeout = request.app[SETTINGS].body_timeout
+    try:
+        # A client that stalls part-way would otherwise hold up to --max-body for ever.
+        async with asyncio.timeout(timeout):
+            while chunk := await request.content.readany():
+                size += len(chunk)
+                if size > limit:
+                    raise _too_large(limit)
+                chunks.append(chunk)
+    except TimeoutError:
+        raise RequestTimeout(
+            f"Body not received within {timeout:g} seconds (--body-timeout); send the whole body at once"
+        ) from None
     return b"".join(chunks)
 
 

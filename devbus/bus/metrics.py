@@ -25,6 +25,14 @@ class Metrics:
             "devbus_evictions", "Subscribers disconnected for falling behind.", registry=self.registry
         )
         self.rejected = Counter("devbus_rejected", "Inputs refused, by reason.", ["reason"], registry=self.registry)
+        self.egress_dropped = Counter(
+            "devbus_egress_dropped",
+            "Events not sent to a ZeroMQ egress listener that fell --egress-buffer bytes behind.",
+            registry=self.registry,
+        )
+        self.egress_listeners = Gauge(
+            "devbus_egress_listeners", "ZeroMQ egress listeners with a subscription.", registry=self.registry
+        )
         self.subscribers = Gauge("devbus_subscribers", "Connected SSE subscribers.", registry=self.registry)
         self.history = Gauge("devbus_history_events", "Events retained for replay.", registry=self.registry)
         self._sources: set[str] = set()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import resource
 import signal
 import sys
 from collections.abc import Callable
@@ -16,8 +15,9 @@ from aiohttp.abc import AbstractAccessLogger
 
 from devbus import __version__
 from devbus.bus.app import create_app
+from devbus.bus.connections import LimitedSite, RequestErrorLog, connection_limit, raise_fd_limit
 from devbus.bus.guard import check_allowlists, is_loopback_host
-from devbus.bus.keys import DISPATCHER, ENDPOINTS
+from devbus.bus.keys import DISPATCHER, ENDPOINTS, METRICS
 from devbus.bus.outputs.console import EventPrinter
 from devbus.bus.settings import Settings
 from devbus.errors import ConfigError
@@ -106,12 +106,9 @@ def _tune_gc() -> None:
     gc.set_threshold(YOUNG_GC_THRESHOLD, middle, old)
 
 
-def _raise_fd_limit() -> None:
-    # Every SSE subscriber holds a socket; the common soft limit of 1024 would
-    # cap the bus long before memory does.
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else 65536, hard))
+# Connections the kernel queues for accept() beyond the subscriber limit: a
+# storm of reconnecting pages must not overflow it (the kernel caps it at somaxconn).
+BACKLOG_MARGIN = 128
 
 
 def _banner(settings: Settings, port: int, app: web.Application) -> str:
@@ -139,7 +136,7 @@ async def serve(settings: Settings, *, quiet: bool = False, write: Callable[[str
     out = write or (lambda line: print(line, flush=True))
     check_exposure(settings)
     check_allowlists(settings)
-    _raise_fd_limit()
+    fd_limit = raise_fd_limit()
     _tune_gc()
     app = create_app(settings)
     runner = web.AppRunner(
@@ -148,10 +145,22 @@ async def serve(settings: Settings, *, quiet: bool = False, write: Callable[[str
         access_log_class=AccessLogger,
         handler_cancellation=True,
         shutdown_timeout=SHUTDOWN_TIMEOUT,
+        # aiohttp's keep-alive timer runs from the moment a connection opens and
+        # after each response, and closes it if no request head has arrived: a
+        # header read timeout, and the idle timeout of a kept-alive connection.
+        keepalive_timeout=settings.header_timeout,
+        logger=RequestErrorLog(logging.getLogger("devbus.http"), {}),
     )
     await runner.setup()
     try:
-        site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
+        site = LimitedSite(
+            runner,
+            settings.host,
+            settings.port,
+            limit=connection_limit(fd_limit),
+            backlog=settings.max_subscribers + BACKLOG_MARGIN,
+            metrics=app[METRICS],
+        )
         try:
             await site.start()
         except OSError as exc:
@@ -169,4 +178,6 @@ async def serve(settings: Settings, *, quiet: bool = False, write: Callable[[str
         out("devbus stopping")
     finally:
         await runner.cleanup()
+    # After cleanup, which reads what senders had already written to the ingest.
+    out(f"devbus stopped after {app[DISPATCHER].total} events")
     sys.stdout.flush()

@@ -31,10 +31,12 @@ class Settings:
     heartbeat: float = 15.0
     retry_ms: int = 1000
     max_body: int = MIB
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
     max_message: int = MIB
     max_subscribers: int = 1000
     subscriber_buffer: int = 4 * MIB
-    ingest_queue: int = 10_000
+    egress_buffer: int = 16 * MIB
     forward: tuple[str, ...] = ()
     forward_types: tuple[str, ...] = ()
     forward_queue: int = 10_000

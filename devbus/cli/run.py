@@ -134,6 +134,22 @@ def _url_default(part: str) -> str | int:
     help="Largest accepted HTTP body.",
 )
 @click.option(
+    "--header-timeout",
+    envvar="DEVBUS_HEADER_TIMEOUT",
+    type=click.FloatRange(0.1, 3600),
+    default=DEFAULTS.header_timeout,
+    show_default=True,
+    help="Seconds a connection may take to send a request's headers (and stay idle between requests).",
+)
+@click.option(
+    "--body-timeout",
+    envvar="DEVBUS_BODY_TIMEOUT",
+    type=click.FloatRange(0.1, 3600),
+    default=DEFAULTS.body_timeout,
+    show_default=True,
+    help="Seconds a POST body may take to arrive (408 beyond).",
+)
+@click.option(
     "--max-message",
     envvar="DEVBUS_MAX_MESSAGE",
     callback=_size,
@@ -142,12 +158,12 @@ def _url_default(part: str) -> str | int:
     help="Largest accepted ZeroMQ message.",
 )
 @click.option(
-    "--ingest-queue",
-    envvar="DEVBUS_INGEST_QUEUE",
-    type=click.IntRange(1),
-    default=DEFAULTS.ingest_queue,
+    "--egress-buffer",
+    envvar="DEVBUS_EGRESS_BUFFER",
+    callback=_size,
+    default=_size_text(DEFAULTS.egress_buffer),
     show_default=True,
-    help="ZeroMQ messages queued for the bus before senders are made to wait.",
+    help="Unsent bytes a ZeroMQ egress listener may fall behind before its events are dropped (counted).",
 )
 @click.option(
     "--max-subscribers",

@@ -1,4 +1,11 @@
-"""ZeroMQ ingest: a bound SUB socket drained in batches on the event loop."""
+"""ZeroMQ ingest: senders' PUB sockets connect here and the bus reads the ZMTP wire itself.
+
+libzmq would hold an unfinished multipart message without bound and drop a
+whole connection for one frame over the limit (see devbus/zmtp.py), so the
+bus listens with asyncio and speaks ZMTP 3 as a SUB peer: each message is
+bounded as a whole, a message that breaks a rule is skipped alone, and on stop
+what senders already wrote is read before the connections close.
+"""
 
 from __future__ import annotations
 
@@ -6,176 +13,303 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-import zmq
-
 from devbus.bus.dispatcher import Dispatcher
+from devbus.bus.endpoints import Listening, listen
 from devbus.bus.metrics import Metrics
 from devbus.bus.outputs.backlog import Backlog
 from devbus.bus.store.base import Record
 from devbus.envelope import Draft
 from devbus.frames import WireReject, decode_frames
+from devbus.zmtp import GREETING, FrameReader, Greeting, HandshakeError, Rejected, check_ready, pong, ready
 
 __all__ = ["Ingest"]
 
 log = logging.getLogger(__name__)
 
-NOBLOCK = int(zmq.NOBLOCK)  # a plain int: pyzmq's enum flags cost per call
-
-# Messages taken per loop turn: large enough that a burst costs one dispatcher
-# call per thousands of events, small enough that HTTP and SSE stay responsive.
-BATCH = 2000
-
-# Bytes taken per loop turn, so that one batch never buffers much per subscriber.
-BATCH_BYTES = 64 * 1024
-
-# Flow control for bursts: while input is waiting and subscribers are behind (their
-# sockets backed up) but keep taking what they were sent, wait for them before
-# reading more. Readers get a whole burst without the bus buffering it for them;
-# the outputs say when a subscriber moves (no polling). One that moves nothing for
-# STALLED seconds is not waited for (its buffer bound evicts it), and no batch
-# waits more than CATCH_UP, so a slow reader cannot hold a burst back for long.
+# Acknowledgement: a message is taken once the store has committed it, so a
+# sender's connection is not read while a batch it sent is being committed.
+#
+# Flow control for bursts: while subscribers are behind (their sockets backed up)
+# but keep taking what they were sent, stop reading senders, so the kernel and the
+# senders' queues hold the burst instead of the bus. The outputs say when a
+# subscriber moves (no polling). One that moves nothing for STALLED seconds is not
+# waited for (its buffer bound evicts it), and no pause lasts more than CATCH_UP.
 CATCH_UP = 1.0
 STALLED = 0.03
 
+# On stop: read until every sender has been quiet this long, for at most DRAIN.
+DRAIN = 2.0
+DRAIN_QUIET = 0.1
+
+HANDSHAKE_TIMEOUT = 10.0  # seconds a sender has to greet and say READY before it is closed
+SUBSCRIBE_ALL = b"\x00\x01\x01"  # a one-byte message frame: subscribe to every topic (ZMTP 3.0)
+PUBLISHERS = frozenset({b"PUB", b"XPUB"})
+FRAMES = 2  # [type, MessagePack body]
+
 
 class Ingest:
-    """Read every pending message, validate it, and publish the valid ones as one batch.
-
-    The socket's FD is edge-triggered: it only signals a change of state, so after
-    each drain ZMQ_EVENTS is checked and the drain is rescheduled while input remains.
-    """
+    """Accept senders, validate each message, and publish the valid ones in batches."""
 
     def __init__(
         self,
-        socket: zmq.Socket[bytes],
         *,
         dispatcher: Dispatcher,
         backlog: Backlog,
         metrics: Metrics,
         max_size: int,
         token: str | None = None,
+        message_timeout: float = 30.0,
     ) -> None:
-        self.socket = socket
         self._dispatcher = dispatcher
         self._backlog = backlog
-        self._waited_since = 0.0
-        self._stall: asyncio.TimerHandle | None = None
-        self._cancel_wait: Callable[[], None] | None = None
+        self.message_timeout = message_timeout
         self._metrics = metrics
         self._max_size = max_size
         self._token = token
         self._loop = asyncio.get_running_loop()
-        self._scheduled = False
+        self._listening: Listening | None = None
+        self._peers: set[_Peer] = set()
+        self._held = False  # every sender paused while subscribers catch up
+        self._waited_since = 0.0
+        self._stall: asyncio.TimerHandle | None = None
+        self._cancel_wait: Callable[[], None] | None = None
+        self._committing: set[asyncio.Future[list[Record]]] = set()
+        self._closing = False
         self._logged: set[str] = set()
-        self._fd = int(socket.getsockopt(zmq.FD))
+        self.last_read = 0.0
 
-    def start(self) -> None:
-        """Watch the socket on the running loop."""
-        self._loop.add_reader(self._fd, self._wake)
-        self._wake()
+    async def bind(self, endpoint: str) -> str:
+        """Listen on ``endpoint`` (tcp:// or ipc://); return the address senders should use."""
+        self._listening = await listen(endpoint, self._peer, role="ingest", option="--ingest")
+        return self._listening.address
 
-    def stop(self) -> None:
-        """Stop watching the socket (the owner closes it)."""
-        self._loop.remove_reader(self._fd)
-        if self._stall is not None:
-            self._stall.cancel()
-        if self._cancel_wait is not None:
-            self._cancel_wait()
+    def _peer(self) -> _Peer:
+        return _Peer(self)
 
-    def _wake(self) -> None:
-        if not self._scheduled:
-            self._scheduled = True
-            self._loop.call_soon(self._drain)
+    async def close(self) -> None:
+        """Stop accepting, read what senders already sent (bounded in time), then close."""
+        if self._listening is not None:
+            self._listening.close()
+        self._closing = True  # no more waiting for subscribers: the outputs may be closed already
+        self._release()
+        deadline = self._loop.time() + DRAIN
+        self.last_read = self._loop.time()
+        while self._peers and self._loop.time() < deadline:
+            # Quiet: nothing read for DRAIN_QUIET and no sender waiting for its batch to be committed.
+            if self._loop.time() - self.last_read >= DRAIN_QUIET and not self._committing:
+                break
+            await asyncio.sleep(DRAIN_QUIET / 4)  # polling the quiet period, bounded by DRAIN
+        else:
+            if self._peers:
+                log.warning("ZeroMQ senders were still sending after %g s; what they sent since is not read", DRAIN)
+        unfinished = sum(1 for peer in self._peers if peer.reader.buffered)
+        for peer in list(self._peers):
+            peer.close()
+        if unfinished:
+            log.warning("stopped with %d ZeroMQ messages only partly received; they are lost", unfinished)
+        if self._committing:
+            # What was read is committed (and reaches the outputs still open) before the ingest is gone.
+            await asyncio.wait(list(self._committing))
 
-    def _drain(self) -> None:
-        self._scheduled = False
-        if self.socket.closed:
-            return
+    # -- per message -------------------------------------------------------------
+
+    def accept(self, peer: _Peer, messages: list[list[bytes]], rejected: list[Rejected]) -> None:
+        """Validate and publish the messages one read of ``peer`` brought; count what was refused."""
         drafts: list[Draft] = []
-        more = True
-        size = 0
-        recv = self.socket.recv
-        for _ in range(BATCH):
-            if size >= BATCH_BYTES:
-                break
-            try:
-                # Frames, not recv_multipart: asking ZMQ_RCVMORE through getsockopt
-                # costs more than the rest of taking a message in.
-                frame = recv(NOBLOCK, copy=False)
-            except zmq.Again:
-                more = False
-                break
-            frames = [frame.bytes]
-            while frame.more:
-                # A multipart message arrives whole, so its next frame is there.
-                frame = recv(NOBLOCK, copy=False)
-                frames.append(frame.bytes)
-            size += len(frames[-1])
+        for frames in messages:
             try:
                 drafts.append(decode_frames(frames, max_size=self._max_size, token=self._token))
             except WireReject as exc:
-                self._reject(exc)
-        if drafts:
-            try:
-                committed = self._dispatcher.publish(drafts)
-            except Exception:
-                # Never let one bad batch stop the ingest: log it and keep reading.
-                log.exception("could not publish %d events from ZeroMQ", len(drafts))
-            else:
-                if not committed.done():
-                    # A message is taken once the store has it: read no more until then.
-                    self._scheduled = True
-                    committed.add_done_callback(lambda done: self._committed(done, more))
-                    return
-                self._committed(committed, None)
-        self._next(more)
+                self.reject(exc.reason, str(exc))
+        for item in rejected:
+            self.reject(item.reason, item.text)
+        if not drafts:
+            return
+        try:
+            committed = self._dispatcher.publish(drafts)
+        except Exception:
+            # Never let one bad batch stop the ingest: log it and keep reading.
+            log.exception("could not publish %d events from ZeroMQ", len(drafts))
+            return
+        if committed.done():
+            self._committed(committed, None, len(drafts))
+            return
+        # Taken once the store has it: read no more from this sender until then.
+        self._committing.add(committed)
+        peer.committing += 1
+        peer.update()
+        committed.add_done_callback(lambda done: self._committed(done, peer, len(drafts)))
 
-    def _committed(self, committed: asyncio.Future[list[Record]], more: bool | None) -> None:
+    def _committed(self, committed: asyncio.Future[list[Record]], peer: _Peer | None, count: int) -> None:
+        self._committing.discard(committed)
         if committed.cancelled() or committed.exception() is not None:
-            log.error("could not store %s", committed.exception() if not committed.cancelled() else "a batch")
-        if more is not None:
-            self._scheduled = False
-            self._next(more)
+            reason = "cancelled" if committed.cancelled() else committed.exception()
+            self._metrics.reject("zmq_store")
+            log.error("could not store %d events from ZeroMQ: %s", count, reason)
+        if peer is not None:
+            peer.committing -= 1
+            peer.update()
+        if self._backlog.behind and not self._held and not self._closing:
+            self._hold()
 
-    def _next(self, more: bool) -> None:
-        if self.socket.closed:
-            return
-        # Reading EVENTS also lets libzmq process pending commands (new peers),
-        # which is what re-arms the edge-triggered FD.
-        if not (more or int(self.socket.getsockopt(zmq.EVENTS)) & zmq.POLLIN):
-            return
-        if self._backlog.behind:
-            # Still marked scheduled, so the socket's wake-ups wait for this too.
-            self._scheduled = True
-            self._waited_since = self._loop.time()
-            self._wait_for_readers()
+    def reject(self, reason: str, text: str) -> None:
+        """Count a refused message (or connection); log the first of each kind."""
+        self._metrics.reject(reason)
+        if reason not in self._logged:
+            self._logged.add(reason)
+            log.warning("refused a ZeroMQ message (%s): %s; further ones are only counted", reason, text)
         else:
-            self._wake()
+            log.debug("refused a ZeroMQ message (%s): %s", reason, text)
+
+    # -- flow control ------------------------------------------------------------
+
+    @property
+    def held(self) -> bool:
+        """Whether every sender is paused while subscribers catch up."""
+        return self._held
+
+    def _hold(self) -> None:
+        self._held = True
+        for peer in self._peers:
+            peer.update()
+        self._waited_since = self._loop.time()
+        self._wait_for_readers()
 
     def _wait_for_readers(self) -> None:
-        self._stall = self._loop.call_later(STALLED, self._stop_waiting)
+        self._stall = self._loop.call_later(STALLED, self._release)
         self._cancel_wait = self._backlog.when_moved(self._readers_moved)
 
     def _readers_moved(self) -> None:
+        self._cancel_wait = None
         if self._stall is not None:
             self._stall.cancel()
-        if self._backlog.behind and self._loop.time() - self._waited_since < CATCH_UP:
+            self._stall = None
+        if self._backlog.behind and self._loop.time() - self._waited_since < CATCH_UP and not self._closing:
             self._wait_for_readers()
         else:
-            self._cancel_wait = None
-            self._drain()
+            self._release()
 
-    def _stop_waiting(self) -> None:
-        # Nobody moved for STALLED seconds: read on; the stalled ones will be evicted.
+    def _release(self) -> None:
+        # Subscribers caught up, or nobody moved for STALLED seconds (the stalled
+        # ones will be evicted), or CATCH_UP passed, or the ingest is closing: read on.
+        if self._stall is not None:
+            self._stall.cancel()
+            self._stall = None
         if self._cancel_wait is not None:
             self._cancel_wait()
             self._cancel_wait = None
-        self._drain()
+        if self._held:
+            self._held = False
+            for peer in self._peers:
+                peer.update()
 
-    def _reject(self, exc: WireReject) -> None:
-        self._metrics.reject(exc.reason)
-        if exc.reason not in self._logged:
-            self._logged.add(exc.reason)
-            log.warning("refused a ZeroMQ message (%s): %s; further ones are only counted", exc.reason, exc)
+    def joined(self, peer: _Peer) -> None:
+        """Track a sender's connection."""
+        self._peers.add(peer)
+        peer.update()
+
+    def left(self, peer: _Peer) -> None:
+        """Forget a sender whose connection closed."""
+        self._peers.discard(peer)
+
+
+class _Peer(asyncio.Protocol):
+    """One sender's connection: greeting, READY, then messages."""
+
+    def __init__(self, ingest: Ingest) -> None:
+        self.ingest = ingest
+        self.reader = FrameReader(max_message=ingest._max_size, max_frames=FRAMES)
+        self.transport: asyncio.Transport | None = None
+        self._greeting = Greeting()
+        self._ready = False
+        self._paused = False
+        self.committing = 0  # batches read from this sender not committed yet
+        self._deadline: asyncio.TimerHandle | None = None  # for the handshake, then for a message in progress
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.write(GREETING + ready(b"SUB"))
+        self.ingest.joined(self)
+        self._deadline = asyncio.get_running_loop().call_later(HANDSHAKE_TIMEOUT, self._too_slow)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.ingest.left(self)
+        self.transport = None
+        if self._deadline is not None:
+            self._deadline.cancel()
+
+    def _too_slow(self) -> None:
+        if self._ready:
+            self.ingest.reject(
+                "zmq_timeout",
+                f"closed a connection whose message took over {self.ingest.message_timeout:g} s (--body-timeout)",
+            )
         else:
-            log.debug("refused a ZeroMQ message (%s): %s", exc.reason, exc)
+            self.ingest.reject(
+                "zmq_handshake", f"closed a connection that sent no READY within {HANDSHAKE_TIMEOUT:g} s"
+            )
+        self.close()
+
+    def _time_message(self) -> None:
+        # A message in progress holds up to --max-message: it must finish in bounded time.
+        if not self._ready:
+            return
+        if not self.reader.in_progress:
+            if self._deadline is not None:
+                self._deadline.cancel()
+                self._deadline = None
+        elif self._deadline is None:
+            self._deadline = asyncio.get_running_loop().call_later(self.ingest.message_timeout, self._too_slow)
+
+    def update(self) -> None:
+        """Read while no batch of ours is being committed and subscribers are not being waited for."""
+        if self.transport is None:
+            return
+        paused = bool(self.committing) or self.ingest.held
+        if paused != self._paused:
+            self._paused = paused
+            if paused:
+                self.transport.pause_reading()
+            else:
+                self.transport.resume_reading()
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        self.ingest.last_read = self.ingest._loop.time()
+        try:
+            rest = self._greeting.take(data)
+            if rest is None:
+                return
+            messages: list[list[bytes]] = []
+            rejected: list[Rejected] = []
+            for item in self.reader.feed(rest):
+                if isinstance(item, list):
+                    messages.append(item)
+                elif isinstance(item, Rejected):
+                    rejected.append(item)
+                else:
+                    self._command(*item)
+            if not self._ready and messages:
+                raise HandshakeError("sent a message before READY")
+            if messages or rejected:
+                self.ingest.accept(self, messages, rejected)
+            self._time_message()
+        except HandshakeError as exc:
+            self.ingest.reject("zmq_handshake", f"closed a connection: {exc}")
+            self.close()
+
+    def _command(self, name: bytes, body: bytes) -> None:
+        assert self.transport is not None
+        if name == b"READY" and not self._ready:
+            check_ready(body, allowed=PUBLISHERS, role="ingest")
+            self._ready = True
+            if self._deadline is not None:
+                self._deadline.cancel()
+                self._deadline = None
+            self.transport.write(SUBSCRIBE_ALL)
+        elif name == b"PING":
+            self.transport.write(pong(body))

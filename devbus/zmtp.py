@@ -1,0 +1,262 @@
+"""ZMTP 3.0 (the ZeroMQ wire protocol), the part a bus needs to be a SUB peer of PUB senders.
+
+libzmq bounds a frame (ZMQ_MAXMSGSIZE) but not a message: it keeps every frame of
+an unfinished multipart message until the last one arrives, so a peer that never
+sends the last one grows the receiver without bound. And a frame over the limit
+makes libzmq drop the whole connection, losing the valid messages queued behind
+it. Reading the wire ourselves bounds a message as a whole and skips only the
+message that broke a rule. Only the NULL mechanism is spoken (devbus checks its
+token inside the message); a peer that asks for another is refused.
+
+Spec: https://rfc.zeromq.org/spec/23/ (ZMTP 3.0) and /spec/37/ (3.1 commands).
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+__all__ = [
+    "GREETING",
+    "GREETING_SIZE",
+    "FrameReader",
+    "Greeting",
+    "HandshakeError",
+    "Rejected",
+    "check_greeting",
+    "check_ready",
+    "command",
+    "message",
+    "parse_ready",
+    "pong",
+    "ready",
+]
+
+GREETING_SIZE = 64
+# Signature, version 3.0, mechanism NULL, as-server 0, filler: sent whole at once.
+GREETING = b"\xff" + b"\x00" * 8 + b"\x7f" + b"\x03\x00" + b"NULL".ljust(20, b"\x00") + b"\x00" + b"\x00" * 31
+
+MORE = 0x01
+LONG = 0x02
+COMMAND = 0x04
+_U64 = struct.Struct(">Q")
+_U32 = struct.Struct(">I")
+
+
+class HandshakeError(Exception):
+    """A peer that does not speak ZMTP 3 with the NULL mechanism as a publisher."""
+
+
+def check_greeting(greeting: bytes) -> None:
+    """Accept a peer's 64-byte greeting, or raise HandshakeError saying why not."""
+    if greeting[0] != 0xFF or greeting[9] & 0x01 != 0x01:
+        raise HandshakeError("not a ZeroMQ peer (bad signature)")
+    if greeting[10] < 3:
+        raise HandshakeError(f"ZMTP {greeting[10]}.x is too old; devbus speaks ZMTP 3 (libzmq 4 and later)")
+    if greeting[12:32].rstrip(b"\x00") != b"NULL":
+        raise HandshakeError(f"security mechanism {greeting[12:32].rstrip(bytes(1))!r} is not supported (NULL only)")
+
+
+class Greeting:
+    """A peer's 64-byte greeting, collected across reads and checked once whole."""
+
+    def __init__(self) -> None:
+        self._received = b""
+
+    def take(self, data: bytes) -> bytes | None:
+        """Consume greeting bytes; return what follows the greeting, or None while it is incomplete."""
+        if len(self._received) >= GREETING_SIZE:
+            return data
+        needed = GREETING_SIZE - len(self._received)
+        self._received += data[:needed]
+        if len(self._received) < GREETING_SIZE:
+            return None
+        check_greeting(self._received)
+        return data[needed:]
+
+
+def check_ready(body: bytes, *, allowed: frozenset[bytes], role: str) -> None:
+    """Accept a READY command's socket type if it is one of ``allowed``, else raise HandshakeError."""
+    kind = parse_ready(body).get(b"socket-type", b"")
+    if kind not in allowed:
+        wanted = " or ".join(sorted(name.decode() for name in allowed))
+        raise HandshakeError(f"a {kind.decode(errors='replace')} socket cannot connect to the {role} ({wanted} only)")
+
+
+def pong(body: bytes) -> bytes:
+    """The answer to a ZMTP 3.1 PING: a PONG with the context it carries (after its 2-byte TTL)."""
+    return command(b"PONG", body[2:])
+
+
+def command(name: bytes, body: bytes = b"") -> bytes:
+    """Frame one ZMTP command."""
+    payload = bytes([len(name)]) + name + body
+    if len(payload) <= 255:
+        return bytes([COMMAND, len(payload)]) + payload
+    return bytes([COMMAND | LONG]) + _U64.pack(len(payload)) + payload
+
+
+def message(frames: list[bytes]) -> bytes:
+    """Frame one message for the wire (every frame but the last has MORE)."""
+    parts = []
+    last = len(frames) - 1
+    for index, frame in enumerate(frames):
+        more = MORE if index < last else 0
+        if len(frame) <= 255:
+            parts.append(bytes([more, len(frame)]))
+        else:
+            parts.append(bytes([more | LONG]) + _U64.pack(len(frame)))
+        parts.append(frame)
+    return b"".join(parts)
+
+
+def ready(socket_type: bytes) -> bytes:
+    """The READY command that announces our socket type."""
+    name = b"Socket-Type"
+    return command(b"READY", bytes([len(name)]) + name + _U32.pack(len(socket_type)) + socket_type)
+
+
+def parse_ready(body: bytes) -> dict[bytes, bytes]:
+    """The properties of a READY command's body (after its name)."""
+    properties = {}
+    at = 0
+    while at < len(body):
+        size = body[at]
+        name = body[at + 1 : at + 1 + size]
+        at += 1 + size
+        if at + 4 > len(body):
+            raise HandshakeError("truncated READY property")
+        (length,) = _U32.unpack_from(body, at)
+        at += 4
+        properties[name.lower()] = body[at : at + length]
+        at += length
+    return properties
+
+
+class Rejected:
+    """A message the reader skipped, and why (the metrics reason and a sentence)."""
+
+    __slots__ = ("reason", "text")
+
+    def __init__(self, reason: str, text: str) -> None:
+        self.reason = reason
+        self.text = text
+
+
+@dataclass(slots=True)
+class _Partial:
+    frames: list[bytes]
+    size: int
+
+
+class FrameReader:
+    """Turn the bytes after the handshake into messages, commands and rejections.
+
+    At most one frame of at most ``max_message`` bytes is ever buffered, plus what
+    one read brings: a message is refused as soon as its frames together pass the
+    limit or there are more than ``max_frames`` of them, and the rest of it is read
+    and thrown away. The messages after it on the same connection are unaffected.
+    """
+
+    def __init__(self, *, max_message: int, max_frames: int) -> None:
+        self.max_message = max_message
+        self.max_frames = max_frames
+        self._buffer = bytearray()  # the start of a frame not yet whole
+        self._need = 0  # bytes the buffer must hold before parsing can go on
+        self._message: list[bytes] = []
+        self._size = 0
+        self._skip = 0  # bytes of the current frame still to throw away
+        self._skipping = False  # throwing the current message away, until its last frame
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held for a message not yet complete."""
+        return len(self._buffer) + self._size
+
+    @property
+    def in_progress(self) -> bool:
+        """Whether a frame or message has started and not ended (held or being thrown away)."""
+        return bool(self._buffer or self._message or self._skip or self._skipping)
+
+    def feed(self, data: bytes) -> list[list[bytes] | tuple[bytes, bytes] | Rejected]:
+        """Parse ``data``; return whole messages (lists of frames), commands (name, body) and rejections."""
+        if self._buffer:
+            # Wait for the whole frame before parsing again: a peer sending a
+            # byte at a time must not make each byte cost a pass over the buffer.
+            self._buffer += data
+            if len(self._buffer) < self._need:
+                return []
+            data = bytes(self._buffer)
+            self._buffer = bytearray()
+        out: list[list[bytes] | tuple[bytes, bytes] | Rejected] = []
+        at = 0
+        end = len(data)
+        while at < end:
+            if self._skip:
+                taken = min(self._skip, end - at)
+                self._skip -= taken
+                at += taken
+                continue
+            flags = data[at]
+            if flags & LONG:
+                if end - at < 9:
+                    self._need = 9
+                    break
+                (size,) = _U64.unpack_from(data, at + 1)
+                start = at + 9
+            else:
+                if end - at < 2:
+                    self._need = 2
+                    break
+                size = data[at + 1]
+                start = at + 2
+            if flags & COMMAND:
+                if size > self.max_message:
+                    raise HandshakeError(f"command of {size} bytes is over the limit")
+                if end - start < size:
+                    self._need = start - at + size
+                    break
+                body = data[start : start + size]
+                at = start + size
+                name_size = body[0] if body else 0
+                out.append((body[1 : 1 + name_size], body[1 + name_size :]))
+                continue
+            more = flags & MORE
+            if not self._skipping:
+                rejected = self._check(size)
+                if rejected is not None:
+                    # Counted now, not at its last frame: that may never come.
+                    out.append(rejected)
+                    self._skipping = True
+                    self._message = []
+                    self._size = 0
+            if self._skipping:
+                # Throw the frame away as it arrives, never holding it.
+                at = start
+                self._skip = size
+                self._skipping = bool(more)
+                continue
+            if end - start < size:
+                self._need = start - at + size
+                break
+            self._message.append(data[start : start + size])
+            self._size += size
+            at = start + size
+            if not more:
+                out.append(self._message)
+                self._message = []
+                self._size = 0
+        if at < end:
+            self._buffer = bytearray(data[at:])
+        return out
+
+    def _check(self, size: int) -> Rejected | None:
+        if self._size + size > self.max_message:
+            return Rejected(
+                "zmq_oversize",
+                f"message of more than {self._size + size} bytes is over the limit of {self.max_message} "
+                "(--max-message)",
+            )
+        if len(self._message) >= self.max_frames:
+            return Rejected("zmq_frames", f"expected {self.max_frames} frames [type, MessagePack body], got more")
+        return None
