@@ -42,9 +42,11 @@ def test_all_is_sorted_and_complete() -> None:
 def test_waiting_for_a_bus_that_is_not_there_raises_bus_unavailable_naming_the_address() -> None:
     endpoint = free_endpoint()
     started = time.monotonic()
-    with devbus.Publisher(ingest=endpoint, timeout=0.3) as publisher:
-        with pytest.raises(devbus.BusUnavailable, match=endpoint.replace(".", r"\.")):
-            publisher.wait_for_bus()
+    with (
+        devbus.Publisher(ingest=endpoint, timeout=0.3) as publisher,
+        pytest.raises(devbus.BusUnavailable, match=endpoint.replace(".", r"\.")),
+    ):
+        publisher.wait_for_bus()
     assert time.monotonic() - started < WAIT
 
 
