@@ -36,12 +36,16 @@ class SSEReader:
     async def frame(self, *, within: float = WAIT) -> bytes:
         """Return the next frame (without its blank-line terminator), heartbeats included."""
         async with asyncio.timeout(within):
-            while b"\n\n" not in self._buffer:
+            while (not self._buffer.startswith(b":") and b"\n\n" not in self._buffer) or b"\n" not in self._buffer:
                 chunk = await self.response.content.readany()
                 if not chunk:
                     raise EOFError("stream ended")
                 self.raw += chunk
                 self._buffer += chunk
+        if self._buffer.startswith(b":"):
+            # A heartbeat is one comment line, with no blank line after it.
+            comment, _, self._buffer = self._buffer.partition(b"\n")
+            return comment
         frame, _, self._buffer = self._buffer.partition(b"\n\n")
         return frame
 

@@ -44,8 +44,10 @@ def test_run_serves_posts_streams_and_stops_on_sigterm(bus_process: Callable[...
 
 
 def test_run_reads_environment_variables(bus_process: Callable[..., BusProcess]) -> None:
-    bus = bus_process(env=bus_env(DEVBUS_PREFIX="/bus", DEVBUS_QUIET="1"))
+    bus = bus_process(env=bus_env(DEVBUS_PREFIX="/bus", DEVBUS_QUIET="1", DEVBUS_RETRY="250"))
     assert post(f"{bus.url}/bus/trigger", {"event_type": "x"})["success"] is True
+    with urllib.request.urlopen(f"{bus.url}/bus/events", timeout=10) as stream:
+        assert stream.readline() == b"retry: 250\n"
     assert bus.stop(timeout=5) == 0
     assert not any("→" in line for line in bus.lines)
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 
 from aiohttp import hdrs, web
-from aiohttp_sse import EventSourceResponse
 
 from devbus.bus.keys import DISPATCHER, SETTINGS
+from devbus.bus.outputs.heartbeat import HeartbeatResponse
 from devbus.envelope import encode_json, sse_frame
 from devbus.typefilter import TypeFilter, parse_patterns
 
@@ -94,7 +94,7 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
     )
     first = sse_frame(connected, retry_ms=settings.retry_ms)
     outlet = dispatcher.subscribe(type_filter, named=named, since=_resume_id(request), first=first)
-    response = EventSourceResponse(ping_interval=settings.heartbeat, sep="\n")
+    response = HeartbeatResponse(ping_interval=settings.heartbeat, sep="\n")
     try:
         await response.prepare(request)
         outlet.write_now = SocketWriter(request, response)
