@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
 import subprocess
 import sys
 import threading
+import time
+import urllib.parse
+import urllib.request
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,6 +128,26 @@ class BusProcess:
         return self.proc.wait(timeout=timeout)
 
 
+def fetch_history(bus: BusProcess, *, types: str = "", limit: int = 10_000) -> list[dict[str, Any]]:
+    """The events a real bus retains, oldest first."""
+    query = urllib.parse.urlencode({"limit": limit, **({"types": types} if types else {})})
+    with urllib.request.urlopen(f"{bus.url}/api/dev/history?{query}", timeout=WAIT) as reply:
+        events: list[dict[str, Any]] = json.load(reply)["events"]
+        return events
+
+
+def wait_for_history(bus: BusProcess, count: int, *, types: str = "", within: float = WAIT) -> list[dict[str, Any]]:
+    """Wait until a real bus retains ``count`` events (of ``types``), then return them.
+
+    What a sender hands to ZeroMQ reaches the bus a moment later, more so on a busy machine.
+    """
+    deadline = time.monotonic() + within
+    while len(events := fetch_history(bus, types=types)) < count:
+        assert time.monotonic() < deadline, f"the bus has {len(events)} of {count} events"
+        time.sleep(0.02)
+    return events
+
+
 def bus_env(**extra: str) -> dict[str, str]:
     """The environment for a child process that should import this checkout."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("DEVBUS_")}
@@ -162,8 +186,13 @@ def start_bus(*args: str, env: dict[str, str] | None = None) -> BusProcess:
 
 
 async def connect_sender(context: zmq.asyncio.Context, endpoint: str) -> zmq.asyncio.Socket:
-    """A raw XPUB connected to the ingest, returned once the bus has subscribed."""
+    """A raw XPUB connected to the ingest, returned once the bus has subscribed.
+
+    XPUB_NODROP, as the Publisher sets it: at the high-water mark a send waits instead of
+    dropping, which a loaded machine reaches (a burst test lost events without it).
+    """
     sender = context.socket(zmq.XPUB)
+    sender.setsockopt(zmq.XPUB_NODROP, 1)
     sender.connect(endpoint)
     async with asyncio.timeout(WAIT):
         assert await sender.recv() == b"\x01"

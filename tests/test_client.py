@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from support import ROOT, WAIT, BusFactory, BusProcess, bus_env, history
+from support import ROOT, WAIT, BusFactory, BusProcess, bus_env, fetch_history, history
 
 import devbus
 from devbus.bus.keys import ENDPOINTS
@@ -205,9 +205,7 @@ def wait_until(condition: Callable[[], bool], *, within: float = WAIT) -> None:
 
 
 def bus_history(bus: BusProcess, types: str) -> list[dict[str, Any]]:
-    with urllib.request.urlopen(f"{bus.url}/api/dev/history?limit=10000&types={types}", timeout=WAIT) as reply:
-        events: list[dict[str, Any]] = json.load(reply)["events"]
-        return events
+    return fetch_history(bus, types=types)
 
 
 def test_a_live_publisher_holds_events_while_the_bus_restarts(bus_process: Callable[..., BusProcess]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import queue
+import re
 import socket
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from typing import IO
 
 import pytest
 from click.testing import CliRunner, Result
-from support import ROOT, WAIT, BusProcess, bus_env
+from support import ROOT, WAIT, BusProcess, bus_env, fetch_history, wait_for_history
 
 from devbus.cli import main
 
@@ -27,7 +28,12 @@ def bus(bus_process: Callable[..., BusProcess]) -> BusProcess:
 
 def devbus(bus: BusProcess, *args: str, stdin: str | None = None) -> Result:
     env = {"DEVBUS_URL": bus.url, "DEVBUS_INGEST": bus.endpoints["ingest"], "DEVBUS_TOKEN": ""}
-    return CliRunner().invoke(main, list(args), input=stdin, env=env, catch_exceptions=False)
+    before = len(fetch_history(bus))
+    result = CliRunner().invoke(main, list(args), input=stdin, env=env, catch_exceptions=False)
+    if (sent := re.search(r"^sent (\d+) ×", result.stderr, re.MULTILINE)) is not None:
+        # Over ZeroMQ the bus records the events a moment after `emit` exits.
+        wait_for_history(bus, before + int(sent.group(1)))
+    return result
 
 
 def history_json(bus: BusProcess, *args: str) -> list[dict[str, object]]:
@@ -177,6 +183,8 @@ def test_listen_exits_quietly_when_its_reader_leaves(bus: BusProcess) -> None:
     with listen, listen.stdout, listen.stderr:
         first = listen.stdout.readline()
         listen.stdout.close()  # what `head -n 1` does after its line
+        # Like any filter, listen learns of it on its next write.
+        devbus(bus, "emit", "piped.after")
         assert listen.wait(timeout=WAIT) == 0
         err = listen.stderr.read().decode()
     assert json.loads(first)["data"] == {"n": 1}
