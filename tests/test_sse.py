@@ -186,11 +186,3 @@ async def test_slow_subscriber_is_evicted_and_others_keep_going(make_bus: BusFac
     health = await (await client.get("/api/dev/health")).json()
     assert health["subscribers"] == 1
     stalled.close()
-
-
-async def test_subscriber_cap_answers_503(make_bus: BusFactory) -> None:
-    client = await make_bus(max_subscribers=1)
-    await open_stream(client)
-    response = await client.get("/api/dev/events")
-    assert response.status == 503
-    assert "max-subscribers" in (await response.json())["error"]

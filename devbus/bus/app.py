@@ -16,6 +16,7 @@ from devbus.bus.metrics import Metrics
 from devbus.bus.outputs.forward import Forwarder
 from devbus.bus.outputs.sse import stream_events
 from devbus.bus.settings import Settings
+from devbus.bus.unrouted import unrouted_as_json
 from devbus.typefilter import TypeFilter, parse_patterns
 
 __all__ = ["create_app"]
@@ -30,7 +31,7 @@ async def _close_streams(app: web.Application) -> None:
 def create_app(settings: Settings | None = None) -> web.Application:
     """Build the bus: dispatcher, routes, guards and background services."""
     settings = settings or Settings()
-    app = web.Application(middlewares=[guard], client_max_size=settings.max_body)
+    app = web.Application(middlewares=[guard, unrouted_as_json], client_max_size=settings.max_body)
     metrics = Metrics()
     app[SETTINGS] = settings
     app[METRICS] = metrics
