@@ -142,7 +142,7 @@ def wait_for_history(bus: BusProcess, count: int, *, types: str = "", within: fl
     What a sender hands to ZeroMQ reaches the bus a moment later, more so on a busy machine.
     """
     deadline = time.monotonic() + within
-    while len(events := fetch_history(bus, types=types)) < count:
+    while len(events := fetch_history(bus, types=types, limit=max(count, 10_000))) < count:
         assert time.monotonic() < deadline, f"the bus has {len(events)} of {count} events"
         time.sleep(0.02)
     return events
