@@ -22,37 +22,20 @@ SNIPPET = re.compile(r"```python\n(from contextlib import asynccontextmanager\n.
 
 
 class Uvicorn:
-    """A uvicorn child serving the README's app, and what it printed."""
+    """A uvicorn child serving the README's app (its output read like a bus's)."""
 
     def __init__(self, app_dir: Path, ingest: str) -> None:
-        self.proc = subprocess.Popen(
+        proc = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "app:app", "--port", "0", "--app-dir", str(app_dir)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
             text=True,
             env=bus_env(DEVBUS_INGEST=ingest),
             cwd=ROOT,
         )
-        self.lines: list[str] = []
-        self._printed = threading.Condition()
-        threading.Thread(target=self._pump, daemon=True).start()
-        running = self.wait_for(r"Uvicorn running on (http://\S+)")
-        self.url = running.group(1)
-
-    def _pump(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            with self._printed:
-                self.lines.append(line.rstrip("\n"))
-                self._printed.notify_all()
-
-    def wait_for(self, pattern: str) -> re.Match[str]:
-        regex = re.compile(pattern)
-        with self._printed:
-            self._printed.wait_for(lambda: any(regex.search(line) for line in self.lines), WAIT)
-        match = next((m for line in self.lines if (m := regex.search(line))), None)
-        assert match is not None, self.lines
-        return match
+        self.output = BusProcess(proc)
+        threading.Thread(target=self.output._pump, daemon=True).start()
+        self.url = self.output.wait_for_line(r"Uvicorn running on (http://\S+)").group(1)
 
     def create_agent(self, name: str) -> tuple[dict[str, Any], float]:
         """POST /agents; return the answer and how long it took."""
@@ -64,14 +47,6 @@ class Uvicorn:
             assert reply.status == 200
             answer: dict[str, Any] = json.load(reply)
         return answer, time.monotonic() - started
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(timeout=WAIT * 3)
-        if self.proc.stderr is not None:
-            self.proc.stderr.close()
-        return code
 
 
 @pytest.fixture
@@ -88,9 +63,7 @@ def uvicorn(tmp_path: Path) -> Iterator[Callable[[str], Uvicorn]]:
 
     yield start
     for server in started:
-        if server.proc.poll() is None:
-            server.proc.kill()
-        server.stop()
+        server.output.close()
 
 
 def test_the_readme_backend_works_without_a_bus_and_delivers_once_one_starts(
@@ -99,7 +72,7 @@ def test_the_readme_backend_works_without_a_bus_and_delivers_once_one_starts(
     """With no bus, startup used to fail after 5 s, then every POST took 5 s and answered 500."""
     ingest = free_endpoint()
     server = uvicorn(ingest)
-    server.wait_for("Application startup complete")
+    server.output.wait_for_line("Application startup complete")
     timings = []
     for name in ("Ada", "Brook", "Cyd"):
         answer, took = server.create_agent(name)
@@ -114,6 +87,6 @@ def test_the_readme_backend_works_without_a_bus_and_delivers_once_one_starts(
         ("agent.created", name, "api") for name in ("Ada", "Brook", "Cyd", "Dara")
     ]
     # uvicorn re-raises the SIGTERM once it has shut down cleanly.
-    assert server.stop() in (0, -signal.SIGTERM)
-    server.wait_for("Application shutdown complete")
-    assert not [line for line in server.lines if "Traceback" in line or "ERROR" in line]
+    assert server.output.stop() in (0, -signal.SIGTERM)
+    server.output.wait_for_line("Application shutdown complete")
+    assert not [line for line in server.output.lines if "Traceback" in line or "ERROR" in line]
