@@ -199,6 +199,20 @@ async def connect_sender(context: zmq.asyncio.Context, endpoint: str) -> zmq.asy
     return sender
 
 
+async def send_waiting(sender: zmq.asyncio.Socket, frames: list[bytes]) -> None:
+    """Send one message; at the high-water mark wait for room and retry, as the Publisher does.
+
+    With XPUB_NODROP a full queue refuses the send (EAGAIN), and pyzmq's asyncio send does
+    not wait for room: an XPUB always reports POLLOUT.
+    """
+    while True:
+        try:
+            await sender.send_multipart(frames, copy=False)
+            return
+        except zmq.Again:
+            await asyncio.sleep(0.001)
+
+
 async def wait_for_total(client: TestClient[Any, Any], count: int, *, within: float = WAIT) -> None:
     """Return once the bus has accepted ``count`` events in all; fail after ``within`` seconds."""
     dispatcher = client.app[DISPATCHER]

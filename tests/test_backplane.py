@@ -11,7 +11,7 @@ import msgspec
 import pytest
 import zmq
 import zmq.asyncio
-from support import WAIT, BusFactory, connect_sender, history
+from support import WAIT, BusFactory, connect_sender, history, send_waiting
 
 from devbus.bus.keys import DISPATCHER, ENDPOINTS
 from devbus.client.subscriber import AsyncSubscriber, prefixes
@@ -88,7 +88,7 @@ async def test_a_burst_is_published_in_batches_in_order(make_bus: BusFactory, zm
     client.app[DISPATCHER].add_listener(lambda batch: batches.append(len(batch)))
     sender = await connect_sender(zmq_context, client.app[ENDPOINTS]["ingest"])
     for n in range(5000):
-        await sender.send_multipart(valid(n), copy=False)
+        await send_waiting(sender, valid(n))
     events = await history(client, count=5000)
     assert [e["data"]["n"] for e in events[-1000:]] == list(range(4000, 5000))
     assert sum(batches) == 5000

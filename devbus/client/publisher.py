@@ -174,8 +174,8 @@ class _Outbox:
         )
 
     def report(self) -> str:
-        """One line: what this publisher could not deliver, and why."""
-        lost = self.undelivered + self._dropped_in_outage
+        """One line: what this publisher could not deliver (held at close, or dropped), and why."""
+        lost = self.undelivered + self.dropped
         noun = "event" if lost == 1 else "events"
         if self._subscribed_once:
             return f"{lost} {noun} not delivered: the devbus at {self.address} went away and did not come back in time"
