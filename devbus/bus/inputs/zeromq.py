@@ -147,6 +147,8 @@ class Ingest:
             self._metrics.reject("zmq_store")
             log.error("could not store %d events from ZeroMQ: %s", count, reason)
         if peer is not None:
+            # The sender is read again from now: its quiet period (on stop) starts here, not at its last read.
+            self.last_read = self._loop.time()
             peer.committing -= 1
             peer.update()
         if self._backlog.behind and not self._held and not self._closing:
