@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import socket
+import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from support import WAIT, BusProcess
+from support import ROOT, WAIT, BusProcess
+
+# The benchmark's probes of a process (memory, CPU, sockets from /proc) serve the tests too.
+sys.path.insert(0, str(ROOT / "scripts"))
+from loadgen import Probe
 
 MIB = 1024 * 1024
 POLL = 0.02  # seconds between two looks at a condition
@@ -195,84 +199,16 @@ class Stalled:
 # ---------------------------------------------------------------- the bus process, from /proc
 
 
-def rss(pid: int) -> int:
-    """The process's resident memory in bytes (VmRSS)."""
-    return _status(pid)["VmRSS"]
+def probe(bus: BusProcess) -> Probe:
+    """The bus process's memory, CPU and sockets, as /proc reports them."""
+    return Probe(bus.proc.pid)
 
 
-def peak_rss(pid: int) -> int:
-    """The process's peak resident memory in bytes since the last :func:`reset_peak` (VmHWM)."""
-    return _status(pid)["VmHWM"]
+def wait_idle(bus: BusProcess) -> None:
+    """Wait until the bus has done its work (it uses almost no CPU for half a second)."""
+    probe(bus).settle(within=WAIT * 6)
 
 
-def reset_peak(pid: int) -> None:
-    """Start measuring the peak RSS afresh (Linux: 5 > /proc/PID/clear_refs)."""
-    with open(f"/proc/{pid}/clear_refs", "w") as refs:
-        refs.write("5")
-
-
-def _status(pid: int) -> dict[str, int]:
-    found = {}
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            name, _, value = line.partition(":")
-            if name in ("VmRSS", "VmHWM"):
-                found[name] = int(value.split()[0]) * 1024
-    return found
-
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def wait_idle(pid: int, *, within: float = WAIT * 6, window: float = 0.5, busy: float = 0.05) -> None:
-    """Wait until the process has used under ``busy`` of a core over a ``window`` (it has done its work)."""
-    started = time.monotonic()
-    last = cpu_seconds(pid)
-    since = time.monotonic()
-    while True:
-        time.sleep(window)
-        now, used = time.monotonic(), cpu_seconds(pid)
-        if used - last <= busy * (now - since):
-            return
-        if now - started > within:
-            raise AssertionError(f"the bus was still busy after {within}s")
-        last, since = used, now
-
-
-def held_peers(pid: int, port: int) -> set[int]:
-    """Client ports of the TCP connections to ``port`` that the process still holds open.
-
-    A socket the process has closed (even one the kernel still flushes) no longer
-    appears among its file descriptors, so it is not counted.
-    """
-    inodes = set()
-    for fd in _fds(pid):
-        with contextlib.suppress(OSError):
-            target = _readlink(pid, fd)
-            if target.startswith("socket:["):
-                inodes.add(target[8:-1])
-    peers = set()
-    for table in ("tcp", "tcp6"):
-        with contextlib.suppress(FileNotFoundError), open(f"/proc/{pid}/net/{table}") as rows:
-            next(rows)
-            for row in rows:
-                fields = row.split()
-                local, remote, inode = fields[1], fields[2], fields[9]
-                if int(local.rsplit(":", 1)[1], 16) == port and inode in inodes and int(remote.rsplit(":", 1)[1], 16):
-                    peers.add(int(remote.rsplit(":", 1)[1], 16))
-    return peers
-
-
-def _fds(pid: int) -> list[str]:
-    return os.listdir(f"/proc/{pid}/fd")
-
-
-def _readlink(pid: int, fd: str) -> str:
-    return os.readlink(f"/proc/{pid}/fd/{fd}")
-
-
-def http_port(bus: BusProcess) -> int:
-    return int(bus.url.rsplit(":", 1)[1])
+def held_peers(bus: BusProcess) -> set[int]:
+    """Client ports of the HTTP connections the bus process still holds open."""
+    return probe(bus).held_peers(int(bus.url.rsplit(":", 1)[1]))

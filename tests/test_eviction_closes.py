@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 
 import pytest
-from blackbox import Stalled, health, held_peers, http_port, metric, post_batch, wait_until
+from blackbox import Stalled, health, held_peers, metric, post_batch, wait_until
 from support import BusProcess
 
 pytestmark = pytest.mark.slow
@@ -27,16 +27,15 @@ def publish_until_evicted(bus: BusProcess, evictions: int) -> float:
 
 def test_an_evicted_stalled_stream_is_closed_within_a_second(bus_process: Callable[..., BusProcess]) -> None:
     bus = bus_process("--subscriber-buffer", BUFFER, "--quiet")
-    pid, port = bus.proc.pid, http_port(bus)
     stalled = Stalled(bus, "/api/dev/events")
     try:
         assert stalled.status == 200
-        wait_until(lambda: stalled.port in held_peers(pid, port), what="the bus holding the stream")
+        wait_until(lambda: stalled.port in held_peers(bus), what="the bus holding the stream")
         assert health(bus)["subscribers"] == 1
 
         evicted = publish_until_evicted(bus, 1)
         # The bus lets go of the socket itself; it does not wait for the client to read.
-        wait_until(lambda: stalled.port not in held_peers(pid, port), within=1.0, what="the bus closing the socket")
+        wait_until(lambda: stalled.port not in held_peers(bus), within=1.0, what="the bus closing the socket")
         # The client sees the end of the stream once it reads what was already in flight.
         stalled.read_to_end(within=max(0.1, 1.0 - (time.monotonic() - evicted)) + 0.5)
         assert health(bus)["subscribers"] == 0
@@ -47,11 +46,10 @@ def test_an_evicted_stalled_stream_is_closed_within_a_second(bus_process: Callab
 def test_stalled_readers_never_exceed_max_subscribers(bus_process: Callable[..., BusProcess]) -> None:
     cap, rounds = 4, 5
     bus = bus_process("--max-subscribers", str(cap), "--subscriber-buffer", BUFFER, "--quiet")
-    pid, port = bus.proc.pid, http_port(bus)
     opened: list[Stalled] = []
 
     def held() -> int:
-        return len(held_peers(pid, port) & {client.port for client in opened})
+        return len(held_peers(bus) & {client.port for client in opened})
 
     try:
         for round_ in range(rounds):

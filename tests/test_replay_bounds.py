@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from blackbox import MIB, Stalled, fill_history, history, peak_rss, reset_peak, rss, sse_stream, wait_idle
+from blackbox import MIB, Stalled, fill_history, history, probe, sse_stream, wait_idle
 from support import BusProcess
 
 pytestmark = pytest.mark.slow
@@ -31,22 +31,22 @@ def filled_bus(bus_process: Callable[..., BusProcess]) -> tuple[BusProcess, list
     """A bus whose history is full (its oldest events already dropped); the ids of all events sent."""
     bus = bus_process("--history-bytes", str(HISTORY), "--subscriber-buffer", str(BUFFER), "--quiet")
     ids = fill_history(bus, HISTORY + HISTORY // 8, event_bytes=EVENT)
-    wait_idle(bus.proc.pid)
+    wait_idle(bus)
     return bus, ids
 
 
 def hold_stalled(bus: BusProcess, path: str, headers: dict[str, str]) -> list[Stalled]:
     """Open CLIENTS connections that never read; fail as soon as the bus's memory passes BOUND."""
-    pid = bus.proc.pid
-    before = rss(pid)
-    reset_peak(pid)
+    memory = probe(bus)
+    before = memory.rss()
+    memory.reset_peak()
     clients: list[Stalled] = []
     try:
         for count in range(1, CLIENTS + 1):
             clients.append(Stalled(bus, path, headers=headers))
             assert clients[-1].status == 200
-            wait_idle(pid)
-            grown = peak_rss(pid) - before
+            wait_idle(bus)
+            grown = memory.peak() - before
             assert grown <= BOUND, (
                 f"{count} stalled clients of {path} grew the bus by {grown / MIB:.1f} MiB; "
                 f"the bound for {CLIENTS} is {BOUND / MIB:.1f} MiB"
