@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Protocol
 
+from devbus.bus.outputs.backlog import Backlog
 from devbus.typefilter import TypeFilter
 
 __all__ = ["Outlet", "WriteNow"]
@@ -35,11 +36,15 @@ class Outlet:
     """
 
     __slots__ = (
+        "_backlog",
+        "_behind",
         "_limit",
+        "_on_abort",
         "_on_evict",
         "_pending",
         "_size",
         "_waiter",
+        "anchor",
         "closed",
         "evicted",
         "named",
@@ -54,6 +59,7 @@ class Outlet:
         named: bool,
         limit: int,
         on_evict: Callable[[Outlet], None],
+        backlog: Backlog | None = None,
     ) -> None:
         self.type_filter = type_filter
         self.named = named
@@ -64,9 +70,17 @@ class Outlet:
         self._pending: list[bytes] = []
         self._size = 0
         self._waiter: asyncio.Future[None] | None = None
+        # Told when this subscriber falls behind and when it moves again, for burst inputs.
+        self._backlog = backlog
+        self._behind = False
         # Set by the stream once its headers are out: writes a chunk to the socket
         # at once, or returns False if the socket is backed up or closing.
         self.write_now: WriteNow | None = None
+        # Set by the stream: drops its connection at once (on eviction).
+        self._on_abort: Callable[[], None] | None = None
+        # Set by the fan-out for a cursor that joined while still reading the store:
+        # the id of the first record queued here, where the cursor's reading stops.
+        self.anchor: str | None = None
 
     @property
     def pending_bytes(self) -> int:
@@ -120,11 +134,32 @@ class Outlet:
         self._pending.append(chunk)
         self._size = len(chunk)
         waiter.set_result(None)
+        if self._backlog is not None and not self._behind:
+            self._behind = True
+            self._backlog.fell_behind(self)
+
+    def on_abort(self, abort: Callable[[], None]) -> None:
+        """Call ``abort`` to drop the connection if this subscriber is evicted (at once, if it already is)."""
+        self._on_abort = abort
+        if self.evicted:
+            abort()
+
+    def abort(self) -> None:
+        """Drop the connection now, without waiting for anything pending to be sent."""
+        self.close()
+        if self._on_abort is not None:
+            self._on_abort()
 
     def close(self) -> None:
         """Stop after what is pending has been taken (nothing, if evicted)."""
         self.closed = True
         self._wake()
+        self._moved(caught_up=True)
+
+    def _moved(self, *, caught_up: bool) -> None:
+        if self._behind and self._backlog is not None:
+            self._behind = not caught_up
+            self._backlog.moved(self, caught_up=caught_up)
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -133,6 +168,8 @@ class Outlet:
 
     async def take(self, *, idle: float) -> bytes | None:
         """Return everything pending as one chunk; b'' after ``idle`` seconds without any; None once closed."""
+        # The stream's task is back for more: whatever it took last has been written.
+        self._moved(caught_up=not self._pending)
         if not self._pending:
             if self.closed:
                 return None
@@ -147,6 +184,10 @@ class Outlet:
             if not self._pending:
                 return None if self.closed else b""
         return self._take_pending()
+
+    def take_now(self) -> bytes:
+        """Return everything pending as one chunk (b'' if nothing is), without waiting."""
+        return self._take_pending() if self._pending else b""
 
     def _take_pending(self) -> bytes:
         chunk = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
