@@ -17,7 +17,7 @@ GAP = "devbus.gap"
 
 # One page of a replay: what a resuming connection holds beyond its buffer.
 PAGE_EVENTS = 1000
-PAGE_BYTES = 256 * 1024
+PAGE_BYTES = 64 * 1024
 
 # A replaying client whose socket takes nothing of a page for this long is
 # evicted: its buffers would otherwise be held for as long as it stays connected.
