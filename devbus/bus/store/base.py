@@ -99,6 +99,10 @@ class Record:
             event = self._event = _event_decoder.decode(self.json)
         return event
 
+    def drop_event(self) -> None:
+        """Forget the decoded envelope (it is decoded again if asked), so a retained record costs its JSON only."""
+        self._event = None
+
     def __repr__(self) -> str:
         return f"Record({self.id!r}, {self.type!r})"
 
