@@ -32,9 +32,6 @@ __all__ = ["SqliteStore"]
 
 log = logging.getLogger(__name__)
 
-# Batches of up to this many rows commit on the loop; larger ones in the writer thread.
-INLINE_ROWS = 64
-
 # Bytes committed between checkpoints of the WAL into the database file.
 CHECKPOINT_BYTES = 4 * 1024 * 1024
 
@@ -181,16 +178,6 @@ class SqliteStore(Store):
         rows = [(start + i, r.type, r.json) for i, r in enumerate(pending.records)]
         sizes = [len(r.json) for r in pending.records]
         keep_from = self._keep_from(sizes)
-        if len(rows) <= INLINE_ROWS:
-            # A few rows commit faster than a hand-off to the writer thread and back
-            # (tens of microseconds, never an fsync: checkpoints run elsewhere).
-            try:
-                self._write(rows, keep_from)
-            except sqlite3.Error as exc:
-                self._fail(exc, pending)
-            else:
-                self._written(pending, sizes, keep_from)
-            return
         loop = asyncio.get_running_loop()
         self._writing = writing = loop.run_in_executor(self._writer, self._write, rows, keep_from)
         writing.add_done_callback(lambda done: self._write_done(done, pending, sizes, keep_from))
