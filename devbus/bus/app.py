@@ -11,8 +11,9 @@ from devbus.bus.backplane import backplane
 from devbus.bus.dispatcher import Dispatcher
 from devbus.bus.guard import add_cors_headers, expect_continue, guard
 from devbus.bus.inputs import http
-from devbus.bus.keys import DISPATCHER, ENDPOINTS, FORWARDER, METRICS, SETTINGS, STARTED
+from devbus.bus.keys import CATALOGUE, DISPATCHER, ENDPOINTS, FORWARDER, METRICS, SETTINGS, STARTED
 from devbus.bus.metrics import Metrics
+from devbus.bus.outputs.catalogue import Catalogue
 from devbus.bus.outputs.forward import Forwarder
 from devbus.bus.outputs.sse import stream_events
 from devbus.bus.settings import Settings
@@ -43,6 +44,8 @@ def create_app(settings: Settings | None = None) -> web.Application:
         max_subscribers=settings.max_subscribers,
         metrics=metrics,
     )
+    app[CATALOGUE] = Catalogue(metrics)
+    app[DISPATCHER].add_listener(app[CATALOGUE])
     forwarder = Forwarder(
         settings.forward,
         types=TypeFilter(parse_patterns(settings.forward_types)),
@@ -60,6 +63,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app.router.add_get(f"{api}/events", stream_events)
     app.router.add_get(f"{api}/history", views.history)
     app.router.add_get(f"{api}/health", views.health)
+    app.router.add_get(f"{api}/types", views.types)
     app.router.add_get("/metrics", views.metrics)
     app.router.add_get("/", views.static_file("dashboard.html", prefix=api))
     for name in ("dashboard.js", "devbus.js", "devbus.d.ts"):

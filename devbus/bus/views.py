@@ -10,13 +10,13 @@ from importlib import resources
 from aiohttp import web
 
 from devbus import __version__
-from devbus.bus.keys import DISPATCHER, FORWARDER, METRICS, SETTINGS, STARTED
+from devbus.bus.keys import CATALOGUE, DISPATCHER, FORWARDER, METRICS, SETTINGS, STARTED
 from devbus.bus.metrics import CONTENT_TYPE_LATEST
 from devbus.bus.store.memory import parse_id
 from devbus.errors import InvalidEvent
 from devbus.typefilter import TypeFilter, parse_patterns
 
-__all__ = ["health", "history", "metrics", "static_file"]
+__all__ = ["health", "history", "metrics", "static_file", "types"]
 
 DEFAULT_HISTORY_LIMIT = 100
 
@@ -63,6 +63,11 @@ async def health(request: web.Request) -> web.Response:
             "forward": [target.status() for target in request.app[FORWARDER].targets],
         }
     )
+
+
+async def types(request: web.Request) -> web.Response:
+    """Describe every event type seen: counts, sources, an example and an inferred JSON Schema."""
+    return web.json_response(request.app[CATALOGUE].snapshot())
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -1,0 +1,200 @@
+"""The event catalogue: what each event type looks like, learned from every accepted batch.
+
+An output among the others: the dispatcher hands it each accepted batch. Counting is done
+per batch with C-level helpers; a payload's JSON Schema is merged (by genson) only when its
+shape has not been seen for that type before, and in a burst only a sample of each batch is
+looked at, so that the catalogue stays off the ingest path.
+
+Memory is bounded: at most ``max_types`` types (later ones are counted, not catalogued), a
+schema of at most ``max_schema_bytes`` (past it the type's schema stops learning), at most
+``MAX_SHAPES`` remembered shapes and ``MAX_SOURCES`` sources per type, and an example payload
+of at most ``MAX_EXAMPLE_BYTES``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import operator
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import msgspec
+from genson import SchemaBuilder
+
+from devbus.bus.metrics import Metrics
+from devbus.envelope import Event
+
+__all__ = ["Catalogue"]
+
+MAX_TYPES = 500
+MAX_SCHEMA_BYTES = 16 * 1024
+MAX_EXAMPLE_BYTES = 4 * 1024
+MAX_SHAPES = 256
+MAX_SOURCES = 16
+# In a batch larger than this, only this many evenly spaced payloads (plus the first of
+# every type) are looked at: a burst of 100,000 events costs a few hundred shape checks.
+SAMPLE_PER_BATCH = 64
+# A list's shape is taken from its first and last items only: the shape is a cache key,
+# and every item is still read by genson when the payload is merged.
+LIST_ENDS = 8
+
+_type_and_source = operator.attrgetter("type", "source")
+_encode = msgspec.json.Encoder(order="sorted").encode
+
+
+def _shape(value: Any) -> Any:
+    """A hashable summary of ``value``'s structure (keys and value types, not values)."""
+    kind = type(value)
+    if kind is dict:
+        return (dict, tuple([(key, _shape(item)) for key, item in value.items()]))
+    if kind is list:
+        ends = value if len(value) <= 2 * LIST_ENDS else value[:LIST_ENDS] + value[-LIST_ENDS:]
+        return (list, frozenset([_shape(item) for item in ends]))
+    return kind
+
+
+class _Entry:
+    """What the catalogue knows about one event type."""
+
+    __slots__ = ("builder", "complete", "count", "example", "first_seen", "last_seen", "schema", "shapes", "sources")
+
+    def __init__(self, timestamp: str) -> None:
+        self.count = 0
+        self.first_seen = timestamp
+        self.last_seen = timestamp
+        self.sources: set[str] = set()
+        self.builder = SchemaBuilder(schema_uri=None)
+        self.schema: dict[str, Any] = {}
+        self.shapes: set[Any] = set()
+        self.example: dict[str, Any] | None = None
+        self.complete = True  # False once the schema stopped learning (a bound was reached)
+
+
+class Catalogue:
+    """Count, describe and infer a JSON Schema for every event type the bus accepts."""
+
+    def __init__(
+        self,
+        metrics: Metrics,
+        *,
+        max_types: int = MAX_TYPES,
+        max_schema_bytes: int = MAX_SCHEMA_BYTES,
+    ) -> None:
+        self._entries: dict[str, _Entry] = {}
+        self._metrics = metrics
+        self._max_types = max_types
+        self._max_schema_bytes = max_schema_bytes
+        metrics.watch(metrics.catalogue_types, lambda: len(self._entries))
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __call__(self, published: Sequence[Any]) -> None:
+        """Take one accepted batch (a sequence of ``Published``)."""
+        if published:
+            self.observe([p.event for p in published])
+
+    def observe(self, events: Sequence[Event]) -> None:
+        """Count ``events`` (one batch, oldest first) and learn the shapes of a sample of them."""
+        timestamp = events[-1].timestamp
+        entries = self._entries
+        fresh: list[str] = []
+        for (event_type, source), count in Counter(map(_type_and_source, events)).items():
+            entry = entries.get(event_type)
+            if entry is None:
+                if len(entries) >= self._max_types:
+                    self._metrics.catalogue_skipped.labels("types").inc(count)
+                    continue
+                entry = entries[event_type] = _Entry(timestamp)
+                fresh.append(event_type)
+            entry.count += count
+            entry.last_seen = timestamp
+            if len(entry.sources) < MAX_SOURCES:
+                entry.sources.add(source)
+        firsts = self._first_of(events, fresh) if fresh else []
+        for event in firsts:
+            entries[event.type].first_seen = event.timestamp
+        self._learn(events, firsts)
+
+    def seed(self, events: Iterable[Event]) -> None:
+        """Learn from events accepted before this catalogue started (the store's history)."""
+        for _, batch in itertools.groupby(events, key=operator.attrgetter("timestamp")):
+            self.observe(list(batch))
+
+    def _learn(self, events: Sequence[Event], firsts: list[Event]) -> None:
+        if len(events) <= SAMPLE_PER_BATCH:
+            sample: Iterable[Event] = events
+        else:
+            sample = [*firsts, *events[:: len(events) // SAMPLE_PER_BATCH]]
+        entries = self._entries
+        for event in sample:
+            entry = entries.get(event.type)
+            if entry is None or not entry.complete:
+                continue
+            shape = _shape(event.data)
+            if shape in entry.shapes:
+                continue
+            self._merge(entry, event.data)
+            if len(entry.shapes) >= MAX_SHAPES:
+                # So many shapes is a map keyed by ids or the like: stop learning it.
+                entry.complete = False
+                self._metrics.catalogue_skipped.labels("shapes").inc()
+            else:
+                entry.shapes.add(shape)
+
+    @staticmethod
+    def _first_of(events: Sequence[Event], types: list[str]) -> list[Event]:
+        """The first event of each of ``types`` (new in this batch): its first sighting, and its first shape."""
+        wanted = set(types)
+        found = []
+        for event in events:
+            if event.type in wanted:
+                wanted.discard(event.type)
+                found.append(event)
+                if not wanted:
+                    break
+        return found
+
+    def _merge(self, entry: _Entry, data: dict[str, Any]) -> None:
+        entry.builder.add_object(data)
+        schema = entry.builder.to_schema()
+        if len(_encode(schema)) > self._max_schema_bytes:
+            # Keep the last schema that fitted, and stop learning this type.
+            entry.builder = SchemaBuilder(schema_uri=None)
+            entry.builder.add_schema(entry.schema)
+            entry.complete = False
+            entry.shapes.clear()
+            self._metrics.catalogue_skipped.labels("schema").inc()
+            return
+        entry.schema = schema
+        if len(_encode(data)) <= MAX_EXAMPLE_BYTES:
+            entry.example = data
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything known, sorted by type, as JSON-ready values."""
+        types = []
+        for name in sorted(self._entries):
+            entry = self._entries[name]
+            types.append(
+                {
+                    "type": name,
+                    "count": entry.count,
+                    "first_seen": entry.first_seen,
+                    "last_seen": entry.last_seen,
+                    "sources": sorted(entry.sources),
+                    "example": entry.example,
+                    "schema": entry.schema,
+                    "schema_complete": entry.complete,
+                }
+            )
+        return {
+            "types": types,
+            "limits": {
+                "types": self._max_types,
+                "schema_bytes": self._max_schema_bytes,
+                "example_bytes": MAX_EXAMPLE_BYTES,
+                "shapes": MAX_SHAPES,
+                "sources": MAX_SOURCES,
+            },
+        }
