@@ -192,3 +192,27 @@ async def history(client: TestClient[Any, Any], *, count: int, token: str | None
     assert response.status == 200, await response.text()
     events: list[dict[str, Any]] = (await response.json())["events"]
     return events
+
+
+def devbus_cli(bus: BusProcess, *args: str, stdin: str | None = None) -> Any:
+    """Run a `devbus` client command against ``bus`` in this process; return click's Result."""
+    from click.testing import CliRunner
+
+    from devbus.cli import main
+
+    env = {"DEVBUS_URL": bus.url, "DEVBUS_INGEST": bus.endpoints.get("ingest", ""), "DEVBUS_TOKEN": ""}
+    return CliRunner().invoke(main, list(args), input=stdin, env=env, catch_exceptions=False)
+
+
+def post_batch(url: str, events: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    """POST ``(type, data)`` pairs to the bus at ``url`` as one batch; return their ids."""
+    import json
+    import urllib.request
+
+    body = json.dumps({"events": [{"event_type": t, "data": d} for t, d in events]}).encode()
+    request = urllib.request.Request(
+        f"{url}/api/dev/batch", data=body, headers={"Content-Type": "application/json"}, method="POST"
+    )
+    with urllib.request.urlopen(request, timeout=WAIT) as response:
+        ids: list[str] = json.load(response)["ids"]
+    return ids

@@ -9,6 +9,7 @@ import click
 from devbus import __version__
 from devbus.cli.clients import emit, history, listen
 from devbus.cli.run import run
+from devbus.cli.types import types
 from devbus.cli.watch import watch
 from devbus.errors import DevbusError
 
@@ -33,3 +34,4 @@ def main() -> None:
 
 for _command in (run, watch, emit, listen, history):
     main.add_command(_command)
+main.add_command(types)
