@@ -216,3 +216,36 @@ def post_batch(url: str, events: list[tuple[str, dict[str, Any]]]) -> list[str]:
     with urllib.request.urlopen(request, timeout=WAIT) as response:
         ids: list[str] = json.load(response)["ids"]
     return ids
+
+
+def bus_health(url: str) -> dict[str, Any]:
+    """GET the bus's /health."""
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(f"{url}/api/dev/health", timeout=WAIT) as response:
+        health: dict[str, Any] = json.load(response)
+    return health
+
+
+def start_recorder(bus: BusProcess, path: Path, *args: str) -> subprocess.Popen[str]:
+    """Start `devbus record PATH` against ``bus``; return once its stream is connected."""
+    import time
+
+    before = bus_health(bus.url)["subscribers"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "devbus", "record", str(path), *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=bus_env(DEVBUS_URL=bus.url),
+        cwd=ROOT,
+    )
+    deadline = time.monotonic() + WAIT
+    while bus_health(bus.url)["subscribers"] <= before:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            _, errors = proc.communicate(timeout=WAIT)
+            raise AssertionError(f"devbus record did not connect: {errors}")
+        time.sleep(0.05)  # polling the condition above, with the deadline as the timeout
+    return proc

@@ -8,6 +8,7 @@ import click
 
 from devbus import __version__
 from devbus.cli.clients import emit, history, listen
+from devbus.cli.record import record, replay
 from devbus.cli.run import run
 from devbus.cli.types import types
 from devbus.cli.watch import watch
@@ -35,3 +36,5 @@ def main() -> None:
 for _command in (run, watch, emit, listen, history):
     main.add_command(_command)
 main.add_command(types)
+main.add_command(record)
+main.add_command(replay)
