@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from aiohttp.test_utils import TestClient
@@ -134,3 +135,19 @@ def test_the_snapshot_is_the_same_whatever_order_shapes_arrived_in() -> None:
     first.observe([event("t", p, seq=n) for n, p in enumerate(payloads)])
     second.observe([event("t", p, seq=n) for n, p in enumerate(reversed(payloads))])
     assert first.snapshot()["types"][0]["schema"] == second.snapshot()["types"][0]["schema"]
+
+
+async def test_the_catalogue_starts_with_what_the_store_retained(make_bus: BusFactory, tmp_path: Path) -> None:
+    store = f"sqlite:{tmp_path / 'events.db'}"
+    first = await make_bus(store=store)
+    await post(first, "kept.event", {"n": 1, "tags": ["a"]})
+    await post(first, "kept.event", {"n": 2})
+    await first.close()
+
+    second = await make_bus(store=store)
+    await post(second, "new.event", {"ok": True})
+    entries = by_type(await catalogue(second))
+    assert sorted(entries) == ["kept.event", "new.event"]
+    assert entries["kept.event"]["count"] == 2  # read from the store once, not twice
+    assert entries["kept.event"]["schema"]["required"] == ["n"]
+    assert entries["new.event"]["count"] == 1

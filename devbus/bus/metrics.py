@@ -37,6 +37,12 @@ class Metrics:
             ["reason"],
             registry=self.registry,
         )
+        self.store_up = Gauge(
+            "devbus_store_up",
+            "Whether the store (--store) takes events (1) or not (0), labelled with its name.",
+            ["store"],
+            registry=self.registry,
+        )
         # Forwarding (devbus run --forward), labelled by target URL without query or credentials.
         target = ["target"]
         self.forwarded = Counter(

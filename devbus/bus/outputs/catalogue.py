@@ -16,13 +16,15 @@ from __future__ import annotations
 import itertools
 import operator
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any
 
 import msgspec
+from aiohttp import web
 from genson import SchemaBuilder
 
 from devbus.bus.metrics import Metrics
+from devbus.bus.store.base import Record, Store
 from devbus.envelope import Event
 
 __all__ = ["Catalogue"]
@@ -38,6 +40,9 @@ SAMPLE_PER_BATCH = 64
 # A list's shape is taken from its first and last items only: the shape is a cache key,
 # and every item is still read by genson when the payload is merged.
 LIST_ENDS = 8
+# Seeding reads the store's history in pages of this size.
+SEED_PAGE = 1000
+SEED_PAGE_BYTES = 4 * 1024 * 1024
 
 _type_and_source = operator.attrgetter("type", "source")
 _encode = msgspec.json.Encoder(order="sorted").encode
@@ -90,10 +95,10 @@ class Catalogue:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def __call__(self, published: Sequence[Any]) -> None:
-        """Take one accepted batch (a sequence of ``Published``)."""
-        if published:
-            self.observe([p.event for p in published])
+    def __call__(self, records: Sequence[Record]) -> None:
+        """Take one delivered batch of records, as every output does."""
+        if records:
+            self.observe([record.event for record in records])
 
     def observe(self, events: Sequence[Event]) -> None:
         """Count ``events`` (one batch, oldest first) and learn the shapes of a sample of them."""
@@ -121,6 +126,34 @@ class Catalogue:
         """Learn from events accepted before this catalogue started (the store's history)."""
         for _, batch in itertools.groupby(events, key=operator.attrgetter("timestamp")):
             self.observe(list(batch))
+
+    async def seed_from(self, store: Store) -> None:
+        """Learn what ``store`` retained when it opened, page by page, oldest first."""
+        # Records after the newest one now are delivered to this output live: stop there.
+        newest = store.last_id
+        if newest is None:
+            return
+        after = (await store.resolve("")).after
+        while True:
+            page = await store.read_after(after, limit=SEED_PAGE, max_bytes=SEED_PAGE_BYTES)
+            if not page:
+                return
+            ids = [record.id for record in page]
+            if newest in ids:
+                page = page[: ids.index(newest) + 1]
+            self.seed(record.event for record in page)
+            if len(page) < len(ids) or page[-1].id == newest:
+                return
+            after = page[-1].id
+
+    def seeded_from(self, store: Store) -> Callable[[web.Application], AsyncIterator[None]]:
+        """A cleanup context that seeds the catalogue from ``store`` before the bus takes events."""
+
+        async def seeding(app: web.Application) -> AsyncIterator[None]:
+            await self.seed_from(store)
+            yield
+
+        return seeding
 
     def _learn(self, events: Sequence[Event], firsts: list[Event]) -> None:
         if len(events) <= SAMPLE_PER_BATCH:
