@@ -9,7 +9,7 @@ from aiohttp.test_utils import TestClient
 from support import BusFactory
 
 from devbus.bus.metrics import Metrics
-from devbus.bus.outputs.catalogue import SAMPLE_PER_BATCH, Catalogue
+from devbus.bus.outputs.catalogue import SHAPES_PER_SECOND, Catalogue
 from devbus.envelope import Event
 
 
@@ -101,15 +101,29 @@ def test_a_schema_stops_learning_at_its_size_cap_and_keeps_what_fitted() -> None
     assert "late" not in catalogue.snapshot()["types"][0]["schema"]["properties"]
 
 
-def test_a_big_batch_is_sampled_but_every_type_gets_a_schema_and_a_count() -> None:
+def test_a_burst_is_sampled_but_every_type_gets_a_schema_and_a_count() -> None:
     catalogue = Catalogue(Metrics())
-    batch = [event("bulk", {"n": n}, seq=n) for n in range(SAMPLE_PER_BATCH * 50)]
-    batch.insert(777, event("rare", {"only": "once"}, seq=99_999))
-    catalogue.observe(batch)
+    size = SHAPES_PER_SECOND * 5
+    catalogue.observe([event("first", {"a": 1}, seq=n) for n in range(size)])  # uses up the shape budget
+    burst = [event("bulk", {"n": n}, seq=n) for n in range(size)]
+    burst.insert(777, event("rare", {"only": "once"}, seq=99_999))
+    catalogue.observe(burst)
     entries = {e["type"]: e for e in catalogue.snapshot()["types"]}
-    assert entries["bulk"]["count"] == SAMPLE_PER_BATCH * 50
+    assert entries["bulk"]["count"] == size
+    assert entries["bulk"]["schema"]["properties"] == {"n": {"type": "integer"}}
     assert entries["rare"]["count"] == 1
     assert entries["rare"]["schema"]["properties"] == {"only": {"type": "string"}}
+
+
+def test_below_the_shape_rate_every_payload_is_looked_at() -> None:
+    catalogue = Catalogue(Metrics())
+    payloads = [{"n": 1}] * (SHAPES_PER_SECOND - 2) + [{"n": None, "late": [1.5]}]
+    catalogue.observe([event("t", data, seq=n) for n, data in enumerate(payloads)])
+    schema = catalogue.snapshot()["types"][0]["schema"]
+    assert schema["properties"] == {
+        "n": {"type": ["integer", "null"]},
+        "late": {"type": "array", "items": {"type": "number"}},
+    }
 
 
 def test_seed_learns_first_and_last_seen_from_the_stored_events() -> None:

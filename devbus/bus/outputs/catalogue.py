@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import operator
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any
@@ -34,9 +35,10 @@ MAX_SCHEMA_BYTES = 16 * 1024
 MAX_EXAMPLE_BYTES = 4 * 1024
 MAX_SHAPES = 256
 MAX_SOURCES = 16
-# In a batch larger than this, only this many evenly spaced payloads (plus the first of
-# every type) are looked at: a burst of 100,000 events costs a few hundred shape checks.
-SAMPLE_PER_BATCH = 64
+# Taking a payload's shape costs about a microsecond: up to this many a second (and as a
+# burst) every payload is looked at; past it an evenly spaced sample of each batch, plus the
+# first event of every new type, so that 100,000 events a second cost a few milliseconds.
+SHAPES_PER_SECOND = 2000
 # A list's shape is taken from its first and last items only: the shape is a cache key,
 # and every item is still read by genson when the payload is merged.
 LIST_ENDS = 8
@@ -44,7 +46,14 @@ LIST_ENDS = 8
 SEED_PAGE = 1000
 SEED_PAGE_BYTES = 4 * 1024 * 1024
 
-_type_and_source = operator.attrgetter("type", "source")
+_type_of = operator.attrgetter("type")
+_event_of = operator.attrgetter("event")
+
+
+def _same(event: Event) -> Event:
+    return event
+
+
 _encode = msgspec.json.Encoder(order="sorted").encode
 
 
@@ -90,6 +99,8 @@ class Catalogue:
         self._metrics = metrics
         self._max_types = max_types
         self._max_schema_bytes = max_schema_bytes
+        self._tokens = float(SHAPES_PER_SECOND)
+        self._refilled = time.monotonic()
         metrics.watch(metrics.catalogue_types, lambda: len(self._entries))
 
     def __len__(self) -> int:
@@ -98,14 +109,19 @@ class Catalogue:
     def __call__(self, records: Sequence[Record]) -> None:
         """Take one delivered batch of records, as every output does."""
         if records:
-            self.observe([record.event for record in records])
+            self._observe(records, _event_of, every=False)
 
-    def observe(self, events: Sequence[Event]) -> None:
-        """Count ``events`` (one batch, oldest first) and learn the shapes of a sample of them."""
-        timestamp = events[-1].timestamp
+    def observe(self, events: Sequence[Event], *, every: bool = False) -> None:
+        """Count ``events`` (one batch, oldest first) and learn from their payloads (``every`` one, or a sample)."""
+        if events:
+            self._observe(events, _same, every=every)
+
+    def _observe(self, items: Sequence[Any], event_of: Callable[[Any], Event], *, every: bool) -> None:
+        # Only the type is read from every item (a slot of a record): the rest, from the sample.
+        timestamp = event_of(items[-1]).timestamp
         entries = self._entries
         fresh: list[str] = []
-        for (event_type, source), count in Counter(map(_type_and_source, events)).items():
+        for event_type, count in Counter(map(_type_of, items)).items():
             entry = entries.get(event_type)
             if entry is None:
                 if len(entries) >= self._max_types:
@@ -115,17 +131,22 @@ class Catalogue:
                 fresh.append(event_type)
             entry.count += count
             entry.last_seen = timestamp
-            if len(entry.sources) < MAX_SOURCES:
-                entry.sources.add(source)
-        firsts = self._first_of(events, fresh) if fresh else []
+        firsts = [event_of(item) for item in self._first_of(items, fresh)] if fresh else []
         for event in firsts:
             entries[event.type].first_seen = event.timestamp
-        self._learn(events, firsts)
+        allowed = len(items) if every else self._budget(len(items))
+        if allowed == len(items):
+            sample = list(map(event_of, items))
+        elif allowed == 0:
+            sample = firsts
+        else:
+            sample = [*firsts, *map(event_of, items[:: -(-len(items) // allowed)])]
+        self._learn(sample)
 
     def seed(self, events: Iterable[Event]) -> None:
         """Learn from events accepted before this catalogue started (the store's history)."""
         for _, batch in itertools.groupby(events, key=operator.attrgetter("timestamp")):
-            self.observe(list(batch))
+            self.observe(list(batch), every=True)
 
     async def seed_from(self, store: Store) -> None:
         """Learn what ``store`` retained when it opened, page by page, oldest first."""
@@ -155,15 +176,24 @@ class Catalogue:
 
         return seeding
 
-    def _learn(self, events: Sequence[Event], firsts: list[Event]) -> None:
-        if len(events) <= SAMPLE_PER_BATCH:
-            sample: Iterable[Event] = events
-        else:
-            sample = [*firsts, *events[:: len(events) // SAMPLE_PER_BATCH]]
+    def _budget(self, wanted: int) -> int:
+        """How many of ``wanted`` shape checks the rate bound allows now (a token bucket)."""
+        now = time.monotonic()
+        self._tokens = min(float(SHAPES_PER_SECOND), self._tokens + (now - self._refilled) * SHAPES_PER_SECOND)
+        self._refilled = now
+        allowed = min(wanted, int(self._tokens))
+        self._tokens -= allowed
+        return allowed
+
+    def _learn(self, sample: Iterable[Event]) -> None:
         entries = self._entries
         for event in sample:
             entry = entries.get(event.type)
-            if entry is None or not entry.complete:
+            if entry is None:
+                continue
+            if len(entry.sources) < MAX_SOURCES:
+                entry.sources.add(event.source)
+            if not entry.complete:
                 continue
             shape = _shape(event.data)
             if shape in entry.shapes:
@@ -177,7 +207,7 @@ class Catalogue:
                 entry.shapes.add(shape)
 
     @staticmethod
-    def _first_of(events: Sequence[Event], types: list[str]) -> list[Event]:
+    def _first_of(events: Sequence[Any], types: list[str]) -> list[Any]:
         """The first event of each of ``types`` (new in this batch): its first sighting, and its first shape."""
         wanted = set(types)
         found = []
