@@ -128,6 +128,30 @@ export interface Devbus<M extends object = UntypedEvents> {
   /** Retained events, oldest first. */
   history(options?: HistoryOptions): Promise<DevbusEvent[]>;
   health(): Promise<DevbusHealth>;
+  /** The event catalogue (GET /types): what each type seen looks like. */
+  types(): Promise<DevbusCatalogue>;
+  /** A shell command that POSTs this event to the webhook with curl (with the token, if any). */
+  curl(type: string, data?: Record<string, unknown>, options?: { source?: string }): string;
+}
+
+/** One event type in the catalogue. */
+export interface DevbusTypeInfo {
+  type: string;
+  count: number;
+  first_seen: string;
+  last_seen: string;
+  sources: string[];
+  /** One payload seen (null if every one was over the example size bound). */
+  example: Record<string, unknown> | null;
+  /** A JSON Schema of `data`, merged from every payload seen. */
+  schema: Record<string, unknown>;
+  /** False once the schema stopped learning at one of the bus's bounds. */
+  schema_complete: boolean;
+}
+
+export interface DevbusCatalogue {
+  types: DevbusTypeInfo[];
+  limits: Record<string, number>;
 }
 
 export const DEVBUS_GAP: "devbus.gap";
