@@ -33,7 +33,12 @@ __all__ = ["Catalogue"]
 MAX_TYPES = 500
 MAX_SCHEMA_BYTES = 16 * 1024
 MAX_EXAMPLE_BYTES = 4 * 1024
-MAX_SHAPES = 256
+MAX_SHAPES = 128
+# Merging a new shape into a schema costs from 50 µs to a few milliseconds for a large one:
+# merges may take this share of the loop's time (and this many seconds in a burst); a shape
+# not merged for want of time is merged when it is seen again.
+MERGE_CPU_SHARE = 0.05
+MERGE_CPU_BURST_S = 0.25
 MAX_SOURCES = 16
 # Taking a payload's shape costs about a microsecond: up to this many a second (and as a
 # burst) every payload is looked at; past it an evenly spaced sample of each batch, plus the
@@ -55,6 +60,7 @@ def _same(event: Event) -> Event:
 
 
 _encode = msgspec.json.Encoder(order="sorted").encode
+_decode = msgspec.json.decode
 
 
 def _shape(value: Any) -> Any:
@@ -68,20 +74,76 @@ def _shape(value: Any) -> Any:
     return kind
 
 
+def _with_required(node: Any, *, empty: bool = True) -> Any:
+    """``node`` with an empty ``required`` on every object schema that has none (or without any).
+
+    genson reads a schema without ``required`` as "not known yet", so a field once optional
+    would turn required again when a stored schema is read back: it is given one to read,
+    and stored (and shown) without the empty ones.
+    """
+    if isinstance(node, dict):
+        kind = node.get("type")
+        if kind == "object" or (isinstance(kind, list) and "object" in kind):
+            if empty:
+                node.setdefault("required", [])
+            elif node.get("required") == []:
+                del node["required"]
+        for value in node.values():
+            _with_required(value, empty=empty)
+    elif isinstance(node, list):
+        for item in node:
+            _with_required(item, empty=empty)
+    return node
+
+
+class _Rate:
+    """A token bucket: ``per_second`` tokens a second, holding at most ``burst``."""
+
+    __slots__ = ("_burst", "_per_second", "_refilled", "_tokens")
+
+    def __init__(self, per_second: float, *, burst: float) -> None:
+        self._per_second = per_second
+        self._burst = burst
+        self._tokens = burst
+        self._refilled = time.monotonic()
+
+    def _refill(self) -> None:
+        now = time.monotonic()
+        self._tokens = min(self._burst, self._tokens + (now - self._refilled) * self._per_second)
+        self._refilled = now
+
+    def take(self, wanted: int) -> int:
+        """Take up to ``wanted`` whole tokens; return how many were taken."""
+        self._refill()
+        taken = min(wanted, max(0, int(self._tokens)))
+        self._tokens -= taken
+        return taken
+
+    def available(self) -> bool:
+        """Whether any token is left."""
+        self._refill()
+        return self._tokens > 0
+
+    def spend(self, amount: float) -> None:
+        """Take ``amount`` after the fact (the bucket may go below zero and must refill first)."""
+        self._tokens -= amount
+
+
 class _Entry:
     """What the catalogue knows about one event type."""
 
-    __slots__ = ("builder", "complete", "count", "example", "first_seen", "last_seen", "schema", "shapes", "sources")
+    __slots__ = ("complete", "count", "example", "first_seen", "last_seen", "schema", "shapes", "sources")
 
     def __init__(self, timestamp: str) -> None:
         self.count = 0
         self.first_seen = timestamp
         self.last_seen = timestamp
         self.sources: set[str] = set()
-        self.builder = SchemaBuilder(schema_uri=None)
-        self.schema: dict[str, Any] = {}
-        self.shapes: set[Any] = set()
-        self.example: dict[str, Any] | None = None
+        # Kept encoded: a schema as Python objects (or as genson's builder) takes ten to
+        # twenty times the memory of its JSON.
+        self.schema = b"{}"
+        self.shapes: set[int] = set()  # hashes of the shapes merged so far
+        self.example = b"null"
         self.complete = True  # False once the schema stopped learning (a bound was reached)
 
 
@@ -99,8 +161,8 @@ class Catalogue:
         self._metrics = metrics
         self._max_types = max_types
         self._max_schema_bytes = max_schema_bytes
-        self._tokens = float(SHAPES_PER_SECOND)
-        self._refilled = time.monotonic()
+        self._shapes = _Rate(SHAPES_PER_SECOND, burst=SHAPES_PER_SECOND)
+        self._merge_time = _Rate(MERGE_CPU_SHARE, burst=MERGE_CPU_BURST_S)
         metrics.watch(metrics.catalogue_types, lambda: len(self._entries))
 
     def __len__(self) -> int:
@@ -134,7 +196,7 @@ class Catalogue:
         firsts = [event_of(item) for item in self._first_of(items, fresh)] if fresh else []
         for event in firsts:
             entries[event.type].first_seen = event.timestamp
-        allowed = len(items) if every else self._budget(len(items))
+        allowed = len(items) if every else self._shapes.take(len(items))
         if allowed == len(items):
             sample = list(map(event_of, items))
         elif allowed == 0:
@@ -176,15 +238,6 @@ class Catalogue:
 
         return seeding
 
-    def _budget(self, wanted: int) -> int:
-        """How many of ``wanted`` shape checks the rate bound allows now (a token bucket)."""
-        now = time.monotonic()
-        self._tokens = min(float(SHAPES_PER_SECOND), self._tokens + (now - self._refilled) * SHAPES_PER_SECOND)
-        self._refilled = now
-        allowed = min(wanted, int(self._tokens))
-        self._tokens -= allowed
-        return allowed
-
     def _learn(self, sample: Iterable[Event]) -> None:
         entries = self._entries
         for event in sample:
@@ -195,10 +248,14 @@ class Catalogue:
                 entry.sources.add(event.source)
             if not entry.complete:
                 continue
-            shape = _shape(event.data)
+            shape = hash(_shape(event.data))
             if shape in entry.shapes:
                 continue
+            if not self._merge_time.available():
+                continue  # not remembered: merged when it is seen again
+            started = time.perf_counter()
             self._merge(entry, event.data)
+            self._merge_time.spend(time.perf_counter() - started)
             if len(entry.shapes) >= MAX_SHAPES:
                 # So many shapes is a map keyed by ids or the like: stop learning it.
                 entry.complete = False
@@ -220,19 +277,20 @@ class Catalogue:
         return found
 
     def _merge(self, entry: _Entry, data: dict[str, Any]) -> None:
-        entry.builder.add_object(data)
-        schema = entry.builder.to_schema()
-        if len(_encode(schema)) > self._max_schema_bytes:
+        builder = SchemaBuilder(schema_uri=None)
+        builder.add_schema(_with_required(_decode(entry.schema)))
+        builder.add_object(data)
+        schema = _encode(_with_required(builder.to_schema(), empty=False))
+        if len(schema) > self._max_schema_bytes:
             # Keep the last schema that fitted, and stop learning this type.
-            entry.builder = SchemaBuilder(schema_uri=None)
-            entry.builder.add_schema(entry.schema)
             entry.complete = False
             entry.shapes.clear()
             self._metrics.catalogue_skipped.labels("schema").inc()
             return
         entry.schema = schema
-        if len(_encode(data)) <= MAX_EXAMPLE_BYTES:
-            entry.example = data
+        example = _encode(data)
+        if len(example) <= MAX_EXAMPLE_BYTES:
+            entry.example = example
 
     def snapshot(self) -> dict[str, Any]:
         """Everything known, sorted by type, as JSON-ready values."""
@@ -246,8 +304,8 @@ class Catalogue:
                     "first_seen": entry.first_seen,
                     "last_seen": entry.last_seen,
                     "sources": sorted(entry.sources),
-                    "example": entry.example,
-                    "schema": entry.schema,
+                    "example": _decode(entry.example),
+                    "schema": _decode(entry.schema),
                     "schema_complete": entry.complete,
                 }
             )
