@@ -95,6 +95,13 @@ def _url_default(part: str) -> str | int:
 )
 @click.option("--insecure", envvar="DEVBUS_INSECURE", is_flag=True, help="Allow a non-loopback bind without a token.")
 @click.option(
+    "--store",
+    envvar="DEVBUS_STORE",
+    default=DEFAULTS.store,
+    show_default=True,
+    help="Where events are kept: memory, sqlite:PATH (kept across restarts) or redis://host:port/db.",
+)
+@click.option(
     "--history",
     envvar="DEVBUS_HISTORY",
     type=click.IntRange(1, 10_000_000),

@@ -7,6 +7,7 @@ import logging
 from collections.abc import Sequence
 
 from devbus.bus.metrics import Metrics
+from devbus.bus.outputs.backlog import Backlog
 from devbus.bus.outputs.sse_buffer import Outlet
 from devbus.bus.store.base import Record
 from devbus.envelope import sse_frame
@@ -50,16 +51,13 @@ class Fanout:
         self._by_type: dict[str, list[_Group]] = {}
         self._unflushed: dict[_Group, None] = {}
         self._anchoring: list[Outlet] = []
+        self.backlog = Backlog()
         metrics.watch(metrics.subscribers, lambda: len(self._outlets))
 
     @property
     def subscribers(self) -> int:
         """Open SSE connections (evicted ones count until their handler has ended)."""
         return len(self._outlets)
-
-    def unsent(self) -> int:
-        """Bytes subscribers have not taken yet, all together (a burst source may wait on it)."""
-        return sum(outlet.unsent for group in self._groups.values() for outlet in group.outlets)
 
     def reach(self, record: Record) -> int:
         """How many subscribers ``record`` was queued for (or, not delivered yet, would be now)."""
@@ -74,7 +72,7 @@ class Fanout:
                 f"The bus already has {len(self._outlets)} subscribers (--max-subscribers); "
                 "close some streams or raise the limit"
             )
-        outlet = Outlet(type_filter, named=named, limit=self._buffer, on_evict=self.evict)
+        outlet = Outlet(type_filter, named=named, limit=self._buffer, on_evict=self.evict, backlog=self.backlog)
         self._outlets[outlet] = None
         return outlet
 
@@ -111,10 +109,10 @@ class Fanout:
         outlet.close()
         self._outlets.pop(outlet, None)
 
-    def evict(self, outlet: Outlet) -> None:
+    def evict(self, outlet: Outlet, *, why: str = "") -> None:
         """Drop a subscriber that fell behind: its connection is closed now and its buffer freed."""
         outlet.evicted = True
-        log.warning("evicted a subscriber that fell %d bytes behind", self._buffer)
+        log.warning("evicted a subscriber that %s", why or f"fell {self._buffer} bytes behind")
         self.metrics.evictions.inc()
         self._leave(outlet)
         # Close the connection now: the peer is not reading, so waiting for its
@@ -164,8 +162,14 @@ class Fanout:
             return
         if not self._unflushed:
             self._schedule_flush()
+        whole = None  # every record, unnamed: the same chunk for every group that matched them all
         for group, frames in chunks.items():
-            chunk = frames[0] if len(frames) == 1 else b"".join(frames)
+            if len(frames) == 1:
+                chunk = frames[0]
+            elif len(frames) == len(records) and not group.named:
+                chunk = whole = whole or b"".join(frames)
+            else:
+                chunk = b"".join(frames)
             # Pushing may evict an outlet, which leaves the group: iterate over a copy.
             for outlet in list(group.outlets):
                 outlet.push(chunk)

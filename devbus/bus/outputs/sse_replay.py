@@ -11,13 +11,13 @@ from devbus.bus.outputs.sse_buffer import Outlet
 from devbus.bus.store.base import Record
 from devbus.envelope import Event, encode_json, sse_frame
 
-__all__ = ["GAP", "PAGE_BYTES", "PAGE_EVENTS", "REPLAY_STALL", "Replay", "gap_event"]
+__all__ = ["GAP", "PAGE_BYTES", "PAGE_EVENTS", "REPLAY_STALL", "Replay", "gap_event", "write_or_stall"]
 
 GAP = "devbus.gap"
 
 # One page of a replay: what a resuming connection holds beyond its buffer.
 PAGE_EVENTS = 1000
-PAGE_BYTES = 256 * 1024
+PAGE_BYTES = 64 * 1024
 
 # A replaying client whose socket takes nothing of a page for this long is
 # evicted: its buffers would otherwise be held for as long as it stays connected.
@@ -84,6 +84,8 @@ class Replay:
                 await self._write(self._frames(page))
             if done:
                 return
+            # A page per loop turn at most: a long replay must not hold up every other client.
+            await asyncio.sleep(0)
 
     def _frames(self, page: list[Record]) -> bytes:
         outlet = self._outlet
@@ -95,10 +97,15 @@ class Replay:
         return b"".join(frames)
 
     async def _write(self, chunk: bytes) -> None:
-        if not chunk:
-            return
-        try:
-            async with asyncio.timeout(REPLAY_STALL):
-                await self._response.write(chunk)
-        except TimeoutError:
-            self._fanout.evict(self._outlet)
+        if chunk and not await write_or_stall(self._response, chunk):
+            self._fanout.evict(self._outlet, why=f"took nothing of its replay for {REPLAY_STALL:g} s")
+
+
+async def write_or_stall(response: web.StreamResponse, chunk: bytes) -> bool:
+    """Write ``chunk`` and wait for the socket to take it; False if it took nothing for REPLAY_STALL seconds."""
+    try:
+        async with asyncio.timeout(REPLAY_STALL):
+            await response.write(chunk)
+    except TimeoutError:
+        return False
+    return True
