@@ -194,6 +194,26 @@ async def history(client: TestClient[Any, Any], *, count: int, token: str | None
     return events
 
 
+def require_file(path: Path, message: str) -> None:
+    """Skip the test without ``path``, except in CI (CI=true), where it is a failure."""
+    import pytest
+
+    if path.exists():
+        return
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def assert_agent_types(typescript: str) -> None:
+    """Check `devbus types --ts` output for the types scripts/bulk_create_agents.py sends."""
+    fields = "  bulk: boolean;\n  created_at: string;\n  id: string;\n  name: string;\n"
+    assert "export interface AgentCreatedData {\n" + fields + "}" in typescript
+    assert "export interface AgentsBulkCreatedData {\n  agent_ids: string[];\n  count: number;\n}" in typescript
+    assert '  | DevbusEventOf<"agent.created">\n  | DevbusEventOf<"agents.bulk_created">' in typescript
+    assert '"agents.bulk_created": AgentsBulkCreatedData;' in typescript
+
+
 def devbus_cli(bus: BusProcess, *args: str, stdin: str | None = None) -> Any:
     """Run a `devbus` client command against ``bus`` in this process; return click's Result."""
     from click.testing import CliRunner

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -77,13 +78,14 @@ def test_replay_keeps_relative_timing_scaled_by_speed(bus: BusProcess, tmp_path:
         envelope("t.c", {}, "2026-01-01T00:00:02.000000Z", seq=3),
     ]
     recording.write_text("\n".join(lines) + "\n")
+    started = time.monotonic()
     assert devbus_cli(bus, "replay", str(recording), "--speed", "4").exit_code == 0
+    assert time.monotonic() - started >= 2.0 / 4  # two seconds at four times the speed
     assert devbus_cli(bus, "replay", str(recording), "--no-wait").exit_code == 0
     events = history(bus)
     stamps = [datetime.fromisoformat(e["timestamp"]).timestamp() for e in events]
     assert [e["type"] for e in events] == ["t.a", "t.b", "t.c"] * 2
-    assert stamps[0] == stamps[1]
-    assert stamps[2] - stamps[1] >= 2.0 / 4 * 0.95  # two seconds at four times the speed
+    assert stamps[0] == stamps[1] < stamps[2]  # accepted together, as recorded; then later
     assert stamps[3] == stamps[4] == stamps[5]  # --no-wait: one batch
 
 

@@ -54,7 +54,7 @@ def record(
                 raise DevbusError(f"The bus at {config.url} closed the stream; recorded {written} events to {file}")
     except KeyboardInterrupt:
         pass
-    click.echo(f"recorded {written} events to {file}", err=True)
+    click.echo(f"recorded {written} event{'' if written == 1 else 's'} to {file}", err=True)
 
 
 def _events(path: Path) -> Iterator[Recorded | BadLine]:
