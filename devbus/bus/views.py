@@ -37,7 +37,7 @@ async def health(request: web.Request) -> web.Response:
 
 async def types(request: web.Request) -> web.Response:
     """Describe every event type seen: counts, sources, an example and an inferred JSON Schema."""
-    return web.json_response(request.app[CATALOGUE].snapshot())
+    return web.Response(body=request.app[CATALOGUE].to_json(), content_type="application/json")
 
 
 async def metrics(request: web.Request) -> web.Response:

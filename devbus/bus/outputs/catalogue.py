@@ -61,6 +61,7 @@ def _same(event: Event) -> Event:
 
 _encode = msgspec.json.Encoder(order="sorted").encode
 _decode = msgspec.json.decode
+_encode_plain = msgspec.json.Encoder().encode  # keeps the order given: "type" first
 
 
 def _shape(value: Any) -> Any:
@@ -293,7 +294,13 @@ class Catalogue:
             entry.example = example
 
     def snapshot(self) -> dict[str, Any]:
-        """Everything known, sorted by type, as JSON-ready values."""
+        """Everything known, sorted by type, as JSON values."""
+        answer: dict[str, Any] = _decode(self.to_json())
+        return answer
+
+    def to_json(self) -> bytes:
+        """Everything known, sorted by type, as the JSON that GET /types answers."""
+        # Schemas and examples are stored encoded and spliced in as they are.
         types = []
         for name in sorted(self._entries):
             entry = self._entries[name]
@@ -304,18 +311,20 @@ class Catalogue:
                     "first_seen": entry.first_seen,
                     "last_seen": entry.last_seen,
                     "sources": sorted(entry.sources),
-                    "example": _decode(entry.example),
-                    "schema": _decode(entry.schema),
+                    "example": msgspec.Raw(entry.example),
+                    "schema": msgspec.Raw(entry.schema),
                     "schema_complete": entry.complete,
                 }
             )
-        return {
-            "types": types,
-            "limits": {
-                "types": self._max_types,
-                "schema_bytes": self._max_schema_bytes,
-                "example_bytes": MAX_EXAMPLE_BYTES,
-                "shapes": MAX_SHAPES,
-                "sources": MAX_SOURCES,
-            },
-        }
+        return _encode_plain(
+            {
+                "types": types,
+                "limits": {
+                    "types": self._max_types,
+                    "schema_bytes": self._max_schema_bytes,
+                    "example_bytes": MAX_EXAMPLE_BYTES,
+                    "shapes": MAX_SHAPES,
+                    "sources": MAX_SOURCES,
+                },
+            }
+        )
