@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
 import subprocess
 import sys
 import threading
+import time
+import urllib.parse
+import urllib.request
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,12 +40,16 @@ class SSEReader:
     async def frame(self, *, within: float = WAIT) -> bytes:
         """Return the next frame (without its blank-line terminator), heartbeats included."""
         async with asyncio.timeout(within):
-            while b"\n\n" not in self._buffer:
+            while (not self._buffer.startswith(b":") and b"\n\n" not in self._buffer) or b"\n" not in self._buffer:
                 chunk = await self.response.content.readany()
                 if not chunk:
                     raise EOFError("stream ended")
                 self.raw += chunk
                 self._buffer += chunk
+        if self._buffer.startswith(b":"):
+            # A heartbeat is one comment line, with no blank line after it.
+            comment, _, self._buffer = self._buffer.partition(b"\n")
+            return comment
         frame, _, self._buffer = self._buffer.partition(b"\n\n")
         return frame
 
@@ -120,6 +128,26 @@ class BusProcess:
         return self.proc.wait(timeout=timeout)
 
 
+def fetch_history(bus: BusProcess, *, types: str = "", limit: int = 10_000) -> list[dict[str, Any]]:
+    """The events a real bus retains, oldest first."""
+    query = urllib.parse.urlencode({"limit": limit, **({"types": types} if types else {})})
+    with urllib.request.urlopen(f"{bus.url}/api/dev/history?{query}", timeout=WAIT) as reply:
+        events: list[dict[str, Any]] = json.load(reply)["events"]
+        return events
+
+
+def wait_for_history(bus: BusProcess, count: int, *, types: str = "", within: float = WAIT) -> list[dict[str, Any]]:
+    """Wait until a real bus retains ``count`` events (of ``types``), then return them.
+
+    What a sender hands to ZeroMQ reaches the bus a moment later, more so on a busy machine.
+    """
+    deadline = time.monotonic() + within
+    while len(events := fetch_history(bus, types=types, limit=max(count, 10_000))) < count:
+        assert time.monotonic() < deadline, f"the bus has {len(events)} of {count} events"
+        time.sleep(0.02)
+    return events
+
+
 def bus_env(**extra: str) -> dict[str, str]:
     """The environment for a child process that should import this checkout."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("DEVBUS_")}
@@ -158,12 +186,31 @@ def start_bus(*args: str, env: dict[str, str] | None = None) -> BusProcess:
 
 
 async def connect_sender(context: zmq.asyncio.Context, endpoint: str) -> zmq.asyncio.Socket:
-    """A raw XPUB connected to the ingest, returned once the bus has subscribed."""
+    """A raw XPUB connected to the ingest, returned once the bus has subscribed.
+
+    XPUB_NODROP, as the Publisher sets it: at the high-water mark a send waits instead of
+    dropping, which a loaded machine reaches (a burst test lost events without it).
+    """
     sender = context.socket(zmq.XPUB)
+    sender.setsockopt(zmq.XPUB_NODROP, 1)
     sender.connect(endpoint)
     async with asyncio.timeout(WAIT):
         assert await sender.recv() == b"\x01"
     return sender
+
+
+async def send_waiting(sender: zmq.asyncio.Socket, frames: list[bytes]) -> None:
+    """Send one message; at the high-water mark wait for room and retry, as the Publisher does.
+
+    With XPUB_NODROP a full queue refuses the send (EAGAIN), and pyzmq's asyncio send does
+    not wait for room: an XPUB always reports POLLOUT.
+    """
+    while True:
+        try:
+            await sender.send_multipart(frames, copy=False)
+            return
+        except zmq.Again:
+            await asyncio.sleep(0.001)
 
 
 async def wait_for_total(client: TestClient[Any, Any], count: int, *, within: float = WAIT) -> None:

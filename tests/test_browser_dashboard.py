@@ -172,6 +172,23 @@ def test_dom_stays_bounded_with_ten_thousand_events(page: Page, shared_bus: BusP
     expect(page.locator("#count-subscribers")).to_have_text(re.compile(r"^[1-9]"))
 
 
+def test_events_per_second_does_not_count_the_history_loaded_at_open(
+    page: Page, bus_process: Callable[..., BusProcess]
+) -> None:
+    """The 200 events of history read as 200 events/s for the first second."""
+    bus = bus_process("--quiet")
+    events = [{"event_type": "old.tick", "data": {"n": n}} for n in range(200)]
+    assert post_json(f"{bus.url}/api/dev/batch", {"events": events})["success"]
+    open_dashboard(page, bus.url)
+    expect(rows(page, "old.tick")).to_have_count(200)
+    emit(bus, "live.tick")
+    expect(rows(page, "live.tick")).to_have_count(1)
+    expect(page.locator("#count-rate")).not_to_have_text("0")
+    # One live event, averaged over one to five seconds.
+    assert float(page.locator("#count-rate").inner_text()) <= 1
+    assert count(page, "#count-seen") == 201
+
+
 def test_dashboard_passes_its_token_on(page: Page, bus_process: Callable[..., BusProcess]) -> None:
     bus = bus_process("--token", "dash-token")
     open_dashboard(page, f"{bus.url}/?token=dash-token")

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import socket
 import sqlite3
 import subprocess
 import sys
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from browser_fixtures import PageServer
 from playwright.sync_api import Page
-from support import ROOT, WAIT, BusProcess, bus_env
+from support import ROOT, BusProcess, bus_env, wait_for_history
 
 SCRIPT = ROOT / "scripts" / "bulk_create_agents.py"
 
@@ -41,8 +39,7 @@ def test_creates_records_and_announces_each_then_the_batch(
     with sqlite3.connect(db) as connection:
         rows = connection.execute("SELECT id, name FROM agents ORDER BY rowid").fetchall()
     assert len(rows) == 5
-    with urllib.request.urlopen(f"{bus.url}/api/dev/history", timeout=WAIT) as reply:
-        events = json.load(reply)["events"]
+    events = wait_for_history(bus, 6)
     created, summary = events[:5], events[5]
     assert [(e["data"]["id"], e["data"]["name"]) for e in created] == rows
     assert all(e["type"] == "agent.created" and e["data"]["bulk"] is True for e in created)

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from support import ROOT, WAIT, BusFactory, BusProcess, bus_env, history
+from support import ROOT, WAIT, BusFactory, BusProcess, bus_env, fetch_history, history
 
 import devbus
 from devbus.bus.keys import ENDPOINTS
@@ -39,19 +39,72 @@ def test_all_is_sorted_and_complete() -> None:
         assert name in devbus.__all__
 
 
-def test_no_bus_raises_bus_unavailable_naming_the_address() -> None:
+def test_waiting_for_a_bus_that_is_not_there_raises_bus_unavailable_naming_the_address() -> None:
     endpoint = free_endpoint()
     started = time.monotonic()
-    with pytest.raises(devbus.BusUnavailable, match=endpoint.replace(".", r"\.")):
-        devbus.Publisher(ingest=endpoint, timeout=0.3)
+    with (
+        devbus.Publisher(ingest=endpoint, timeout=0.3) as publisher,
+        pytest.raises(devbus.BusUnavailable, match=endpoint.replace(".", r"\.")),
+    ):
+        publisher.wait_for_bus()
     assert time.monotonic() - started < WAIT
 
 
-async def test_async_publisher_no_bus_raises_bus_unavailable() -> None:
+async def test_async_publisher_waiting_for_no_bus_raises_bus_unavailable() -> None:
+    async with devbus.AsyncPublisher(ingest=free_endpoint(), timeout=0.3) as publisher:
+        with pytest.raises(devbus.BusUnavailable, match="No devbus at"):
+            await publisher.wait_for_bus()
+
+
+def test_without_a_bus_emit_neither_blocks_nor_raises_and_a_later_bus_gets_every_event_in_order(
+    bus_process: Callable[..., BusProcess], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A backend started before its bus: emit used to wait 5 s and raise BusUnavailable."""
     endpoint = free_endpoint()
-    with pytest.raises(devbus.BusUnavailable, match="No devbus at"):
-        async with devbus.AsyncPublisher(ingest=endpoint, timeout=0.3):
-            pass
+    with devbus.Publisher(ingest=endpoint) as publisher:
+        started = time.perf_counter()
+        for n in range(1000):
+            publisher.emit("early.event", {"n": n})
+        per_emit = (time.perf_counter() - started) / 1000
+        wait_until(lambda: "is not reachable" in caplog.text)
+        bus = bus_process("--quiet", "--ingest", endpoint)
+        wait_until(lambda: len(bus_history(bus, "early.*")) == 1000)
+        assert publisher.connected and publisher.dropped == 0
+    assert [e["data"]["n"] for e in bus_history(bus, "early.*")] == list(range(1000))
+    # Microseconds, not a connection attempt: a generous bound for a loaded machine.
+    assert per_emit < 0.002, f"{per_emit * 1e6:.0f} µs per emit"
+    assert caplog.text.count("is not reachable") == 1
+
+
+def test_a_script_without_a_bus_exits_at_once_and_says_in_one_line_what_it_could_not_deliver() -> None:
+    endpoint = free_endpoint()
+    started = time.monotonic()
+    script = subprocess.run(
+        [sys.executable, "-c", "import devbus; devbus.emit('a.one'); devbus.emit('a.two', {'n': 2})"],
+        env=bus_env(DEVBUS_INGEST=endpoint),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    elapsed = time.monotonic() - started
+    assert script.returncode == 0
+    assert script.stderr.strip().splitlines() == [
+        f"2 events not delivered: no devbus at {endpoint}; start one with `devbus run`, or point DEVBUS_INGEST at it"
+    ]
+    assert elapsed < WAIT / 2
+
+
+async def test_an_async_publisher_started_without_a_bus_delivers_once_one_runs(
+    bus_process: Callable[..., BusProcess],
+) -> None:
+    endpoint = free_endpoint()
+    async with devbus.AsyncPublisher(ingest=endpoint) as publisher:
+        for n in range(100):
+            await publisher.emit("later.event", {"n": n})
+        bus = await asyncio.to_thread(bus_process, "--quiet", "--ingest", endpoint)
+        await publisher.wait_for_bus()
+    assert [e["data"]["n"] for e in await asyncio.to_thread(bus_history, bus, "later.*")] == list(range(100))
 
 
 def test_emit_refuses_an_invalid_event_before_sending() -> None:
@@ -69,7 +122,7 @@ async def test_publisher_delivers_type_data_and_source(make_bus: BusFactory) -> 
             publisher.emit("agent.deleted", {"id": 1}, source="worker")
             publisher.emit("agent.pinged")
 
-    # The sync publisher blocks while it waits for the bus, so it runs beside the loop.
+    # The sync publisher's close waits for delivery, so it runs beside the loop.
     await asyncio.to_thread(send)
     events = await history(client, count=3)
     assert [(e["type"], e["data"], e["source"]) for e in events] == [
@@ -152,15 +205,14 @@ def wait_until(condition: Callable[[], bool], *, within: float = WAIT) -> None:
 
 
 def bus_history(bus: BusProcess, types: str) -> list[dict[str, Any]]:
-    with urllib.request.urlopen(f"{bus.url}/api/dev/history?limit=10000&types={types}", timeout=WAIT) as reply:
-        events: list[dict[str, Any]] = json.load(reply)["events"]
-        return events
+    return fetch_history(bus, types=types)
 
 
 def test_a_live_publisher_holds_events_while_the_bus_restarts(bus_process: Callable[..., BusProcess]) -> None:
     first = bus_process("--quiet")
     ingest = first.endpoints["ingest"]
     with devbus.Publisher(ingest=ingest) as publisher:
+        publisher.wait_for_bus()
         publisher.emit("restart.before")
         wait_until(lambda: len(bus_history(first, "restart.*")) == 1)
         assert first.stop() == 0
@@ -183,12 +235,13 @@ def test_what_overflows_the_hold_while_the_bus_is_away_is_counted_and_logged(
     first = bus_process("--quiet")
     ingest = first.endpoints["ingest"]
     with devbus.Publisher(ingest=ingest, hold=50) as publisher:
+        publisher.wait_for_bus()
         assert first.stop() == 0
         wait_until(lambda: not publisher.connected)
         for n in range(200):
             publisher.emit("hold.gap", {"n": n})
         assert publisher.dropped > 0
-        assert "dropping new events until it is back" in caplog.text
+        wait_until(lambda: "then dropping new ones" in caplog.text)
         second = bus_process("--quiet", "--ingest", ingest)
         wait_until(lambda: publisher.connected)
         publisher.emit("hold.after")

@@ -176,3 +176,15 @@ async def test_foreign_origin_is_refused_before_any_work(bus: Client) -> None:
     assert "--allow-origin" in (await response.json())["error"]
     assert (await bus.get("/api/dev/events", headers={"Origin": "http://evil.com"})).status == 403
     assert (await (await bus.get("/api/dev/health")).json())["events"] == 0
+
+
+async def test_unknown_paths_and_methods_answer_json_like_every_other_error(bus: Client) -> None:
+    missing = await bus.get("/api/dev/nope")
+    assert missing.status == 404
+    assert missing.content_type == "application/json"
+    assert (await missing.json())["success"] is False
+    assert "/api/dev/webhook" in (await missing.json())["error"]
+    wrong_method = await bus.get("/api/dev/webhook")
+    assert wrong_method.status == 405
+    assert wrong_method.headers["Allow"] == "POST"
+    assert await wrong_method.json() == {"success": False, "error": "GET is not allowed on /api/dev/webhook; use POST"}

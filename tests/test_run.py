@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -10,7 +12,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from support import BusProcess
+from support import ROOT, BusProcess, bus_env
 
 from devbus.cli import main
 
@@ -42,22 +44,30 @@ def test_run_serves_posts_streams_and_stops_on_sigterm(bus_process: Callable[...
 
 
 def test_run_reads_environment_variables(bus_process: Callable[..., BusProcess]) -> None:
-    from support import bus_env
-
-    bus = bus_process(env=bus_env(DEVBUS_PREFIX="/bus", DEVBUS_QUIET="1"))
+    bus = bus_process(env=bus_env(DEVBUS_PREFIX="/bus", DEVBUS_QUIET="1", DEVBUS_RETRY="250"))
     assert post(f"{bus.url}/bus/trigger", {"event_type": "x"})["success"] is True
+    with urllib.request.urlopen(f"{bus.url}/bus/events", timeout=10) as stream:
+        assert stream.readline() == b"retry: 250\n"
     assert bus.stop(timeout=5) == 0
     assert not any("→" in line for line in bus.lines)
 
 
-def test_run_refuses_a_public_bind_without_token(bus_process: Callable[..., BusProcess]) -> None:
-    import subprocess
-    import sys
-
-    from support import ROOT, bus_env
-
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--prefix", "api/dev"], "--prefix 'api/dev' must start with '/': write /api/dev"),
+        (["--port", "70000"], "70000 is not in the range 0<=x<=65535"),
+        (["--ingest", "9101"], "--ingest '9101' is not a ZeroMQ endpoint: write tcp://127.0.0.1:9101"),
+        (
+            ["--egress", "127.0.0.1:9102"],
+            "--egress '127.0.0.1:9102' is not a ZeroMQ endpoint: write tcp://127.0.0.1:9102",
+        ),
+    ],
+    ids=["prefix-without-slash", "port-out-of-range", "ingest-without-tcp", "egress-without-tcp"],
+)
+def test_run_refuses_a_malformed_option_before_binding_in_one_line(args: list[str], message: str) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "devbus", "run", "--host", "0.0.0.0", "--port", "0"],
+        [sys.executable, "-m", "devbus", "run", "--port", "0", *args],
         capture_output=True,
         text=True,
         env=bus_env(),
@@ -65,8 +75,43 @@ def test_run_refuses_a_public_bind_without_token(bus_process: Callable[..., BusP
         timeout=30,
     )
     assert result.returncode != 0
-    assert "--token" in result.stderr
-    assert "Traceback" not in result.stderr
+    assert message in result.stderr
+    assert result.stdout == "" and "Traceback" not in result.stderr
+
+
+def test_a_second_run_says_a_devbus_is_already_running_and_names_every_conflict(
+    bus_process: Callable[..., BusProcess],
+) -> None:
+    first = bus_process("--quiet")
+    port = first.url.rsplit(":", 1)[1]
+    same = ["--port", port, "--ingest", first.endpoints["ingest"], "--egress", first.endpoints["egress"]]
+    second = subprocess.run(
+        [sys.executable, "-m", "devbus", "run", *same],
+        capture_output=True,
+        text=True,
+        env=bus_env(),
+        cwd=ROOT,
+        timeout=30,
+    )
+    assert second.returncode == 1
+    [line] = second.stderr.strip().splitlines()
+    assert line.startswith(f"Error: a devbus is already running at {first.url} (devbus ")
+    for address in (f"HTTP 127.0.0.1:{port}", f"ingest {first.endpoints['ingest']}", first.endpoints["egress"]):
+        assert address in line
+    assert "--port 0 --ingest 'tcp://127.0.0.1:*' --egress 'tcp://127.0.0.1:*'" in line
+
+
+def test_the_banner_shows_forward_targets_without_secrets_and_columns_stay_aligned(
+    bus_process: Callable[..., BusProcess],
+) -> None:
+    bus = bus_process("--forward", "http://user:pw@127.0.0.1:9/hook?token=s3cret", "--forward-types", "agent.*")
+    assert bus.wait_for_line(r"^  forward +(.*)$").group(1) == "http://127.0.0.1:9/hook?…  (types: agent.*)"
+    for source in ("a-much-longer-source", "http", "seed"):
+        post(f"{bus.url}/api/dev/trigger", {"event_type": "col.check", "source": source})
+    lines = [bus.wait_for_line(rf"col\.check\s+{source} .*→").group(0) for source in ("http", "seed")]
+    columns = [line.index("→") for line in lines]
+    assert columns[0] == columns[1]
+    assert not any("s3cret" in line or "pw@" in line for line in bus.lines)
 
 
 @pytest.mark.parametrize(

@@ -161,3 +161,17 @@ def test_missing_path_is_refused(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["watch", str(tmp_path / "missing")])
     assert result.exit_code == 2
     assert "missing" in result.stderr and "does not exist" in result.stderr
+
+
+async def test_a_burst_interrupted_at_once_is_still_sent(watched_bus: Any, watchers: Any, tmp_path: Path) -> None:
+    """Ctrl-C right after a 500-file burst sent none of it once in three tries."""
+    _, events, env = watched_bus
+    (tmp_path / "burst").mkdir()
+    watcher = watchers(str(tmp_path), "--quiet", env=env)
+    names = [f"burst/file{i:03d}.tsx" for i in range(500)]
+    for name in names:
+        (tmp_path / name).write_text("x")
+    watcher.proc.send_signal(signal.SIGINT)
+    assert watcher.proc.wait(timeout=WAIT) == 0
+    received = await events.next(500)
+    assert sorted(e["file"] for e in received) == names

@@ -21,6 +21,7 @@ from devbus.bus.outputs.sse import stream_events
 from devbus.bus.outputs.sse_fanout import Fanout
 from devbus.bus.settings import Settings
 from devbus.bus.store import create_store
+from devbus.bus.unrouted import unrouted_as_json
 from devbus.typefilter import TypeFilter, parse_patterns
 
 __all__ = ["create_app"]
@@ -44,7 +45,7 @@ async def _store(app: web.Application) -> AsyncIterator[None]:
 def create_app(settings: Settings | None = None) -> web.Application:
     """Build the bus: dispatcher, routes, guards and background services."""
     settings = settings or Settings()
-    app = web.Application(middlewares=[guard], client_max_size=settings.max_body)
+    app = web.Application(middlewares=[guard, unrouted_as_json], client_max_size=settings.max_body)
     metrics = Metrics()
     app[SETTINGS] = settings
     app[METRICS] = metrics

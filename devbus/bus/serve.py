@@ -19,6 +19,7 @@ from devbus.bus.app import create_app
 from devbus.bus.guard import check_allowlists, is_loopback_host
 from devbus.bus.keys import DISPATCHER, ENDPOINTS
 from devbus.bus.outputs.console import EventPrinter
+from devbus.bus.preflight import check_addresses_free, check_options
 from devbus.bus.settings import Settings
 from devbus.errors import ConfigError
 from devbus.logs import REDACTED
@@ -114,6 +115,15 @@ def _raise_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else 65536, hard))
 
 
+def _without_secrets(url: str) -> str:
+    """A forward target as the banner shows it: no user, password or query (they may hold a token)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}" + ("?…" if parts.query else "")
+
+
 def _banner(settings: Settings, port: int, app: web.Application) -> str:
     base = f"http://{settings.host if ':' not in settings.host else f'[{settings.host}]'}:{port}"
     rows = [
@@ -123,6 +133,8 @@ def _banner(settings: Settings, port: int, app: web.Application) -> str:
     ]
     for name, endpoint in app[ENDPOINTS].items():
         rows.append((name, endpoint))
+    types = f"  (types: {', '.join(settings.forward_types)})" if settings.forward_types else ""
+    rows += [("forward", _without_secrets(target) + types) for target in settings.forward]
     lines = [f"devbus {__version__} on {base}"]
     lines += [f"  {name:<10} {where}" for name, where in rows]
     if settings.token:
@@ -137,8 +149,10 @@ def _banner(settings: Settings, port: int, app: web.Application) -> str:
 async def serve(settings: Settings, *, quiet: bool = False, write: Callable[[str], None] | None = None) -> None:
     """Run the bus until a stop signal, then close every stream and return."""
     out = write or (lambda line: print(line, flush=True))
+    check_options(settings)
     check_exposure(settings)
     check_allowlists(settings)
+    check_addresses_free(settings)
     _raise_fd_limit()
     _tune_gc()
     app = create_app(settings)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
+import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -37,20 +39,7 @@ def _client_options(function: F) -> F:
     return function
 
 
-def _read_data(value: str | None) -> dict[str, Any]:
-    """Parse DATA: JSON object text, `-` for stdin, or `@file`."""
-    if value is None:
-        return {}
-    where = "DATA"
-    if value == "-":
-        text, where = sys.stdin.read(), "stdin"
-    elif value.startswith("@"):
-        try:
-            text, where = Path(value[1:]).read_text(), value[1:]
-        except OSError as exc:
-            raise click.BadParameter(f"cannot read {value[1:]!r}: {exc.strerror}", param_hint="DATA") from exc
-    else:
-        text = value
+def _parse_object(text: str, where: str) -> dict[str, Any]:
     try:
         data = json.loads(text)
     except ValueError as exc:
@@ -58,6 +47,44 @@ def _read_data(value: str | None) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise click.BadParameter(f"{where} must be a JSON object such as '{{\"id\": 1}}'", param_hint="DATA")
     return data
+
+
+def _read_data(value: str | None) -> Iterator[dict[str, Any]]:
+    """Yield the DATA of each event: a JSON object, `@file`, or `-`: stdin, one object per line (NDJSON).
+
+    Stdin whose first line is not a whole object is read as one (pretty-printed) object.
+    """
+    if value is None:
+        yield {}
+    elif value.startswith("@"):
+        try:
+            text = Path(value[1:]).read_text()
+        except OSError as exc:
+            raise click.BadParameter(f"cannot read {value[1:]!r}: {exc.strerror}", param_hint="DATA") from exc
+        yield _parse_object(text, value[1:])
+    elif value != "-":
+        yield _parse_object(value, "DATA")
+    else:
+        yield from _stdin_data()
+
+
+def _stdin_data() -> Iterator[dict[str, Any]]:
+    numbered = enumerate(sys.stdin, start=1)
+    first = next(((number, line) for number, line in numbered if line.strip()), None)
+    if first is None:
+        raise click.BadParameter("stdin is empty; give one JSON object per line", param_hint="DATA")
+    try:
+        parsed = json.loads(first[1])
+    except ValueError:
+        parsed = None
+    if not isinstance(parsed, dict):
+        # Not one object per line: a single (pretty-printed) object.
+        yield _parse_object(first[1] + "".join(line for _, line in numbered), "stdin")
+        return
+    yield parsed
+    for number, line in numbered:
+        if line.strip():
+            yield _parse_object(line, f"stdin line {number}")
 
 
 @click.command()
@@ -78,19 +105,31 @@ def emit(
     url: str | None,
     token: str | None,
 ) -> None:
-    """Send one event: DATA is a JSON object, `-` (stdin) or `@file`."""
-    payload = _read_data(data)
+    """Send events of TYPE: DATA is a JSON object, `@file`, or `-` for stdin (one JSON object per line).
+
+    With --http, stdout gets each event's id (one per line); messages for people go to stderr.
+    """
     config = resolve(url=url, ingest=ingest, token=token)
     if over_http:
-        body: dict[str, Any] = {"event_type": event_type, "data": payload}
-        if source:
-            body["source"] = source
-        answer = post_json(config, "/trigger", body)
-        click.echo(f"{answer['id']}  {event_type} → {answer['subscribers_notified']} subscribers")
+        for payload in _read_data(data):
+            body: dict[str, Any] = {"event_type": event_type, "data": payload}
+            if source:
+                body["source"] = source
+            answer = post_json(config, "/trigger", body)
+            click.echo(answer["id"])
+            click.echo(f"{event_type} → {answer['subscribers_notified']} subscribers", err=True)
         return
-    with Publisher(ingest=config.ingest, token=config.token, timeout=timeout) as publisher:
-        publisher.emit(event_type, payload, source=source)
-    click.echo(f"sent {event_type} to {config.ingest}", err=True)
+    publisher = Publisher(ingest=config.ingest, token=config.token, timeout=timeout)
+    sent = 0
+    try:
+        for payload in _read_data(data):
+            publisher.emit(event_type, payload, source=source)
+            sent += 1
+    finally:
+        publisher.close(warn=False)
+    if publisher.undelivered or publisher.dropped:
+        raise click.ClickException(publisher.report())
+    click.echo(f"sent {sent} × {event_type} to {config.ingest}", err=True)
 
 
 def _line(raw: bytes, *, as_json: bool) -> str:
@@ -110,29 +149,46 @@ def _line(raw: bytes, *, as_json: bool) -> str:
 def listen(types: str | None, since: str | None, as_json: bool, url: str | None, token: str | None) -> None:
     """Print events as they arrive (over the SSE stream, so --since can replay)."""
     config = resolve(url=url, token=token)
+    if since:
+        # The bus judges the id, so `listen` refuses exactly what the HTTP API refuses (422).
+        get_json(config, "/history", {"since": since, "limit": "1"})
     last = since
     ever_connected = False
-    try:
-        while True:
-            try:
-                for event_id, raw in stream(config, types=types, since=last):
-                    if not event_id:
-                        ever_connected = True
-                        click.echo(f"listening to {config.api}/events (Ctrl-C to stop)", err=True)
-                        continue
-                    last = event_id
-                    click.echo(_line(raw, as_json=as_json))
-            except BusUnavailable:
-                if not ever_connected:
+    with _quiet_when_the_reader_leaves():
+        try:
+            while True:
+                try:
+                    for event_id, raw in stream(config, types=types, since=last):
+                        if not event_id:
+                            ever_connected = True
+                            click.echo(f"listening to {config.api}/events (Ctrl-C to stop)", err=True)
+                            continue
+                        last = event_id
+                        click.echo(_line(raw, as_json=as_json))
+                except BusUnavailable:
+                    if not ever_connected:
+                        raise
+                except BrokenPipeError:
                     raise
-            except (OSError, http.client.HTTPException):
-                pass
-            # The bus went away (a restart, say): resume after the last id, as
-            # EventSource does, so nothing it retained is missed.
-            click.echo(f"devbus at {config.url} went away; reconnecting…", err=True)
-            _wait_for_bus(config)
-    except KeyboardInterrupt:
-        pass
+                except (OSError, http.client.HTTPException):
+                    pass
+                # The bus went away (a restart, say): resume after the last id, as
+                # EventSource does, so nothing it retained is missed.
+                click.echo(f"devbus at {config.url} went away; reconnecting…", err=True)
+                _wait_for_bus(config)
+        except KeyboardInterrupt:
+            pass
+
+
+@contextlib.contextmanager
+def _quiet_when_the_reader_leaves() -> Iterator[None]:
+    """Exit quietly when stdout is closed (`| head`, `| grep -m1`, quitting `jq`), like any filter."""
+    try:
+        yield
+    except BrokenPipeError:
+        # Python would report the broken pipe again when it flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(0) from None
 
 
 def _wait_for_bus(config: ClientConfig) -> None:
@@ -155,5 +211,6 @@ def history(types: str | None, limit: int, as_json: bool, url: str | None, token
     if types:
         query["types"] = types
     answer = get_json(resolve(url=url, token=token), "/history", query)
-    for event in answer["events"]:
-        click.echo(_line(json.dumps(event, separators=(",", ":")).encode(), as_json=as_json))
+    with _quiet_when_the_reader_leaves():
+        for event in answer["events"]:
+            click.echo(_line(json.dumps(event, separators=(",", ":")).encode(), as_json=as_json))

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 import click
 
+from devbus.addresses import check_base_url
 from devbus.bus.settings import DEFAULT_EGRESS, DEFAULT_HOST, DEFAULT_INGEST, DEFAULT_PORT, DEFAULT_URL, MIB, Settings
 from devbus.logs import configure_logging
 
@@ -41,7 +42,7 @@ def _size_text(size: int) -> str:
 
 
 def _url_default(part: str) -> str | int:
-    url = urlsplit(os.environ.get("DEVBUS_URL") or DEFAULT_URL)
+    url = urlsplit(check_base_url(os.environ.get("DEVBUS_URL") or DEFAULT_URL, option="DEVBUS_URL"))
     if part == "host":
         return url.hostname or DEFAULT_HOST
     return url.port or DEFAULT_PORT
@@ -58,7 +59,7 @@ def _url_default(part: str) -> str | int:
 @click.option(
     "--port",
     envvar="DEVBUS_PORT",
-    type=int,
+    type=click.IntRange(0, 65535),
     default=lambda: _url_default("port"),
     show_default=str(DEFAULT_PORT),
     help="HTTP port (0 picks a free one).",
@@ -124,6 +125,15 @@ def _url_default(part: str) -> str | int:
     default=DEFAULTS.heartbeat,
     show_default=True,
     help="Seconds between SSE heartbeat comments.",
+)
+@click.option(
+    "--retry",
+    "retry_ms",
+    envvar="DEVBUS_RETRY",
+    type=click.IntRange(1, 3_600_000),
+    default=DEFAULTS.retry_ms,
+    show_default=True,
+    help="Milliseconds a browser's EventSource waits before reconnecting (the stream's retry: field).",
 )
 @click.option(
     "--max-body",

@@ -80,8 +80,9 @@ def watch(
     watch_filter = WatchFilter(roots, globs=split_patterns(globs), ignores=split_patterns(ignores))
     out = click.echo
     try:
-        # Connecting waits for the bus (BusUnavailable after --timeout), so "ready" means both ends are live.
         with Publisher(ingest=ingest, token=token, source=source, timeout=timeout) as publisher:
+            # Wait for the bus (BusUnavailable after --timeout), so "ready" means both ends are live.
+            publisher.wait_for_bus()
 
             def ready() -> None:
                 out(f"watching {', '.join(roots)} → {event_type} on {publisher.address}")

@@ -6,6 +6,7 @@ import os
 import re
 from dataclasses import dataclass
 
+from devbus.addresses import check_base_url, check_endpoint, check_prefix
 from devbus.bus.settings import DEFAULT_EGRESS, DEFAULT_INGEST, DEFAULT_URL
 
 __all__ = ["ClientConfig", "connectable", "resolve"]
@@ -47,9 +48,13 @@ def resolve(
     """Resolve the bus's addresses from options, DEVBUS_URL/INGEST/EGRESS/TOKEN/PREFIX, or defaults."""
     env = os.environ
     return ClientConfig(
-        url=(url or env.get("DEVBUS_URL") or DEFAULT_URL).rstrip("/"),
-        ingest=connectable(ingest or env.get("DEVBUS_INGEST") or DEFAULT_INGEST),
-        egress=connectable(egress or env.get("DEVBUS_EGRESS") or DEFAULT_EGRESS),
+        url=check_base_url(url or env.get("DEVBUS_URL") or DEFAULT_URL, option="--url (DEVBUS_URL)"),
+        ingest=check_endpoint(
+            connectable(ingest or env.get("DEVBUS_INGEST") or DEFAULT_INGEST), option="--ingest (DEVBUS_INGEST)"
+        ),
+        egress=check_endpoint(
+            connectable(egress or env.get("DEVBUS_EGRESS") or DEFAULT_EGRESS), option="--egress (DEVBUS_EGRESS)"
+        ),
         token=token or env.get("DEVBUS_TOKEN") or None,
-        prefix=prefix or env.get("DEVBUS_PREFIX") or "/api/dev",
+        prefix=check_prefix(prefix or env.get("DEVBUS_PREFIX") or "/api/dev", option="DEVBUS_PREFIX"),
     )

@@ -199,13 +199,15 @@ function schedule() {
   if (frame === null && !paused) frame = requestAnimationFrame(() => flush());
 }
 
-function receive(event) {
+// `live` is false for the history loaded at open: those events did not arrive now, so they
+// count as seen but not towards events/s.
+function receive(event, { live = true } = {}) {
   kept.push(event);
   if (kept.length > EVENTS_KEPT + EVENTS_KEPT / 10) kept = kept.slice(-EVENTS_KEPT);
   pending.push(event);
   if (pending.length > EVENTS_KEPT) pending = pending.slice(-ROWS_RENDERED);
   seen += 1;
-  arrivedThisSecond += 1;
+  if (live) arrivedThisSecond += 1;
   ui.seen.textContent = numbers.format(seen);
   if (paused) ui.pause.textContent = `Resume (${numbers.format(Math.min(pending.length, EVENTS_KEPT))} new)`;
   schedule();
@@ -435,11 +437,11 @@ ui.data.addEventListener("keydown", (event) => {
 let since;
 try {
   const history = await bus.history({ limit: HISTORY_LOADED });
-  for (const event of history) receive(event);
+  for (const event of history) receive(event, { live: false });
   since = history.length ? history[history.length - 1].id : undefined;
 } catch (error) {
   connection = { state: "reconnecting", error: error.message };
   showStatus();
 }
 updateShown();
-bus.subscribe(null, receive, { since, onStatus });
+bus.subscribe(null, (event) => receive(event), { since, onStatus });

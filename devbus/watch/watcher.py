@@ -21,6 +21,7 @@ from devbus.watch.globs import expand_braces, glob_regex
 __all__ = ["DEFAULT_IGNORES", "Emitter", "FileChange", "WatchFilter", "batch_data", "emit_changes", "watch_changes"]
 
 DEFAULT_IGNORES = ("node_modules", ".git", "__pycache__", ".next", "dist")
+STOP_GRACE_S = 0.5  # on top of the debounce: how long a stop waits for changes already made
 MAX_GROUP_MS = 1600  # a change is reported at most this long after it happened, even mid-burst
 BATCH_BYTES = 256 * 1024  # keeps a --batch event well under the bus's 1 MiB message limit
 
@@ -159,17 +160,27 @@ def _net_changes(
 
 
 class _Stop:
-    """The stop flag watchfiles polls between steps; its first poll means the watch is live."""
+    """The stop flag watchfiles polls between steps; its first poll means the watch is live.
 
-    def __init__(self, on_ready: Callable[[], None]) -> None:
-        self.requested = False
+    A stop takes effect ``grace`` seconds after it is requested: watchfiles drops the
+    changes it is still grouping when it stops, so a Ctrl-C right after a burst (a
+    checkout, a build) would lose all of it. The grace lets that burst be reported first.
+    """
+
+    def __init__(self, on_ready: Callable[[], None], *, grace: float) -> None:
+        self._stop_at: float | None = None
+        self._grace = grace
         self._on_ready: Callable[[], None] | None = on_ready
+
+    def request(self) -> None:
+        if self._stop_at is None:
+            self._stop_at = time.monotonic() + self._grace
 
     def is_set(self) -> bool:
         if self._on_ready is not None:
             on_ready, self._on_ready = self._on_ready, None
             on_ready()
-        return self.requested
+        return self._stop_at is not None and time.monotonic() >= self._stop_at
 
 
 def watch_changes(
@@ -180,7 +191,8 @@ def watch_changes(
     on_ready: Callable[[], None],
 ) -> tuple[Iterator[list[FileChange]], Callable[[], None]]:
     """Return (bursts of changes, a function that ends them after the current burst)."""
-    stop = _Stop(on_ready)
+    # Long enough for changes already made to reach the watcher and for their burst to end.
+    stop = _Stop(on_ready, grace=debounce_ms / 1000 + STOP_GRACE_S)
 
     def bursts() -> Iterator[list[FileChange]]:
         scanned: dict[str, tuple[int, int] | None] = {}
@@ -198,7 +210,7 @@ def watch_changes(
                 yield burst
 
     def request_stop() -> None:
-        stop.requested = True
+        stop.request()
 
     return bursts(), request_stop
 

@@ -12,6 +12,8 @@ from devbus.bus.store.base import Record
 __all__ = ["EventPrinter"]
 
 LINES_PER_SECOND = 10
+SOURCE_WIDTH = 10  # the source column's width, grown to the longest source seen (up to MAX_SOURCE_WIDTH)
+MAX_SOURCE_WIDTH = 40
 
 
 class EventPrinter:
@@ -23,6 +25,7 @@ class EventPrinter:
         self._printed = 0
         self._folded: Counter[str] = Counter()
         self._flush: asyncio.TimerHandle | None = None
+        self._source_width = SOURCE_WIDTH
 
     def __call__(self, batch: Sequence[Record]) -> None:
         now = time.time()
@@ -40,13 +43,16 @@ class EventPrinter:
         if self._folded and self._flush is None:
             self._flush = asyncio.get_running_loop().call_later(second + 1 - now, self._summarize)
 
-    @staticmethod
-    def _line(record: Record) -> str:
+    def _line(self, record: Record) -> str:
         event = record.event
         clock = event.timestamp[11:23]
         reached = max(record.reached, 0)
         plural = "" if reached == 1 else "s"
-        return f"{clock}  {event.type:<32} {event.source:<10} {event.id:<16} → {reached} subscriber{plural}"
+        # Grow the column rather than shift every later one; a very long source is cut.
+        self._source_width = max(self._source_width, min(len(event.source), MAX_SOURCE_WIDTH))
+        source = event.source if len(event.source) <= MAX_SOURCE_WIDTH else event.source[: MAX_SOURCE_WIDTH - 1] + "…"
+        width = self._source_width
+        return f"{clock}  {event.type:<32} {source:<{width}} {event.id:<16} → {reached} subscriber{plural}"
 
     def _summarize(self) -> None:
         if self._flush is not None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 
 from aiohttp import hdrs, web
-from aiohttp_sse import EventSourceResponse
 
 from devbus.bus.keys import DISPATCHER, FANOUT, SETTINGS
+from devbus.bus.outputs.heartbeat import HeartbeatResponse
 from devbus.bus.outputs.sse_replay import Replay
 from devbus.envelope import encode_json, sse_frame
 from devbus.typefilter import TypeFilter, parse_patterns
@@ -87,7 +87,7 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
     named = request.query.get("named", "").lower() in TRUE_VALUES
     since = _resume_id(request)
     outlet = fanout.subscribe(type_filter, named=named)
-    response = EventSourceResponse(ping_interval=settings.heartbeat, sep="\n")
+    response = HeartbeatResponse(ping_interval=settings.heartbeat, sep="\n")
     try:
         connected = encode_json(
             {
