@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import http.server
 import json
-import os
 import socket
 import threading
 import urllib.error
@@ -17,7 +16,7 @@ from typing import Any
 
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
-from support import BusProcess, start_bus
+from support import BusProcess, require_file, start_bus
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -35,12 +34,7 @@ WAIT_MS = 10_000  # the longest any single browser wait may take
 
 def require_chromium() -> None:
     """Skip without Chromium, except in CI where a missing browser is a failure."""
-    if CHROMIUM.exists():
-        return
-    message = f"Chromium not found at {CHROMIUM} (Debian: apt-get install chromium)"
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(message)
-    pytest.skip(message)
+    require_file(CHROMIUM, f"Chromium not found at {CHROMIUM} (Debian: apt-get install chromium)")
 
 
 @pytest.fixture(scope="module")

@@ -269,3 +269,80 @@ def address(url: str) -> tuple[str, int]:
     """(host, port) of an http:// URL printed by the bus."""
     host, _, port = url.removeprefix("http://").partition(":")
     return host, int(port)
+
+
+def require_file(path: Path, message: str) -> None:
+    """Skip the test without ``path``, except in CI (CI=true), where it is a failure."""
+    import pytest
+
+    if path.exists():
+        return
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def assert_agent_types(typescript: str) -> None:
+    """Check `devbus types --ts` output for the types scripts/bulk_create_agents.py sends."""
+    fields = "  bulk: boolean;\n  created_at: string;\n  id: string;\n  name: string;\n"
+    assert "export interface AgentCreatedData {\n" + fields + "}" in typescript
+    assert "export interface AgentsBulkCreatedData {\n  agent_ids: string[];\n  count: number;\n}" in typescript
+    assert '  | DevbusEventOf<"agent.created">\n  | DevbusEventOf<"agents.bulk_created">' in typescript
+    assert '"agents.bulk_created": AgentsBulkCreatedData;' in typescript
+
+
+def devbus_cli(bus: BusProcess, *args: str, stdin: str | None = None) -> Any:
+    """Run a `devbus` client command against ``bus`` in this process; return click's Result."""
+    from click.testing import CliRunner
+
+    from devbus.cli import main
+
+    env = {"DEVBUS_URL": bus.url, "DEVBUS_INGEST": bus.endpoints.get("ingest", ""), "DEVBUS_TOKEN": ""}
+    return CliRunner().invoke(main, list(args), input=stdin, env=env, catch_exceptions=False)
+
+
+def post_batch(url: str, events: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    """POST ``(type, data)`` pairs to the bus at ``url`` as one batch; return their ids."""
+    import json
+    import urllib.request
+
+    body = json.dumps({"events": [{"event_type": t, "data": d} for t, d in events]}).encode()
+    request = urllib.request.Request(
+        f"{url}/api/dev/batch", data=body, headers={"Content-Type": "application/json"}, method="POST"
+    )
+    with urllib.request.urlopen(request, timeout=WAIT) as response:
+        ids: list[str] = json.load(response)["ids"]
+    return ids
+
+
+def bus_health(url: str) -> dict[str, Any]:
+    """GET the bus's /health."""
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(f"{url}/api/dev/health", timeout=WAIT) as response:
+        health: dict[str, Any] = json.load(response)
+    return health
+
+
+def start_recorder(bus: BusProcess, path: Path, *args: str) -> subprocess.Popen[str]:
+    """Start `devbus record PATH` against ``bus``; return once its stream is connected."""
+    import time
+
+    before = bus_health(bus.url)["subscribers"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "devbus", "record", str(path), *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=bus_env(DEVBUS_URL=bus.url),
+        cwd=ROOT,
+    )
+    deadline = time.monotonic() + WAIT
+    while bus_health(bus.url)["subscribers"] <= before:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            _, errors = proc.communicate(timeout=WAIT)
+            raise AssertionError(f"devbus record did not connect: {errors}")
+        time.sleep(0.05)  # polling the condition above, with the deadline as the timeout
+    return proc

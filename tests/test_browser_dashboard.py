@@ -118,7 +118,7 @@ def test_filter_pause_resume_clear_and_expand_with_the_keyboard(page: Page, shar
     expect(rows(page, "keys.gamma")).to_have_count(1)
     expect(rows(page).first.locator(".type")).to_have_text("keys.gamma")
 
-    summary = rows(page, "keys.alpha").get_by_role("button")
+    summary = rows(page, "keys.alpha").locator(":scope > button")
     summary.focus()
     page.keyboard.press("Enter")
     expect(summary).to_have_attribute("aria-expanded", "true")

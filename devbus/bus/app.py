@@ -13,8 +13,9 @@ from devbus.bus.dispatcher import Dispatcher
 from devbus.bus.guard import add_cors_headers, expect_continue, guard
 from devbus.bus.history import history
 from devbus.bus.inputs import http
-from devbus.bus.keys import DISPATCHER, ENDPOINTS, FANOUT, FORWARDER, METRICS, SETTINGS, STARTED
+from devbus.bus.keys import CATALOGUE, DISPATCHER, ENDPOINTS, FANOUT, FORWARDER, METRICS, SETTINGS, STARTED
 from devbus.bus.metrics import Metrics
+from devbus.bus.outputs.catalogue import Catalogue
 from devbus.bus.outputs.forward import Forwarder
 from devbus.bus.outputs.sse import stream_events
 from devbus.bus.outputs.sse_fanout import Fanout
@@ -59,6 +60,9 @@ def create_app(settings: Settings | None = None) -> web.Application:
     # The SSE fan-out first: it counts who each record reached, which the console prints.
     dispatcher.add_output(fanout)
     app.cleanup_ctx.append(_store)
+    app[CATALOGUE] = Catalogue(metrics)
+    dispatcher.add_output(app[CATALOGUE])
+    app.cleanup_ctx.append(app[CATALOGUE].seeded_from(store))
     forwarder = Forwarder(
         settings.forward,
         types=TypeFilter(parse_patterns(settings.forward_types)),
@@ -76,6 +80,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app.router.add_get(f"{api}/events", stream_events)
     app.router.add_get(f"{api}/history", history)
     app.router.add_get(f"{api}/health", views.health)
+    app.router.add_get(f"{api}/types", views.types)
     app.router.add_get("/metrics", views.metrics)
     app.router.add_get("/", views.static_file("dashboard.html", prefix=api))
     for name in ("dashboard.js", "devbus.js", "devbus.d.ts"):

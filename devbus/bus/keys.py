@@ -6,11 +6,12 @@ from aiohttp import web
 
 from devbus.bus.dispatcher import Dispatcher
 from devbus.bus.metrics import Metrics
+from devbus.bus.outputs.catalogue import Catalogue
 from devbus.bus.outputs.forward import Forwarder
 from devbus.bus.outputs.sse_fanout import Fanout
 from devbus.bus.settings import Settings
 
-__all__ = ["DISPATCHER", "ENDPOINTS", "FANOUT", "FORWARDER", "METRICS", "SETTINGS", "STARTED"]
+__all__ = ["CATALOGUE", "DISPATCHER", "ENDPOINTS", "FANOUT", "FORWARDER", "METRICS", "SETTINGS", "STARTED"]
 
 SETTINGS = web.AppKey("settings", Settings)
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
@@ -24,3 +25,6 @@ ENDPOINTS = web.AppKey("endpoints", dict[str, str])
 
 # Forward targets (devbus run --forward), for the health endpoint.
 FORWARDER = web.AppKey("forwarder", Forwarder)
+
+# What each event type looks like (GET /types).
+CATALOGUE = web.AppKey("catalogue", Catalogue)

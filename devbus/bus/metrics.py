@@ -36,6 +36,15 @@ class Metrics:
         self.subscribers = Gauge("devbus_subscribers", "Connected SSE subscribers.", registry=self.registry)
         self.history = Gauge("devbus_history_events", "Events retained for replay.", registry=self.registry)
         self._sources: set[str] = set()
+        # The event catalogue (GET /types) and what its bounds left out.
+        self.catalogue_types = Gauge("devbus_catalogue_types", "Event types in the catalogue.", registry=self.registry)
+        self.catalogue_skipped = Counter(
+            "devbus_catalogue_skipped",
+            "What the catalogue's bounds left out: events of types past the type cap (types), "
+            "schemas that stopped learning at the size cap (schema) or shape cap (shapes).",
+            ["reason"],
+            registry=self.registry,
+        )
         self.store_up = Gauge(
             "devbus_store_up",
             "Whether the store (--store) takes events (1) or not (0), labelled with its name.",

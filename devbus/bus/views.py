@@ -10,10 +10,10 @@ from importlib import resources
 from aiohttp import web
 
 from devbus import __version__
-from devbus.bus.keys import DISPATCHER, FANOUT, FORWARDER, METRICS, STARTED
+from devbus.bus.keys import CATALOGUE, DISPATCHER, FANOUT, FORWARDER, METRICS, STARTED
 from devbus.bus.metrics import CONTENT_TYPE_LATEST
 
-__all__ = ["health", "metrics", "static_file"]
+__all__ = ["health", "metrics", "static_file", "types"]
 
 
 async def health(request: web.Request) -> web.Response:
@@ -33,6 +33,11 @@ async def health(request: web.Request) -> web.Response:
             "forward": [target.status() for target in request.app[FORWARDER].targets],
         }
     )
+
+
+async def types(request: web.Request) -> web.Response:
+    """Describe every event type seen: counts, sources, an example and an inferred JSON Schema."""
+    return web.Response(body=request.app[CATALOGUE].to_json(), content_type="application/json")
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -8,7 +8,9 @@ import click
 
 from devbus import __version__
 from devbus.cli.clients import emit, history, listen
+from devbus.cli.record import record, replay
 from devbus.cli.run import run
+from devbus.cli.types import types
 from devbus.cli.watch import watch
 from devbus.errors import DevbusError
 
@@ -33,3 +35,6 @@ def main() -> None:
 
 for _command in (run, watch, emit, listen, history):
     main.add_command(_command)
+main.add_command(types)
+main.add_command(record)
+main.add_command(replay)

@@ -29,6 +29,9 @@ const ui = {
   data: $("send-data"),
   error: $("send-error"),
   result: $("send-result"),
+  types: $("types"),
+  typesEmpty: $("types-empty"),
+  typesCount: $("types-count"),
 };
 
 const EMPTY_HTML = ui.empty.innerHTML; // fixed markup from dashboard.html
@@ -99,11 +102,54 @@ function toggle(summary) {
   summary.setAttribute("aria-expanded", String(open));
   let detail = item.querySelector("pre");
   if (open && !detail) {
+    const event = eventOfRow.get(item);
+    if (event.type !== DEVBUS_GAP) item.append(actions(event));
     detail = document.createElement("pre");
-    detail.textContent = JSON.stringify(eventOfRow.get(item), null, 2);
+    detail.textContent = JSON.stringify(event, null, 2);
     item.append(detail);
   }
   if (detail) detail.hidden = !open;
+  const bar = item.querySelector(".actions");
+  if (bar) bar.hidden = !open;
+}
+
+function actionButton(label, onClick) {
+  const button = document.createElement("button");
+  button.type = "button";
+  button.textContent = label;
+  button.addEventListener("click", onClick);
+  return button;
+}
+
+// "Send again" and "Copy as curl" for one event, shown when its row is open.
+function actions(event) {
+  const bar = document.createElement("div");
+  bar.className = "actions";
+  const result = document.createElement("span");
+  result.className = "result";
+  result.setAttribute("role", "status");
+  const source = event.source;
+  const again = actionButton("Send again", async () => {
+    try {
+      const id = await bus.send(event.type, event.data, { source });
+      result.textContent = `Sent again as ${id}`;
+    } catch (error) {
+      result.textContent = `Not sent: ${error.message}`;
+    }
+  });
+  const copy = actionButton("Copy as curl", async () => {
+    const command = bus.curl(event.type, event.data, { source });
+    try {
+      await navigator.clipboard.writeText(command);
+      result.textContent = "Copied";
+    } catch {
+      // No clipboard (permission refused): show the command, selected, to copy by hand.
+      result.textContent = command;
+      getSelection().selectAllChildren(result);
+    }
+  });
+  bar.append(again, copy, result);
+  return bar;
 }
 
 // Roving tab stop: exactly one row button is reachable with Tab, so that the form after a
@@ -299,6 +345,55 @@ async function pollHealth() {
 }
 pollHealth();
 setInterval(pollHealth, HEALTH_EVERY_MS);
+
+// --- the event catalogue: types, counts and the schema of their data ---------------------
+
+const typeItems = new Map(); // type → its <li>, updated in place so an open one stays open
+
+function typeItem(info) {
+  const item = document.createElement("li");
+  const details = document.createElement("details");
+  const summary = document.createElement("summary");
+  summary.append(cell("type", info.type), cell("count", ""));
+  const meta = document.createElement("p");
+  meta.className = "meta";
+  const schema = document.createElement("pre");
+  details.append(summary, meta, schema);
+  item.append(details);
+  item.dataset.type = info.type;
+  return item;
+}
+
+function showType(item, info) {
+  item.querySelector(".count").textContent = numbers.format(info.count);
+  const partial = info.schema_complete ? "" : " · schema stopped learning at a bound";
+  item.querySelector(".meta").textContent =
+    `from ${info.sources.join(", ")} · last ${clock(info.last_seen)}${partial}`;
+  const schema = JSON.stringify(info.schema, null, 2);
+  const pre = item.querySelector("pre");
+  if (pre.textContent !== schema) pre.textContent = schema;
+}
+
+async function pollTypes() {
+  let catalogue;
+  try {
+    catalogue = await bus.types();
+  } catch {
+    return; // the status pill already says the bus is unreachable
+  }
+  const items = catalogue.types.map((info) => {
+    let item = typeItems.get(info.type);
+    if (!item) typeItems.set(info.type, (item = typeItem(info)));
+    showType(item, info);
+    return item;
+  });
+  // The bus sends them sorted by type: only reorder when a type was added.
+  if (items.length !== ui.types.childElementCount) ui.types.replaceChildren(...items);
+  ui.typesEmpty.hidden = items.length > 0;
+  ui.typesCount.textContent = items.length ? `(${numbers.format(items.length)})` : "";
+}
+pollTypes();
+setInterval(pollTypes, HEALTH_EVERY_MS);
 
 // --- the send form ---------------------------------------------------------------------
 

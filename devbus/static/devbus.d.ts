@@ -75,28 +75,89 @@ export interface DevbusError extends Error {
   status: number;
 }
 
-export interface Devbus {
+/**
+ * A map from event type to the type of its `data`, such as the `DevbusEventMap` that
+ * `devbus types --ts` writes. The default knows no types: every event is a `DevbusEvent`.
+ */
+export type UntypedEvents = Record<string, Record<string, unknown>>;
+
+/** The `data` of a `K` event under the map `M`. */
+export type DataOf<M, K extends string> = K extends keyof M ? M[K] : Record<string, unknown>;
+
+/**
+ * The gap event as a typed handler sees it: next to the data `D` of the events it asked for,
+ * it has none of their fields (they read as `undefined`), so `event.data.name` compiles for
+ * both, and `event.type === "devbus.gap"` tells them apart.
+ */
+export type DevbusGapEvent<D = {}> = DevbusEvent<
+  DevbusGapData & { [P in Exclude<keyof D, keyof DevbusGapData>]?: undefined }
+> & { type: typeof DEVBUS_GAP };
+
+type TypedEvent<M, K> = K extends keyof M & string ? (DevbusEvent<M[K]> & { type: K }) | DevbusGapEvent<M[K]> : never;
+type Matching<M, P extends string> = P extends keyof M
+  ? P
+  : P extends `${infer Head}*${string}`
+    ? Extract<keyof M, `${Head}${string}`>
+    : never;
+
+/**
+ * The events a handler subscribed to `P` receives under the map `M`: the typed events of the
+ * types that `P` names or matches, or a plain `DevbusEvent` when the map knows none of them.
+ */
+export type EventFor<M, P extends string> = string extends keyof M
+  ? DevbusEvent
+  : [Matching<M, P>] extends [never]
+    ? DevbusEvent
+    : TypedEvent<M, Matching<M, P>>;
+
+export interface Devbus<M extends object = UntypedEvents> {
   readonly url: string;
   /** POST the event to the webhook; resolves with its id, rejects with the server's error message. */
-  send(type: string, data?: Record<string, unknown>, options?: { source?: string }): Promise<string>;
+  send<K extends string>(type: K, data?: DataOf<M, K>, options?: { source?: string }): Promise<string>;
   /**
    * Receive events whose type matches a glob (`"agent.*"`, `["a.*", "b.created"]`; none: all).
    * Reconnects by itself and resumes without loss or duplicates; a `devbus.gap` event (also
    * reported to onStatus) means events were missed. Returns the unsubscribe function.
+   * With a typed map (`createDevbus<DevbusEventMap>()`), `event` is typed by the patterns.
    */
-  subscribe(
-    patterns: string | readonly string[] | null | undefined,
-    onEvent: (event: DevbusEvent) => void,
+  subscribe<P extends string = string>(
+    patterns: P | readonly P[] | null | undefined,
+    onEvent: (event: EventFor<M, P>) => void,
     options?: SubscribeOptions,
   ): () => void;
   /** Retained events, oldest first. */
   history(options?: HistoryOptions): Promise<DevbusEvent[]>;
   health(): Promise<DevbusHealth>;
+  /** The event catalogue (GET /types): what each type seen looks like. */
+  types(): Promise<DevbusCatalogue>;
+  /** A shell command that POSTs this event to the webhook with curl (with the token, if any). */
+  curl(type: string, data?: Record<string, unknown>, options?: { source?: string }): string;
+}
+
+/** One event type in the catalogue. */
+export interface DevbusTypeInfo {
+  type: string;
+  count: number;
+  first_seen: string;
+  last_seen: string;
+  sources: string[];
+  /** One payload seen (null if every one was over the example size bound). */
+  example: Record<string, unknown> | null;
+  /** A JSON Schema of `data`, merged from every payload seen. */
+  schema: Record<string, unknown>;
+  /** False once the schema stopped learning at one of the bus's bounds. */
+  schema_complete: boolean;
+}
+
+export interface DevbusCatalogue {
+  types: DevbusTypeInfo[];
+  limits: Record<string, number>;
 }
 
 export const DEVBUS_GAP: "devbus.gap";
 
-export function createDevbus(options?: DevbusOptions): Devbus;
+/** A client; pass the `DevbusEventMap` written by `devbus types --ts` to type events by their type. */
+export function createDevbus<M extends object = UntypedEvents>(options?: DevbusOptions): Devbus<M>;
 
 /** Set the defaults used by the drop-in helpers and by createDevbus(). */
 export function configure(options: DevbusOptions): void;

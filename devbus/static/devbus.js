@@ -273,6 +273,20 @@ export function createDevbus(options = {}) {
     health() {
       return request(config, "/health");
     },
+
+    /** The event catalogue: every type seen, its count, sources and JSON Schema. */
+    types() {
+      return request(config, "/types");
+    },
+
+    /** A shell command that sends this event again with curl (token included, if any). */
+    curl(type, data = {}, { source } = {}) {
+      const body = { event_type: type, data };
+      if (source !== undefined) body.source = source;
+      const quote = (text) => `'${String(text).replace(/'/g, "'\\''")}'`;
+      const auth = config.token ? ` -H ${quote(`Authorization: Bearer ${config.token}`)}` : "";
+      return `curl -X POST ${quote(`${config.api}/webhook`)} -H 'Content-Type: application/json'${auth} -d ${quote(JSON.stringify(body))}`;
+    },
   };
 }
 
