@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import zmq.asyncio
 from aiohttp.test_utils import TestClient
-from support import BusFactory, BusProcess, start_bus
+from support import BusFactory, BusProcess, RedisServer, start_bus, start_redis
 
 from devbus.bus.app import create_app
 from devbus.bus.settings import Settings
@@ -57,3 +58,11 @@ def bus_process() -> Iterator[Callable[..., BusProcess]]:
     yield factory
     for bus in started:
         bus.close()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real redis-server on a free port with an fsynced AOF, killed after the test."""
+    server = start_redis(tmp_path)
+    yield server
+    server.kill()

@@ -1,20 +1,24 @@
-"""Test helpers: SSE frame reading, real `devbus run` processes, raw ZeroMQ senders."""
+"""Test helpers: SSE frame reading, real `devbus run` processes, raw ZeroMQ senders, redis-server."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import re
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 import zmq
 import zmq.asyncio
 from aiohttp.test_utils import TestClient
@@ -192,3 +196,86 @@ async def history(client: TestClient[Any, Any], *, count: int, token: str | None
     assert response.status == 200, await response.text()
     events: list[dict[str, Any]] = (await response.json())["events"]
     return events
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@dataclass
+class RedisServer:
+    """A real redis-server on 127.0.0.1 with its files in ``directory``; restartable on the same port.
+
+    With ``appendonly`` every write is in the AOF, fsynced before Redis answers
+    (``--appendfsync always``), so a restart keeps everything a client was told
+    was written.
+    """
+
+    directory: Path
+    appendonly: bool = True
+    port: int = 0
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """The store URL that reaches this server."""
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def log(self) -> str:
+        """What redis-server logged so far."""
+        path = self.directory / "redis.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def start(self, *, timeout: float = WAIT) -> None:
+        """Start the server (on a free port the first time, the same port after) and wait until it answers."""
+        assert self.proc is None or self.proc.poll() is not None, "already running"
+        self.port = self.port or free_port()
+        aof = ["--appendonly", "yes", "--appendfsync", "always"] if self.appendonly else ["--appendonly", "no"]
+        command = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory)]
+        command += ["--save", "", "--daemonize", "no", "--logfile", "redis.log", *aof]
+        self.proc = subprocess.Popen(command, cwd=self.directory, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while not self.ping():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"redis-server exited with {self.proc.returncode}:\n{self.log}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"redis-server did not answer within {timeout}s:\n{self.log}")
+            time.sleep(0.02)  # polling a child process that has no readiness signal
+
+    def ping(self) -> bool:
+        """Whether the server answers PING with PONG (not while it loads its AOF)."""
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as conn:
+                conn.sendall(b"PING\r\n")
+                return conn.recv(64).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def kill(self) -> None:
+        """Kill the server at once (SIGKILL): what is not in the AOF is gone."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+        if self.proc is not None:
+            self.proc.wait(timeout=WAIT)
+
+    def restart(self) -> None:
+        """Kill the server and start it again on the same port and directory."""
+        self.kill()
+        self.start()
+
+
+def start_redis(directory: Path, *, appendonly: bool = True) -> RedisServer:
+    """Start a redis-server in ``directory``; skip without one, except in CI where that fails."""
+    if shutil.which("redis-server") is None:
+        message = "redis-server is not installed (Debian: apt-get install redis-server)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    server = RedisServer(directory, appendonly=appendonly)
+    server.start()
+    return server
