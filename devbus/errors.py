@@ -8,6 +8,7 @@ DevbusError
 ├── Unauthorized            a missing or wrong token (HTTP 401)
 ├── Forbidden               a disallowed Host or Origin (HTTP 403)
 ├── TooManySubscribers      over --max-subscribers (HTTP 503)
+├── StoreUnavailable        the store (--store) cannot take or read events now (HTTP 503)
 ├── ConfigError             settings that devbus refuses to start with
 └── BusUnavailable          a client that cannot reach the bus
 """
@@ -74,6 +75,13 @@ class TooManySubscribers(DevbusError):
 
     status = 503
     reason = "too_many_subscribers"
+
+
+class StoreUnavailable(DevbusError):
+    """The store cannot take or read events right now (it is named in the message)."""
+
+    status = 503
+    reason = "store_unavailable"
 
 
 class ConfigError(DevbusError):

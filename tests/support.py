@@ -179,7 +179,7 @@ async def wait_for_total(client: TestClient[Any, Any], count: int, *, within: fl
         if dispatcher.total >= count:
             reached.set()
 
-    remove = dispatcher.add_listener(check)
+    remove = dispatcher.add_output(check)
     try:
         check(None)
         async with asyncio.timeout(within):

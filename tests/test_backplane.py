@@ -99,7 +99,7 @@ async def test_a_bus_with_a_token_refuses_zmq_messages_without_it(
 async def test_a_burst_is_published_in_batches_in_order(make_bus: BusFactory, zmq_context: zmq.asyncio.Context) -> None:
     client = await make_bus(ingest=ANY_PORT)
     batches: list[int] = []
-    client.app[DISPATCHER].add_listener(lambda batch: batches.append(len(batch)))
+    client.app[DISPATCHER].add_output(lambda batch: batches.append(len(batch)))
     sender = await connect_sender(zmq_context, client.app[ENDPOINTS]["ingest"])
     for n in range(5000):
         await sender.send_multipart(valid(n), copy=False)
@@ -149,7 +149,7 @@ async def test_egress_subscriber_with_a_prefix_gets_exactly_the_matching_events(
         dispatcher = client.app[DISPATCHER]
         async with asyncio.timeout(WAIT):
             while True:
-                dispatcher.publish([Draft("sync.ping", {}, "test")])
+                await dispatcher.publish([Draft("sync.ping", {}, "test")])
                 try:
                     async with asyncio.timeout(0.05):
                         await subscriber.receive()
@@ -157,8 +157,8 @@ async def test_egress_subscriber_with_a_prefix_gets_exactly_the_matching_events(
                 except TimeoutError:
                     continue
         sent = ["agent.created", "rental.created", "agents.bulk_created", "agent", "agent.deleted", "xagent.y"]
-        dispatcher.publish([Draft(t, {"i": i}, "test") for i, t in enumerate(sent)])
-        dispatcher.publish([Draft("sync.done", {}, "test")])
+        await dispatcher.publish([Draft(t, {"i": i}, "test") for i, t in enumerate(sent)])
+        await dispatcher.publish([Draft("sync.done", {}, "test")])
         received = []
         async with asyncio.timeout(WAIT):
             async for event in subscriber:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
 
 from aiohttp import web
 
@@ -11,11 +12,13 @@ from devbus.bus.backplane import backplane
 from devbus.bus.dispatcher import Dispatcher
 from devbus.bus.guard import add_cors_headers, expect_continue, guard
 from devbus.bus.inputs import http
-from devbus.bus.keys import DISPATCHER, ENDPOINTS, FORWARDER, METRICS, SETTINGS, STARTED
+from devbus.bus.keys import DISPATCHER, ENDPOINTS, FANOUT, FORWARDER, METRICS, SETTINGS, STARTED
 from devbus.bus.metrics import Metrics
 from devbus.bus.outputs.forward import Forwarder
 from devbus.bus.outputs.sse import stream_events
+from devbus.bus.outputs.sse_fanout import Fanout
 from devbus.bus.settings import Settings
+from devbus.bus.store import create_store
 from devbus.typefilter import TypeFilter, parse_patterns
 
 __all__ = ["create_app"]
@@ -24,7 +27,16 @@ __all__ = ["create_app"]
 async def _close_streams(app: web.Application) -> None:
     # on_shutdown runs before aiohttp waits for open handlers, so ending the
     # outlets here lets every SSE stream finish instead of holding the exit.
-    app[DISPATCHER].close()
+    app[FANOUT].close()
+
+
+async def _store(app: web.Application) -> AsyncIterator[None]:
+    # First in, last out: inputs and outputs start after the store is open and stop before it closes.
+    await app[DISPATCHER].start()
+    try:
+        yield
+    finally:
+        await app[DISPATCHER].stop()
 
 
 def create_app(settings: Settings | None = None) -> web.Application:
@@ -36,13 +48,15 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app[METRICS] = metrics
     app[STARTED] = time.monotonic()
     app[ENDPOINTS] = {}
-    app[DISPATCHER] = Dispatcher(
-        history=settings.history,
-        history_bytes=settings.history_bytes,
-        subscriber_buffer=settings.subscriber_buffer,
-        max_subscribers=settings.max_subscribers,
-        metrics=metrics,
+    store = create_store(settings.store, history=settings.history, history_bytes=settings.history_bytes)
+    dispatcher = app[DISPATCHER] = Dispatcher(store, metrics=metrics)
+    metrics.store_up.labels(store.name).set_function(lambda: 1 if store.status()["state"] == "up" else 0)
+    fanout = app[FANOUT] = Fanout(
+        subscriber_buffer=settings.subscriber_buffer, max_subscribers=settings.max_subscribers, metrics=metrics
     )
+    # The SSE fan-out first: it counts who each record reached, which the console prints.
+    dispatcher.add_output(fanout)
+    app.cleanup_ctx.append(_store)
     forwarder = Forwarder(
         settings.forward,
         types=TypeFilter(parse_patterns(settings.forward_types)),
@@ -51,7 +65,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
     )
     app[FORWARDER] = forwarder
     if forwarder.targets:
-        app[DISPATCHER].add_listener(forwarder)
+        dispatcher.add_output(forwarder)
         app.cleanup_ctx.append(forwarder.run)
     api = settings.api
     app.router.add_post(f"{api}/webhook", http.webhook, expect_handler=expect_continue)

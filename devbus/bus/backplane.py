@@ -10,7 +10,7 @@ import zmq
 from aiohttp import web
 
 from devbus.bus.inputs.zeromq import Ingest
-from devbus.bus.keys import DISPATCHER, ENDPOINTS, METRICS, SETTINGS
+from devbus.bus.keys import DISPATCHER, ENDPOINTS, FANOUT, METRICS, SETTINGS
 from devbus.bus.outputs.egress import Egress
 from devbus.errors import ConfigError
 
@@ -56,6 +56,7 @@ async def backplane(app: web.Application) -> AsyncIterator[None]:
             ingest = Ingest(
                 sub,
                 dispatcher=app[DISPATCHER],
+                unsent=app[FANOUT].unsent,
                 metrics=app[METRICS],
                 max_size=settings.max_message,
                 token=settings.token,
@@ -68,7 +69,7 @@ async def backplane(app: web.Application) -> AsyncIterator[None]:
             app[ENDPOINTS]["egress"] = _bind(pub, settings.egress, role="egress", option="--egress")
             egress = Egress(pub, metrics=app[METRICS])
             egress.start()
-            remove_listener = app[DISPATCHER].add_listener(egress)
+            remove_listener = app[DISPATCHER].add_output(egress)
         yield
     finally:
         if ingest is not None:

@@ -7,13 +7,16 @@ from aiohttp import web
 from devbus.bus.dispatcher import Dispatcher
 from devbus.bus.metrics import Metrics
 from devbus.bus.outputs.forward import Forwarder
+from devbus.bus.outputs.sse_fanout import Fanout
 from devbus.bus.settings import Settings
 
-__all__ = ["DISPATCHER", "ENDPOINTS", "FORWARDER", "METRICS", "SETTINGS", "STARTED"]
+__all__ = ["DISPATCHER", "ENDPOINTS", "FANOUT", "FORWARDER", "METRICS", "SETTINGS", "STARTED"]
 
 SETTINGS = web.AppKey("settings", Settings)
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
 METRICS = web.AppKey("metrics", Metrics)
+# The SSE output: every subscriber's outlet.
+FANOUT = web.AppKey("fanout", Fanout)
 STARTED = web.AppKey("started", float)  # time.monotonic() at start
 
 # Where background services listen (name → bound address), for the banner.

@@ -28,6 +28,12 @@ class Metrics:
         self.subscribers = Gauge("devbus_subscribers", "Connected SSE subscribers.", registry=self.registry)
         self.history = Gauge("devbus_history_events", "Events retained for replay.", registry=self.registry)
         self._sources: set[str] = set()
+        self.store_up = Gauge(
+            "devbus_store_up",
+            "Whether the store (--store) takes events (1) or not (0), labelled with its name.",
+            ["store"],
+            registry=self.registry,
+        )
         # Forwarding (devbus run --forward), labelled by target URL without query or credentials.
         target = ["target"]
         self.forwarded = Counter(

@@ -163,7 +163,7 @@ async def serve(settings: Settings, *, quiet: bool = False, write: Callable[[str
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
         if not quiet:
-            app[DISPATCHER].add_listener(EventPrinter(out))
+            app[DISPATCHER].add_output(EventPrinter(out))
         out(_banner(settings, port, app))
         await stop.wait()
         out("devbus stopping")

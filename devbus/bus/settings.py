@@ -25,6 +25,7 @@ class Settings:
     allow_origins: tuple[str, ...] = ()
     allow_hosts: tuple[str, ...] = ()
     insecure: bool = False
+    store: str = "memory"
     history: int = 10_000
     history_bytes: int = 64 * MIB
     heartbeat: float = 15.0

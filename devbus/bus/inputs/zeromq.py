@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 import zmq
 
 from devbus.bus.dispatcher import Dispatcher
 from devbus.bus.metrics import Metrics
+from devbus.bus.store.base import Record
 from devbus.envelope import Draft
 from devbus.frames import WireReject, decode_frames
 
@@ -48,12 +50,14 @@ class Ingest:
         socket: zmq.Socket[bytes],
         *,
         dispatcher: Dispatcher,
+        unsent: Callable[[], int],
         metrics: Metrics,
         max_size: int,
         token: str | None = None,
     ) -> None:
         self.socket = socket
         self._dispatcher = dispatcher
+        self._unsent = unsent
         self._metrics = metrics
         self._max_size = max_size
         self._token = token
@@ -106,15 +110,34 @@ class Ingest:
                 self._reject(exc)
         if drafts:
             try:
-                self._dispatcher.publish(drafts)
+                committed = self._dispatcher.publish(drafts)
             except Exception:
                 # Never let one bad batch stop the ingest: log it and keep reading.
                 log.exception("could not publish %d events from ZeroMQ", len(drafts))
+            else:
+                if not committed.done():
+                    # A message is taken once the store has it: read no more until then.
+                    self._scheduled = True
+                    committed.add_done_callback(lambda done: self._committed(done, more))
+                    return
+                self._committed(committed, None)
+        self._next(more)
+
+    def _committed(self, committed: asyncio.Future[list[Record]], more: bool | None) -> None:
+        if committed.cancelled() or committed.exception() is not None:
+            log.error("could not store %s", committed.exception() if not committed.cancelled() else "a batch")
+        if more is not None:
+            self._scheduled = False
+            self._next(more)
+
+    def _next(self, more: bool) -> None:
+        if self.socket.closed:
+            return
         # Reading EVENTS also lets libzmq process pending commands (new peers),
         # which is what re-arms the edge-triggered FD.
         if not (more or int(self.socket.getsockopt(zmq.EVENTS)) & zmq.POLLIN):
             return
-        unsent = self._dispatcher.unsent()
+        unsent = self._unsent()
         if unsent:
             # Still marked scheduled, so the socket's wake-ups wait for this too.
             self._scheduled = True
@@ -124,7 +147,7 @@ class Ingest:
             self._wake()
 
     def _catch_up(self, before: int, started: float, progressed: float) -> None:
-        unsent = self._dispatcher.unsent()
+        unsent = self._unsent()
         now = self._loop.time()
         if unsent < before:
             progressed = now

@@ -7,7 +7,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 
-from devbus.bus.dispatcher import Published
+from devbus.bus.store.base import Record
 
 __all__ = ["EventPrinter"]
 
@@ -24,28 +24,29 @@ class EventPrinter:
         self._folded: Counter[str] = Counter()
         self._flush: asyncio.TimerHandle | None = None
 
-    def __call__(self, batch: Sequence[Published]) -> None:
+    def __call__(self, batch: Sequence[Record]) -> None:
         now = time.time()
         second = int(now)
         if second != self._second:
             self._summarize()
             self._second = second
             self._printed = 0
-        for item in batch:
+        for record in batch:
             if self._printed < LINES_PER_SECOND:
                 self._printed += 1
-                self._write(self._line(item))
+                self._write(self._line(record))
             else:
-                self._folded[item.event.type] += 1
+                self._folded[record.type] += 1
         if self._folded and self._flush is None:
             self._flush = asyncio.get_running_loop().call_later(second + 1 - now, self._summarize)
 
     @staticmethod
-    def _line(item: Published) -> str:
-        event = item.event
+    def _line(record: Record) -> str:
+        event = record.event
         clock = event.timestamp[11:23]
-        plural = "" if item.reached == 1 else "s"
-        return f"{clock}  {event.type:<32} {event.source:<10} {event.id:<16} → {item.reached} subscriber{plural}"
+        reached = max(record.reached, 0)
+        plural = "" if reached == 1 else "s"
+        return f"{clock}  {event.type:<32} {event.source:<10} {event.id:<16} → {reached} subscriber{plural}"
 
     def _summarize(self) -> None:
         if self._flush is not None:

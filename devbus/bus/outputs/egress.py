@@ -8,8 +8,8 @@ from collections.abc import Sequence
 
 import zmq
 
-from devbus.bus.dispatcher import Published
 from devbus.bus.metrics import Metrics
+from devbus.bus.store.base import Record
 from devbus.frames import encode_event_frames
 
 __all__ = ["Egress"]
@@ -22,7 +22,7 @@ SNDMORE = int(zmq.SNDMORE) | NOBLOCK
 
 
 class Egress:
-    """A dispatcher listener that sends each event once, without ever blocking the loop.
+    """A dispatcher output that sends each event once, without ever blocking the loop.
 
     The socket is an XPUB so that the bus sees its listeners' subscriptions: while
     nobody listens (the usual case) events are not even encoded. Like a PUB it
@@ -62,12 +62,12 @@ class Egress:
             elif message[:1] == b"\x00":
                 self.topics.discard(message[1:])
 
-    def __call__(self, batch: Sequence[Published]) -> None:
+    def __call__(self, batch: Sequence[Record]) -> None:
         if not self.topics:
             return
         send = self.socket.send
-        for item in batch:
-            head, body = encode_event_frames(item.event)
+        for record in batch:
+            head, body = encode_event_frames(record.event)
             try:
                 send(head, SNDMORE)
                 send(body, NOBLOCK)

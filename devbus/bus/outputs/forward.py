@@ -24,9 +24,9 @@ import aiohttp
 from aiohttp import web
 
 from devbus import __version__
-from devbus.bus.dispatcher import Published
 from devbus.bus.metrics import Metrics
-from devbus.envelope import MAX_SOURCE_LENGTH, Event, check_name, encode_json
+from devbus.bus.store.base import Record
+from devbus.envelope import MAX_SOURCE_LENGTH, Event, check_name
 from devbus.errors import ConfigError, InvalidEvent
 from devbus.typefilter import TypeFilter
 
@@ -226,27 +226,25 @@ class Target:
 
 
 class Forwarder:
-    """Feed every matching event to each target; a dispatcher listener and a cleanup_ctx."""
+    """Feed every matching event to each target; a dispatcher output and a cleanup_ctx."""
 
     def __init__(self, targets: Sequence[str], *, types: TypeFilter, limit: int, metrics: Metrics) -> None:
         self.types = types
         self.targets = [Target(*parse_target(value), limit=limit, metrics=metrics) for value in targets]
         self._metrics = metrics
 
-    def __call__(self, batch: Sequence[Published]) -> None:
-        """Queue each matching event of an accepted batch; never waits."""
-        for item in batch:
-            event = item.event
-            if not self.types(event.type):
+    def __call__(self, batch: Sequence[Record]) -> None:
+        """Queue each matching event of a delivered batch; never waits."""
+        for record in batch:
+            if not self.types(record.type):
                 continue
-            body = None  # encoded once, shared by every target
+            event = record.event
             for target in self.targets:
                 if event.source == target.name:
                     self._metrics.forward_skipped.labels(target.label).inc()
                     continue
-                if body is None:
-                    body = encode_json(event)
-                target.offer(event, body)
+                # The JSON the store encoded once, shared with every other output.
+                target.offer(event, record.json)
 
     async def run(self, app: web.Application) -> AsyncIterator[None]:
         """Run one delivery task per target while the app runs (an aiohttp cleanup_ctx)."""

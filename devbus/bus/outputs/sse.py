@@ -7,7 +7,8 @@ import logging
 from aiohttp import hdrs, web
 from aiohttp_sse import EventSourceResponse
 
-from devbus.bus.keys import DISPATCHER, SETTINGS
+from devbus.bus.keys import DISPATCHER, FANOUT, SETTINGS
+from devbus.bus.outputs.sse_replay import Replay
 from devbus.envelope import encode_json, sse_frame
 from devbus.typefilter import TypeFilter, parse_patterns
 
@@ -81,36 +82,42 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
     """Stream events as SSE: connected frame, replay after a resume id, then live."""
     settings = request.app[SETTINGS]
     dispatcher = request.app[DISPATCHER]
+    fanout = request.app[FANOUT]
     type_filter = TypeFilter(parse_patterns(request.query.getall("types", [])))
     named = request.query.get("named", "").lower() in TRUE_VALUES
-    connected = encode_json(
-        {
-            "type": "connected",
-            "message": "SSE connected",
-            "run": dispatcher.run,
-            "last_id": dispatcher.last_id,
-            "types": list(type_filter.patterns),
-        }
-    )
-    first = sse_frame(connected, retry_ms=settings.retry_ms)
-    outlet = dispatcher.subscribe(type_filter, named=named, since=_resume_id(request), first=first)
+    since = _resume_id(request)
+    outlet = fanout.subscribe(type_filter, named=named)
     response = EventSourceResponse(ping_interval=settings.heartbeat, sep="\n")
     try:
+        connected = encode_json(
+            {
+                "type": "connected",
+                "message": "SSE connected",
+                "run": dispatcher.run,
+                "last_id": dispatcher.last_id,
+                "types": list(type_filter.patterns),
+            }
+        )
+        outlet.preload(sse_frame(connected, retry_ms=settings.retry_ms))
+        if since is None:
+            fanout.join(outlet)
         await response.prepare(request)
+        transport = request.transport
+        if transport is None:
+            return response
+        outlet.on_abort(transport.abort)
+        if since is not None:
+            await Replay(request, response, outlet).run(since)
         outlet.write_now = SocketWriter(request, response)
         while (chunk := await outlet.take(idle=settings.heartbeat)) is not None:
             if chunk:
                 await response.write(chunk)
-            elif request.transport is None or request.transport.is_closing():
+            elif transport.is_closing():
                 break
-        if outlet.evicted and request.transport is not None:
-            # Abort rather than close: the peer is not reading, so a graceful
-            # close would wait on a buffer that never drains.
-            request.transport.abort()
     except ConnectionResetError:
         log.debug("subscriber went away")
     finally:
-        dispatcher.unsubscribe(outlet)
+        fanout.release(outlet)
         if response.is_connected():
             response.stop_streaming()
     return response

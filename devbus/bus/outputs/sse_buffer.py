@@ -36,10 +36,12 @@ class Outlet:
 
     __slots__ = (
         "_limit",
+        "_on_abort",
         "_on_evict",
         "_pending",
         "_size",
         "_waiter",
+        "anchor",
         "closed",
         "evicted",
         "named",
@@ -67,6 +69,11 @@ class Outlet:
         # Set by the stream once its headers are out: writes a chunk to the socket
         # at once, or returns False if the socket is backed up or closing.
         self.write_now: WriteNow | None = None
+        # Set by the stream: drops its connection at once (on eviction).
+        self._on_abort: Callable[[], None] | None = None
+        # Set by the fan-out for a cursor that joined while still reading the store:
+        # the id of the first record queued here, where the cursor's reading stops.
+        self.anchor: str | None = None
 
     @property
     def pending_bytes(self) -> int:
@@ -121,6 +128,18 @@ class Outlet:
         self._size = len(chunk)
         waiter.set_result(None)
 
+    def on_abort(self, abort: Callable[[], None]) -> None:
+        """Call ``abort`` to drop the connection if this subscriber is evicted (at once, if it already is)."""
+        self._on_abort = abort
+        if self.evicted:
+            abort()
+
+    def abort(self) -> None:
+        """Drop the connection now, without waiting for anything pending to be sent."""
+        self.close()
+        if self._on_abort is not None:
+            self._on_abort()
+
     def close(self) -> None:
         """Stop after what is pending has been taken (nothing, if evicted)."""
         self.closed = True
@@ -147,6 +166,10 @@ class Outlet:
             if not self._pending:
                 return None if self.closed else b""
         return self._take_pending()
+
+    def take_now(self) -> bytes:
+        """Return everything pending as one chunk (b'' if nothing is), without waiting."""
+        return self._take_pending() if self._pending else b""
 
     def _take_pending(self) -> bytes:
         chunk = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)

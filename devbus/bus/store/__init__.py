@@ -1,1 +1,38 @@
-"""Where order and history live."""
+"""Where order and history live: one ordered log of events behind a small interface (see ``base``)."""
+
+from __future__ import annotations
+
+from devbus.bus.store.base import Record, Resume, Store
+from devbus.errors import ConfigError
+
+__all__ = ["Record", "Resume", "Store", "create_store"]
+
+STORE_URLS = "memory, sqlite:PATH or redis://host:port/db"
+
+
+def create_store(url: str, *, history: int, history_bytes: int) -> Store:
+    """Build the store that ``url`` (``--store``) names; a bad URL is a ConfigError saying what is allowed."""
+    scheme, sep, rest = url.partition(":")
+    scheme = scheme.strip().lower()
+    if url.strip().lower() == "memory":
+        from devbus.bus.store.memory import MemoryStore
+
+        return MemoryStore(history=history, history_bytes=history_bytes)
+    if sep and scheme == "sqlite":
+        from devbus.bus.store.sqlite import SqliteStore
+
+        # sqlite:PATH, or sqlite:///abs/path as in SQLAlchemy-style URLs.
+        path = rest[2:] if rest.startswith("//") else rest
+        if not path:
+            raise ConfigError(f"--store {url!r} names no file: use sqlite:PATH, e.g. sqlite:.devbus/events.db")
+        return SqliteStore(path, history=history, history_bytes=history_bytes)
+    if sep and scheme in ("redis", "rediss", "unix"):
+        try:
+            from devbus.bus.store.redis import RedisStore  # type: ignore[import-not-found, unused-ignore]
+        except ImportError as exc:
+            raise ConfigError(
+                f"--store {scheme}:// needs the Redis extra: pip install 'devbus[redis]' ({exc})"
+            ) from exc
+        store: Store = RedisStore(url, history=history, history_bytes=history_bytes)
+        return store
+    raise ConfigError(f"--store {url!r} is not a store URL: use {STORE_URLS}")

@@ -1,90 +1,111 @@
-"""Bounded replay: the last N events of this run, addressable by id."""
+"""The memory store: the newest events of this run in a deque, gone when the bus stops."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Sequence
 
-__all__ = ["Entry", "History", "format_id", "parse_id"]
+from devbus.bus.store.base import Deliver, Record, Resume, Store
+from devbus.bus.store.sequence import format_id, new_run, number, parse_id, resume, take_page
+from devbus.envelope import Draft
 
-
-def format_id(run: str, seq: int) -> str:
-    """Build the opaque event id for sequence number ``seq`` of ``run``."""
-    return f"{run}-{seq}"
-
-
-def parse_id(event_id: str) -> tuple[str, int] | None:
-    """Split an event id into (run, seq), or None if it is not one of ours."""
-    run, sep, seq = event_id.rpartition("-")
-    if not sep or not run or not seq.isdigit() or len(seq) > 18:
-        return None
-    return run, int(seq)
+__all__ = ["MemoryStore"]
 
 
-class Entry:
-    """One retained event: what replay and GET /history need, encoded once."""
+class MemoryStore(Store):
+    """The newest ``history`` records (and at most ``history_bytes`` of JSON), oldest first.
 
-    __slots__ = ("id", "json", "seq", "type")
+    Invariant: retained records hold consecutive seqs, ``_first_seq`` to ``_seq``,
+    so that finding the record after an id is index arithmetic. Appending commits
+    and delivers at once, before the returned (already resolved) future is awaited.
+    """
 
-    def __init__(self, seq: int, event_id: str, event_type: str, json: bytes) -> None:
-        self.seq = seq
-        self.id = event_id
-        self.type = event_type
-        self.json = json
+    name = "memory"
 
-
-class History:
-    """The newest ``maxlen`` entries, oldest first, with consecutive seq numbers."""
-
-    def __init__(self, maxlen: int, *, max_bytes: int | None = None) -> None:
-        self._entries: deque[Entry] = deque()
-        self._maxlen = maxlen
+    def __init__(self, *, history: int, history_bytes: int | None = None) -> None:
+        self._run = new_run()
+        self._records: deque[Record] = deque()
+        self._maxlen = history
         # Count alone would let 10,000 events of 1 MiB each hold 10 GiB.
-        self._max_bytes = max_bytes
+        self._max_bytes = history_bytes
         self._bytes = 0
+        self._seq = 0
+        self._deliver: Deliver | None = None
+
+    @property
+    def run(self) -> str:
+        """A fresh identity per process: ids of an earlier run resume with a gap."""
+        return self._run
+
+    @property
+    def last_id(self) -> str | None:
+        """The id of the newest record, None before the first."""
+        return format_id(self._run, self._seq) if self._seq else None
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._records)
 
     @property
     def size(self) -> int:
-        """Bytes of encoded events retained."""
+        """Bytes of JSON retained."""
         return self._bytes
 
-    def append(self, entry: Entry) -> None:
-        """Retain ``entry``, dropping the oldest ones past the count or byte limit."""
-        entries = self._entries
-        entries.append(entry)
-        self._bytes += len(entry.json)
-        while len(entries) > self._maxlen or (
-            self._max_bytes is not None and self._bytes > self._max_bytes and len(entries) > 1
+    async def open(self, deliver: Deliver) -> None:
+        """Start delivering appended records to ``deliver``."""
+        self._deliver = deliver
+
+    async def close(self) -> None:
+        """Stop delivering; what is retained is dropped with the store."""
+        self._deliver = None
+
+    def append(self, drafts: Sequence[Draft], timestamp: str) -> asyncio.Future[list[Record]]:
+        """Number, retain and deliver ``drafts`` now; return them in an already resolved future."""
+        records = number(self._run, self._seq + 1, drafts, timestamp)
+        self._seq += len(records)
+        retained = self._records
+        retained.extend(records)
+        self._bytes += sum(len(r.json) for r in records)
+        while len(retained) > self._maxlen or (
+            self._max_bytes is not None and self._bytes > self._max_bytes and len(retained) > 1
         ):
-            self._bytes -= len(entries.popleft().json)
+            self._bytes -= len(retained.popleft().json)
+        if self._deliver is not None and records:
+            self._deliver(records)
+        future: asyncio.Future[list[Record]] = asyncio.get_running_loop().create_future()
+        future.set_result(records)
+        return future
 
-    @property
-    def first_seq(self) -> int | None:
-        """The seq of the oldest retained entry."""
-        return self._entries[0].seq if self._entries else None
+    def _first_seq(self) -> int | None:
+        return self._seq - len(self._records) + 1 if self._records else None
 
-    def after(self, seq: int) -> list[Entry]:
-        """Return the retained entries with a seq greater than ``seq``, oldest first."""
-        if not self._entries:
+    def is_id(self, value: str) -> bool:
+        """Whether ``value`` looks like ``<run>-<seq>``."""
+        return parse_id(value) is not None
+
+    async def resolve(self, event_id: str) -> Resume:
+        """Resume after ``event_id`` if it is this run's and nothing after it was dropped, else a gap."""
+        return resume(self._run, event_id, first=self._first_seq(), last=self._seq)
+
+    def _index_after(self, after: str) -> int:
+        parsed = parse_id(after)
+        first = self._first_seq()
+        if parsed is None or parsed[0] != self._run or first is None:
+            return 0 if parsed is None or parsed[0] != self._run else len(self._records)
+        return min(max(0, parsed[1] + 1 - first), len(self._records))
+
+    async def read_after(self, after: str, *, limit: int, max_bytes: int) -> list[Record]:
+        """A page of the records after ``after``, oldest first (from the oldest if ``after`` is not ours)."""
+        start = self._index_after(after)
+        return take_page(itertools.islice(self._records, start, None), limit=limit, max_bytes=max_bytes)
+
+    async def read_before(self, before: str | None, *, limit: int, max_bytes: int) -> list[Record]:
+        """A page of the newest records before ``before`` (None: the newest), oldest first."""
+        end = len(self._records) if before is None else self._index_after(before) - 1
+        if end <= 0:
             return []
-        start = max(0, seq + 1 - self._entries[0].seq)
-        return list(itertools.islice(self._entries, start, None))
-
-    def retains_after(self, seq: int) -> bool:
-        """Whether every event after ``seq`` is still retained (no gap)."""
-        first = self.first_seq
-        return first is None or seq + 1 >= first
-
-    def query(self, *, after: int | None, limit: int, match: Callable[[str], bool]) -> list[Entry]:
-        """Return up to ``limit`` matching entries: the first after ``after``, else the newest."""
-        if after is not None:
-            found = (e for e in self.after(after) if match(e.type))
-            return list(itertools.islice(found, limit))
-        newest = (e for e in reversed(self._entries) if match(e.type))
-        picked = list(itertools.islice(newest, limit))
-        picked.reverse()
-        return picked
+        newest = itertools.islice(reversed(self._records), len(self._records) - end, None)
+        page = take_page(newest, limit=limit, max_bytes=max_bytes)
+        page.reverse()
+        return page

@@ -1,0 +1,192 @@
+"""The SSE output: delivered records framed once per group of like subscribers, one write each per flush."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+
+from devbus.bus.metrics import Metrics
+from devbus.bus.outputs.sse_buffer import Outlet
+from devbus.bus.store.base import Record
+from devbus.envelope import sse_frame
+from devbus.errors import TooManySubscribers
+from devbus.typefilter import TypeFilter
+
+__all__ = ["Fanout"]
+
+log = logging.getLogger(__name__)
+
+# Event types seen recently, each with the groups it matches. Types are few, but
+# senders choose them: past this many the cache starts over rather than grow.
+MAX_CACHED_TYPES = 1024
+
+
+class _Group:
+    """Outlets that share a filter and framing, so matching and framing happen once for all of them."""
+
+    __slots__ = ("named", "outlets", "type_filter")
+
+    def __init__(self, type_filter: TypeFilter, named: bool) -> None:
+        self.type_filter = type_filter
+        self.named = named
+        self.outlets: dict[Outlet, None] = {}
+
+
+class Fanout:
+    """Every SSE subscriber's outlet, grouped by (filter, framing); an output of the dispatcher.
+
+    A subscriber's connection counts against ``max_subscribers`` from
+    :meth:`subscribe` until its handler calls :meth:`release`, even after it has
+    been evicted, so that open connections never exceed the cap.
+    """
+
+    def __init__(self, *, subscriber_buffer: int, max_subscribers: int, metrics: Metrics) -> None:
+        self.metrics = metrics
+        self._buffer = subscriber_buffer
+        self._max = max_subscribers
+        self._outlets: dict[Outlet, None] = {}
+        self._groups: dict[tuple[tuple[str, ...], bool], _Group] = {}
+        self._by_type: dict[str, list[_Group]] = {}
+        self._unflushed: dict[_Group, None] = {}
+        self._anchoring: list[Outlet] = []
+        metrics.watch(metrics.subscribers, lambda: len(self._outlets))
+
+    @property
+    def subscribers(self) -> int:
+        """Open SSE connections (evicted ones count until their handler has ended)."""
+        return len(self._outlets)
+
+    def unsent(self) -> int:
+        """Bytes subscribers have not taken yet, all together (a burst source may wait on it)."""
+        return sum(outlet.unsent for group in self._groups.values() for outlet in group.outlets)
+
+    def reach(self, record: Record) -> int:
+        """How many subscribers ``record`` was queued for (or, not delivered yet, would be now)."""
+        if record.reached >= 0:
+            return record.reached
+        return sum(len(group.outlets) for group in self._matching(record.type))
+
+    def subscribe(self, type_filter: TypeFilter, *, named: bool) -> Outlet:
+        """Open a slot for a subscriber (503 past the cap); it joins the live groups with :meth:`join`."""
+        if len(self._outlets) >= self._max:
+            raise TooManySubscribers(
+                f"The bus already has {len(self._outlets)} subscribers (--max-subscribers); "
+                "close some streams or raise the limit"
+            )
+        outlet = Outlet(type_filter, named=named, limit=self._buffer, on_evict=self.evict)
+        self._outlets[outlet] = None
+        return outlet
+
+    def join(self, outlet: Outlet, *, anchor: bool = False) -> None:
+        """Queue every record delivered from now on for ``outlet``.
+
+        With ``anchor``, the outlet also learns the id of the first record delivered
+        after joining (``outlet.anchor``): a cursor still reading the store stops there.
+        """
+        if outlet.closed:
+            return
+        key = (outlet.type_filter.patterns, outlet.named)
+        group = self._groups.get(key)
+        if group is None:
+            group = self._groups[key] = _Group(outlet.type_filter, outlet.named)
+            self._by_type.clear()
+        group.outlets[outlet] = None
+        if anchor:
+            self._anchoring.append(outlet)
+
+    def _leave(self, outlet: Outlet) -> None:
+        key = (outlet.type_filter.patterns, outlet.named)
+        group = self._groups.get(key)
+        if group is not None and outlet in group.outlets:
+            del group.outlets[outlet]
+            if not group.outlets:
+                del self._groups[key]
+                self._by_type.clear()
+                self._unflushed.pop(group, None)
+
+    def release(self, outlet: Outlet) -> None:
+        """Forget ``outlet`` and free its slot, once its connection's handler has ended; safe to call twice."""
+        self._leave(outlet)
+        outlet.close()
+        self._outlets.pop(outlet, None)
+
+    def evict(self, outlet: Outlet) -> None:
+        """Drop a subscriber that fell behind: its connection is closed now and its buffer freed."""
+        outlet.evicted = True
+        log.warning("evicted a subscriber that fell %d bytes behind", self._buffer)
+        self.metrics.evictions.inc()
+        self._leave(outlet)
+        # Close the connection now: the peer is not reading, so waiting for its
+        # buffer to drain would hold the socket (and its memory) indefinitely.
+        outlet.abort()
+
+    def _matching(self, event_type: str) -> list[_Group]:
+        groups = self._by_type.get(event_type)
+        if groups is None:
+            if len(self._by_type) >= MAX_CACHED_TYPES:
+                self._by_type.clear()
+            groups = self._by_type[event_type] = [g for g in self._groups.values() if g.type_filter(event_type)]
+        return groups
+
+    def __call__(self, records: Sequence[Record]) -> None:
+        """Queue each record for the subscribers whose filter matches it; flush one loop turn later."""
+        if self._anchoring:
+            first = records[0].id
+            for outlet in self._anchoring:
+                outlet.anchor = first
+            self._anchoring.clear()
+        if not self._groups:
+            for record in records:
+                record.reached = 0
+            return
+        chunks: dict[_Group, list[bytes]] = {}
+        deliveries = 0
+        for record in records:
+            reached = 0
+            plain = None
+            for group in self._matching(record.type):
+                if group.named:
+                    frame = sse_frame(record.json, event_id=record.id, name=record.type)
+                else:
+                    if plain is None:
+                        plain = sse_frame(record.json, event_id=record.id)
+                    frame = plain
+                frames = chunks.get(group)
+                if frames is None:
+                    chunks[group] = [frame]
+                else:
+                    frames.append(frame)
+                reached += len(group.outlets)
+            record.reached = reached
+            deliveries += reached
+        if not chunks:
+            return
+        if not self._unflushed:
+            self._schedule_flush()
+        for group, frames in chunks.items():
+            chunk = frames[0] if len(frames) == 1 else b"".join(frames)
+            # Pushing may evict an outlet, which leaves the group: iterate over a copy.
+            for outlet in list(group.outlets):
+                outlet.push(chunk)
+            self._unflushed[group] = None
+        self.metrics.deliveries.inc(deliveries)
+
+    def _schedule_flush(self) -> None:
+        # A request read in one loop turn publishes in the next (aiohttp starts a
+        # task for it), so flushing one turn later lets requests that arrived
+        # together share one write per subscriber instead of one write each.
+        loop = asyncio.get_running_loop()
+        loop.call_soon(loop.call_soon, self._flush)
+
+    def _flush(self) -> None:
+        # Everything delivered since the last flush leaves in one write per subscriber.
+        groups, self._unflushed = self._unflushed, {}
+        for group in groups:
+            for outlet in list(group.outlets):
+                outlet.flush()
+
+    def close(self) -> None:
+        """Close every outlet, so that every stream ends after what it has pending."""
+        for outlet in list(self._outlets):
+            outlet.close()

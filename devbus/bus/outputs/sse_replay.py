@@ -1,0 +1,104 @@
+"""A resuming SSE stream's cursor: pages from the store, as fast as the client takes them, then live."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+from devbus.bus.keys import DISPATCHER, FANOUT
+from devbus.bus.outputs.sse_buffer import Outlet
+from devbus.bus.store.base import Record
+from devbus.envelope import Event, encode_json, sse_frame
+
+__all__ = ["GAP", "PAGE_BYTES", "PAGE_EVENTS", "REPLAY_STALL", "Replay", "gap_event"]
+
+GAP = "devbus.gap"
+
+# One page of a replay: what a resuming connection holds beyond its buffer.
+PAGE_EVENTS = 1000
+PAGE_BYTES = 256 * 1024
+
+# A replaying client whose socket takes nothing of a page for this long is
+# evicted: its buffers would otherwise be held for as long as it stays connected.
+REPLAY_STALL = 10.0
+
+
+def gap_event(since: str, resume_from: str, *, run: str, timestamp: str) -> Event:
+    """The control event that tells a client events after ``since`` may be missing."""
+    # It carries the id just before the oldest retained event, so a client that
+    # reconnects again resumes cleanly instead of seeing a gap twice.
+    return Event(
+        id=resume_from,
+        type=GAP,
+        data={"last_event_id": since, "resume_from": resume_from, "run": run},
+        timestamp=timestamp,
+        source="devbus",
+    )
+
+
+class Replay:
+    """Send what a client missed after its id, page by page, then hand it to the live fan-out.
+
+    The cursor reads the store only when the client has taken the previous page.
+    Once a page shows it is near the head, the outlet joins the live group with an
+    anchor: records delivered from then on are queued in the outlet (bounded by its
+    buffer), and the first of them, the anchor, is where reading the store stops.
+    Every record before the anchor comes from the store, every one from it on from
+    the fan-out: no duplicate and no gap, however records and reads interleave.
+    """
+
+    def __init__(self, request: web.Request, response: web.StreamResponse, outlet: Outlet) -> None:
+        self._dispatcher = request.app[DISPATCHER]
+        self._store = self._dispatcher.store
+        self._fanout = request.app[FANOUT]
+        self._response = response
+        self._outlet = outlet
+
+    async def run(self, since: str) -> None:
+        """Replay after ``since`` (a gap event first if it is not retained); return once live."""
+        outlet = self._outlet
+        resume = await self._store.resolve(since)
+        if resume.gap:
+            gap = gap_event(since, resume.after, run=self._store.run, timestamp=self._dispatcher.now())
+            outlet.preload(sse_frame(encode_json(gap), event_id=gap.id, name=GAP if outlet.named else None))
+        await self._write(outlet.take_now())
+        after = resume.after
+        joined = False
+        while not outlet.closed:
+            page = await self._store.read_after(after, limit=PAGE_EVENTS, max_bytes=PAGE_BYTES)
+            if outlet.closed:
+                return
+            done = False
+            if joined:
+                anchor = outlet.anchor
+                cut = next((i for i, r in enumerate(page) if r.id == anchor), None) if anchor else None
+                if cut is not None or not page:
+                    page, done = page[:cut], True
+            elif sum(len(r.json) for r in page) < PAGE_BYTES // 2 and len(page) < PAGE_EVENTS // 2:
+                # Near the head: from here on the fan-out queues what is delivered.
+                self._fanout.join(outlet, anchor=True)
+                joined = True
+            if page:
+                after = page[-1].id
+                await self._write(self._frames(page))
+            if done:
+                return
+
+    def _frames(self, page: list[Record]) -> bytes:
+        outlet = self._outlet
+        match = outlet.type_filter
+        if outlet.named:
+            frames = [sse_frame(r.json, event_id=r.id, name=r.type) for r in page if match(r.type)]
+        else:
+            frames = [sse_frame(r.json, event_id=r.id) for r in page if match(r.type)]
+        return b"".join(frames)
+
+    async def _write(self, chunk: bytes) -> None:
+        if not chunk:
+            return
+        try:
+            async with asyncio.timeout(REPLAY_STALL):
+                await self._response.write(chunk)
+        except TimeoutError:
+            self._fanout.evict(self._outlet)

@@ -1,0 +1,309 @@
+"""The SQLite store: the log in one WAL-mode database file, kept across restarts.
+
+Writes happen in one writer thread: everything appended during a loop turn goes
+in one transaction, and the records are delivered and their futures resolved
+(HTTP 200, a ZeroMQ batch taken) only after that transaction has committed, so
+a ``kill -9`` loses nothing acknowledged. Reads run in a reader thread of their
+own (WAL lets them run beside the writer) and see only delivered records, so a
+cursor never reads past what the outputs have been handed.
+
+Invariant: retained records hold consecutive seqs ``_first`` to ``_delivered``,
+in the ``events`` table; the run identity is kept in ``meta``, so ids continue
+across restarts and a client resumes after one with no gap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sqlite3
+from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from devbus.bus.store.base import Deliver, Record, Resume, Store
+from devbus.bus.store.sequence import format_id, new_run, number, parse_id, resume
+from devbus.envelope import Draft
+from devbus.errors import ConfigError, StoreUnavailable
+
+__all__ = ["SCHEMA_VERSION", "SqliteStore"]
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY, type TEXT NOT NULL, json BLOB NOT NULL);
+"""
+
+
+def _connect(path: str) -> sqlite3.Connection:
+    connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    connection.execute("PRAGMA journal_mode=WAL")
+    # NORMAL in WAL mode: a commit survives the process being killed (it is in the
+    # WAL file); only a power loss could take the last transactions back.
+    connection.execute("PRAGMA synchronous=NORMAL")
+    connection.execute("PRAGMA busy_timeout=5000")
+    return connection
+
+
+class _Pending:
+    """Records numbered on the loop, waiting for the writer's next transaction."""
+
+    __slots__ = ("futures", "records")
+
+    def __init__(self) -> None:
+        self.records: list[Record] = []
+        self.futures: list[tuple[asyncio.Future[list[Record]], int, int]] = []
+
+
+class SqliteStore(Store):
+    """The newest ``history`` records (at most ``history_bytes`` of JSON) in a SQLite file."""
+
+    def __init__(self, path: str, *, history: int, history_bytes: int | None = None) -> None:
+        self.path = path
+        self.name = f"sqlite:{path}"
+        self._maxlen = history
+        self._max_bytes = history_bytes
+        self._run = ""
+        self._seq = 0  # the newest seq numbered (maybe not committed yet)
+        self._delivered = 0  # the newest seq committed and delivered
+        self._first = 1  # the oldest seq retained
+        self._sizes: deque[int] = deque()  # JSON sizes of the retained records, oldest first
+        self._bytes = 0
+        self._deliver: Deliver | None = None
+        self._pending = _Pending()
+        self._writing: asyncio.Future[None] | None = None
+        self._scheduled = False
+        self._failed: str | None = None
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="devbus-sqlite-writer")
+        self._reader = ThreadPoolExecutor(1, thread_name_prefix="devbus-sqlite-reader")
+        self._write_db: sqlite3.Connection | None = None
+        self._read_db: sqlite3.Connection | None = None
+
+    @property
+    def run(self) -> str:
+        """The identity stored in the file: the same after a restart."""
+        return self._run
+
+    @property
+    def last_id(self) -> str | None:
+        """The id of the newest record delivered."""
+        return format_id(self._run, self._delivered) if self._delivered else None
+
+    def __len__(self) -> int:
+        return len(self._sizes)
+
+    def status(self) -> dict[str, Any]:
+        """Name, state and what is retained, for health."""
+        return {"name": self.name, "state": "down" if self._failed else "up", "retained": len(self)}
+
+    async def open(self, deliver: Deliver) -> None:
+        """Open (or create) the file, check its version, load the bounds; then start delivering."""
+        loop = asyncio.get_running_loop()
+        try:
+            self._write_db = await loop.run_in_executor(self._writer, self._open_writer)
+            self._read_db = await loop.run_in_executor(self._reader, _connect, self.path)
+        except sqlite3.Error as exc:
+            await self.close()
+            raise ConfigError(
+                f"Cannot use --store {self.name}: {exc}; check that the directory exists and is writable, "
+                "or pass another --store"
+            ) from exc
+        except ConfigError:
+            await self.close()
+            raise
+        self._deliver = deliver
+
+    def _open_writer(self) -> sqlite3.Connection:
+        # Runs in the writer thread: creating, checking and loading the file may take a while.
+        directory = os.path.dirname(self.path) or "."
+        if not os.path.isdir(directory):
+            raise ConfigError(
+                f"Cannot use --store {self.name}: directory {directory!r} does not exist; create it first"
+            )
+        db = _connect(self.path)
+        try:
+            db.executescript(_SCHEMA)
+            meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+            version = meta.get("schema_version")
+            if version is None:
+                self._run = new_run()
+                db.executemany(
+                    "INSERT INTO meta VALUES (?, ?)", [("schema_version", str(SCHEMA_VERSION)), ("run", self._run)]
+                )
+            elif version != str(SCHEMA_VERSION) or "run" not in meta:
+                raise ConfigError(
+                    f"--store {self.name} was written by another devbus version (schema {version}, "
+                    f"this one reads {SCHEMA_VERSION}); move the file away or pass another --store"
+                )
+            else:
+                self._run = meta["run"]
+            sizes = db.execute("SELECT seq, length(json) FROM events ORDER BY seq").fetchall()
+        except BaseException:
+            db.close()
+            raise
+        if sizes:
+            self._first = sizes[0][0]
+            self._seq = self._delivered = sizes[-1][0]
+            self._sizes.extend(size for _, size in sizes)
+            self._bytes = sum(self._sizes)
+        return db
+
+    async def close(self) -> None:
+        """Commit what is pending, then close the file."""
+        while self._writing is not None or self._pending.records:
+            if self._writing is None:
+                self._submit()
+            writing = self._writing
+            if writing is not None:
+                await asyncio.shield(writing)
+        self._deliver = None
+        loop = asyncio.get_running_loop()
+        for executor, db in ((self._writer, self._write_db), (self._reader, self._read_db)):
+            if db is not None:
+                await loop.run_in_executor(executor, db.close)
+            executor.shutdown(wait=False)
+        self._write_db = self._read_db = None
+
+    def append(self, drafts: Sequence[Draft], timestamp: str) -> asyncio.Future[list[Record]]:
+        """Number ``drafts`` now; commit them with the rest of this loop turn's in the writer thread."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[Record]] = loop.create_future()
+        if self._write_db is None:
+            future.set_exception(StoreUnavailable(f"The store {self.name} is closed"))
+            return future
+        records = number(self._run, self._seq + 1, drafts, timestamp)
+        pending = self._pending
+        pending.futures.append((future, len(pending.records), len(records)))
+        pending.records.extend(records)
+        self._seq += len(records)
+        if self._writing is None and not self._scheduled:
+            # One loop turn later: appends made together share one transaction.
+            self._scheduled = True
+            loop.call_soon(self._submit)
+        return future
+
+    def _keep_from(self, sizes: list[int]) -> int:
+        """The oldest seq to keep once records of ``sizes`` are added (the bounds of memory)."""
+        count = len(self._sizes) + len(sizes)
+        total = self._bytes + sum(sizes)
+        first = self._first
+        old = iter(self._sizes)
+        while count > self._maxlen or (self._max_bytes is not None and total > self._max_bytes and count > 1):
+            dropped = next(old, None)
+            total -= dropped if dropped is not None else sizes[first - self._first - len(self._sizes)]
+            count -= 1
+            first += 1
+        return first
+
+    def _submit(self) -> None:
+        self._scheduled = False
+        if self._writing is not None or not self._pending.records:
+            return
+        pending, self._pending = self._pending, _Pending()
+        start = self._delivered + 1
+        rows = [(start + i, r.type, r.json) for i, r in enumerate(pending.records)]
+        sizes = [len(r.json) for r in pending.records]
+        keep_from = self._keep_from(sizes)
+        loop = asyncio.get_running_loop()
+        self._writing = loop.run_in_executor(self._writer, self._write, rows, keep_from)
+        self._writing.add_done_callback(lambda done: self._written(done, pending, sizes, keep_from))
+
+    def _write(self, rows: list[tuple[int, str, bytes]], keep_from: int) -> None:
+        db = self._write_db
+        assert db is not None  # closed only after the last write
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany("INSERT INTO events VALUES (?, ?, ?)", rows)
+            db.execute("DELETE FROM events WHERE seq < ?", (keep_from,))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def _written(self, done: asyncio.Future[None], pending: _Pending, sizes: list[int], keep_from: int) -> None:
+        self._writing = None
+        error = done.exception() if not done.cancelled() else StoreUnavailable("write cancelled")
+        if error is not None:
+            self._fail(error, pending)
+            return
+        self._failed = None
+        self._sizes.extend(sizes)
+        self._bytes += sum(sizes)
+        while self._first < keep_from:
+            self._bytes -= self._sizes.popleft()
+            self._first += 1
+        self._delivered += len(pending.records)
+        if self._deliver is not None:
+            self._deliver(pending.records)
+        for future, start, count in pending.futures:
+            if not future.done():
+                future.set_result(pending.records[start : start + count])
+        if self._pending.records:
+            self._submit()
+
+    def _fail(self, error: BaseException, pending: _Pending) -> None:
+        if self._failed is None:
+            log.error("could not write to %s: %s", self.name, error)
+        self._failed = str(error)
+        failure = StoreUnavailable(f"The store {self.name} could not save the event(s): {error}")
+        # Records numbered after the failed ones fail with them, so that seqs stay consecutive.
+        later, self._pending = self._pending, _Pending()
+        for future, _, _ in pending.futures + later.futures:
+            if not future.done():
+                future.set_exception(failure)
+        self._seq = self._delivered
+
+    async def resolve(self, event_id: str) -> Resume:
+        """Resume after ``event_id`` if it is this file's and nothing after it was dropped, else a gap."""
+        first = self._first if self._sizes else None
+        return resume(self._run, event_id, first=first, last=self._delivered)
+
+    def is_id(self, value: str) -> bool:
+        """Whether ``value`` looks like ``<run>-<seq>``."""
+        return parse_id(value) is not None
+
+    def _after_seq(self, after: str) -> int:
+        parsed = parse_id(after)
+        if parsed is None or parsed[0] != self._run:
+            return self._first - 1
+        return max(parsed[1], self._first - 1)
+
+    async def read_after(self, after: str, *, limit: int, max_bytes: int) -> list[Record]:
+        """A page of the delivered records after ``after``, oldest first."""
+        query = "SELECT seq, type, json FROM events WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?"
+        return await self._read(query, (self._after_seq(after), self._delivered, limit), max_bytes, newest=False)
+
+    async def read_before(self, before: str | None, *, limit: int, max_bytes: int) -> list[Record]:
+        """A page of the newest delivered records before ``before`` (None: the newest), oldest first."""
+        end = self._delivered + 1 if before is None else self._after_seq(before)
+        query = "SELECT seq, type, json FROM events WHERE seq < ? AND seq <= ? ORDER BY seq DESC LIMIT ?"
+        return await self._read(query, (end, self._delivered, limit), max_bytes, newest=True)
+
+    async def _read(self, query: str, args: tuple[int, int, int], max_bytes: int, *, newest: bool) -> list[Record]:
+        db = self._read_db
+        if db is None:
+            raise StoreUnavailable(f"The store {self.name} is closed")
+        loop = asyncio.get_running_loop()
+        rows = await loop.run_in_executor(self._reader, _fetch, db, query, args, max_bytes)
+        run = self._run
+        page = [Record(f"{run}-{seq}", type_, json) for seq, type_, json in rows]
+        if newest:
+            page.reverse()
+        return page
+
+
+def _fetch(db: sqlite3.Connection, query: str, args: tuple[int, int, int], max_bytes: int) -> list[Any]:
+    # Rows are fetched one by one so that a page stops at max_bytes without reading more.
+    rows: list[Any] = []
+    size = 0
+    for row in db.execute(query, args):
+        size += len(row[2])
+        if rows and size > max_bytes:
+            break
+        rows.append(row)
+    return rows
