@@ -48,7 +48,9 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app[METRICS] = metrics
     app[STARTED] = time.monotonic()
     app[ENDPOINTS] = {}
-    store = create_store(settings.store, history=settings.history, history_bytes=settings.history_bytes)
+    store = create_store(
+        settings.store, history=settings.history, history_bytes=settings.history_bytes, key=settings.store_key
+    )
     dispatcher = app[DISPATCHER] = Dispatcher(store, metrics=metrics)
     metrics.store_up.labels(store.name).set_function(lambda: 1 if store.status()["state"] == "up" else 0)
     fanout = app[FANOUT] = Fanout(

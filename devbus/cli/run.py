@@ -95,6 +95,13 @@ def _url_default(part: str) -> str | int:
 )
 @click.option("--insecure", envvar="DEVBUS_INSECURE", is_flag=True, help="Allow a non-loopback bind without a token.")
 @click.option(
+    "--store",
+    envvar="DEVBUS_STORE",
+    default=DEFAULTS.store,
+    show_default=True,
+    help="Where events are kept: memory, sqlite:PATH (kept across restarts) or redis://host:port/db.",
+)
+@click.option(
     "--history",
     envvar="DEVBUS_HISTORY",
     type=click.IntRange(1, 10_000_000),
@@ -157,6 +164,13 @@ def _url_default(part: str) -> str | int:
     default=_size_text(DEFAULTS.subscriber_buffer),
     show_default=True,
     help="Unsent bytes a subscriber may fall behind before it is evicted.",
+)
+@click.option(
+    "--store-key",
+    envvar="DEVBUS_STORE_KEY",
+    default=DEFAULTS.store_key,
+    show_default=True,
+    help="Key prefix in a Redis store: buses with the same --store and key share one stream.",
 )
 @click.option("--forward", envvar="DEVBUS_FORWARD", multiple=True, help="POST every event to this URL (repeatable).")
 @click.option(
