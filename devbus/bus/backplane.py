@@ -56,7 +56,7 @@ async def backplane(app: web.Application) -> AsyncIterator[None]:
             ingest = Ingest(
                 sub,
                 dispatcher=app[DISPATCHER],
-                unsent=app[FANOUT].unsent,
+                backlog=app[FANOUT].backlog,
                 metrics=app[METRICS],
                 max_size=settings.max_message,
                 token=settings.token,

@@ -10,6 +10,7 @@ import zmq
 
 from devbus.bus.dispatcher import Dispatcher
 from devbus.bus.metrics import Metrics
+from devbus.bus.outputs.backlog import Backlog
 from devbus.bus.store.base import Record
 from devbus.envelope import Draft
 from devbus.frames import WireReject, decode_frames
@@ -27,14 +28,13 @@ BATCH = 2000
 # Bytes taken per loop turn, so that one batch never buffers much per subscriber.
 BATCH_BYTES = 64 * 1024
 
-# Flow control for bursts: while input is waiting and subscribers have not taken
-# what they were sent but keep taking it, wait (looking every CATCH_UP_POLL) before
+# Flow control for bursts: while input is waiting and subscribers are behind (their
+# sockets backed up) but keep taking what they were sent, wait for them before
 # reading more. Readers get a whole burst without the bus buffering it for them;
-# one that takes nothing for STALLED seconds is not waited for (its buffer bound
-# evicts it), and no batch waits more than CATCH_UP, so a slow reader cannot hold
-# a burst back for long.
+# the outputs say when a subscriber moves (no polling). One that moves nothing for
+# STALLED seconds is not waited for (its buffer bound evicts it), and no batch
+# waits more than CATCH_UP, so a slow reader cannot hold a burst back for long.
 CATCH_UP = 1.0
-CATCH_UP_POLL = 0.002
 STALLED = 0.03
 
 
@@ -50,14 +50,17 @@ class Ingest:
         socket: zmq.Socket[bytes],
         *,
         dispatcher: Dispatcher,
-        unsent: Callable[[], int],
+        backlog: Backlog,
         metrics: Metrics,
         max_size: int,
         token: str | None = None,
     ) -> None:
         self.socket = socket
         self._dispatcher = dispatcher
-        self._unsent = unsent
+        self._backlog = backlog
+        self._waited_since = 0.0
+        self._stall: asyncio.TimerHandle | None = None
+        self._cancel_wait: Callable[[], None] | None = None
         self._metrics = metrics
         self._max_size = max_size
         self._token = token
@@ -74,6 +77,10 @@ class Ingest:
     def stop(self) -> None:
         """Stop watching the socket (the owner closes it)."""
         self._loop.remove_reader(self._fd)
+        if self._stall is not None:
+            self._stall.cancel()
+        if self._cancel_wait is not None:
+            self._cancel_wait()
 
     def _wake(self) -> None:
         if not self._scheduled:
@@ -137,24 +144,33 @@ class Ingest:
         # which is what re-arms the edge-triggered FD.
         if not (more or int(self.socket.getsockopt(zmq.EVENTS)) & zmq.POLLIN):
             return
-        unsent = self._unsent()
-        if unsent:
+        if self._backlog.behind:
             # Still marked scheduled, so the socket's wake-ups wait for this too.
             self._scheduled = True
-            now = self._loop.time()
-            self._loop.call_later(CATCH_UP_POLL, self._catch_up, unsent, now, now)
+            self._waited_since = self._loop.time()
+            self._wait_for_readers()
         else:
             self._wake()
 
-    def _catch_up(self, before: int, started: float, progressed: float) -> None:
-        unsent = self._unsent()
-        now = self._loop.time()
-        if unsent < before:
-            progressed = now
-        if unsent and now - progressed < STALLED and now - started < CATCH_UP:
-            self._loop.call_later(CATCH_UP_POLL, self._catch_up, unsent, started, progressed)
+    def _wait_for_readers(self) -> None:
+        self._stall = self._loop.call_later(STALLED, self._stop_waiting)
+        self._cancel_wait = self._backlog.when_moved(self._readers_moved)
+
+    def _readers_moved(self) -> None:
+        if self._stall is not None:
+            self._stall.cancel()
+        if self._backlog.behind and self._loop.time() - self._waited_since < CATCH_UP:
+            self._wait_for_readers()
         else:
+            self._cancel_wait = None
             self._drain()
+
+    def _stop_waiting(self) -> None:
+        # Nobody moved for STALLED seconds: read on; the stalled ones will be evicted.
+        if self._cancel_wait is not None:
+            self._cancel_wait()
+            self._cancel_wait = None
+        self._drain()
 
     def _reject(self, exc: WireReject) -> None:
         self._metrics.reject(exc.reason)

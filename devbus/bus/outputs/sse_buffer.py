@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Protocol
 
+from devbus.bus.outputs.backlog import Backlog
 from devbus.typefilter import TypeFilter
 
 __all__ = ["Outlet", "WriteNow"]
@@ -35,6 +36,8 @@ class Outlet:
     """
 
     __slots__ = (
+        "_backlog",
+        "_behind",
         "_limit",
         "_on_abort",
         "_on_evict",
@@ -56,6 +59,7 @@ class Outlet:
         named: bool,
         limit: int,
         on_evict: Callable[[Outlet], None],
+        backlog: Backlog | None = None,
     ) -> None:
         self.type_filter = type_filter
         self.named = named
@@ -66,6 +70,9 @@ class Outlet:
         self._pending: list[bytes] = []
         self._size = 0
         self._waiter: asyncio.Future[None] | None = None
+        # Told when this subscriber falls behind and when it moves again, for burst inputs.
+        self._backlog = backlog
+        self._behind = False
         # Set by the stream once its headers are out: writes a chunk to the socket
         # at once, or returns False if the socket is backed up or closing.
         self.write_now: WriteNow | None = None
@@ -127,6 +134,9 @@ class Outlet:
         self._pending.append(chunk)
         self._size = len(chunk)
         waiter.set_result(None)
+        if self._backlog is not None and not self._behind:
+            self._behind = True
+            self._backlog.fell_behind(self)
 
     def on_abort(self, abort: Callable[[], None]) -> None:
         """Call ``abort`` to drop the connection if this subscriber is evicted (at once, if it already is)."""
@@ -144,6 +154,12 @@ class Outlet:
         """Stop after what is pending has been taken (nothing, if evicted)."""
         self.closed = True
         self._wake()
+        self._moved(caught_up=True)
+
+    def _moved(self, *, caught_up: bool) -> None:
+        if self._behind and self._backlog is not None:
+            self._behind = not caught_up
+            self._backlog.moved(self, caught_up=caught_up)
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -152,6 +168,8 @@ class Outlet:
 
     async def take(self, *, idle: float) -> bytes | None:
         """Return everything pending as one chunk; b'' after ``idle`` seconds without any; None once closed."""
+        # The stream's task is back for more: whatever it took last has been written.
+        self._moved(caught_up=not self._pending)
         if not self._pending:
             if self.closed:
                 return None

@@ -7,6 +7,7 @@ import logging
 from collections.abc import Sequence
 
 from devbus.bus.metrics import Metrics
+from devbus.bus.outputs.backlog import Backlog
 from devbus.bus.outputs.sse_buffer import Outlet
 from devbus.bus.store.base import Record
 from devbus.envelope import sse_frame
@@ -50,16 +51,13 @@ class Fanout:
         self._by_type: dict[str, list[_Group]] = {}
         self._unflushed: dict[_Group, None] = {}
         self._anchoring: list[Outlet] = []
+        self.backlog = Backlog()
         metrics.watch(metrics.subscribers, lambda: len(self._outlets))
 
     @property
     def subscribers(self) -> int:
         """Open SSE connections (evicted ones count until their handler has ended)."""
         return len(self._outlets)
-
-    def unsent(self) -> int:
-        """Bytes subscribers have not taken yet, all together (a burst source may wait on it)."""
-        return sum(outlet.unsent for group in self._groups.values() for outlet in group.outlets)
 
     def reach(self, record: Record) -> int:
         """How many subscribers ``record`` was queued for (or, not delivered yet, would be now)."""
@@ -74,7 +72,7 @@ class Fanout:
                 f"The bus already has {len(self._outlets)} subscribers (--max-subscribers); "
                 "close some streams or raise the limit"
             )
-        outlet = Outlet(type_filter, named=named, limit=self._buffer, on_evict=self.evict)
+        outlet = Outlet(type_filter, named=named, limit=self._buffer, on_evict=self.evict, backlog=self.backlog)
         self._outlets[outlet] = None
         return outlet
 

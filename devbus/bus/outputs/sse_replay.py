@@ -84,6 +84,8 @@ class Replay:
                 await self._write(self._frames(page))
             if done:
                 return
+            # A page per loop turn at most: a long replay must not hold up every other client.
+            await asyncio.sleep(0)
 
     def _frames(self, page: list[Record]) -> bytes:
         outlet = self._outlet
