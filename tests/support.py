@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import shutil
@@ -21,6 +22,7 @@ import aiohttp
 import pytest
 import zmq
 import zmq.asyncio
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from devbus.bus.keys import DISPATCHER
@@ -170,6 +172,13 @@ async def connect_sender(context: zmq.asyncio.Context, endpoint: str) -> zmq.asy
     return sender
 
 
+async def eventually(check: Callable[[], Awaitable[bool]], *, within: float = WAIT) -> None:
+    """Poll ``check`` until it holds, failing after ``within`` seconds."""
+    async with asyncio.timeout(within):
+        while not await check():  # noqa: ASYNC110 - an HTTP endpoint offers nothing to await
+            await asyncio.sleep(0.02)
+
+
 async def wait_for_total(client: TestClient[Any, Any], count: int, *, within: float = WAIT) -> None:
     """Return once the bus has accepted ``count`` events in all; fail after ``within`` seconds."""
     dispatcher = client.app[DISPATCHER]
@@ -279,3 +288,52 @@ def start_redis(directory: Path, *, appendonly: bool = True) -> RedisServer:
     server = RedisServer(directory, appendonly=appendonly)
     server.start()
     return server
+
+
+Handler = Callable[[web.Request, dict[str, Any]], Awaitable[None]]
+
+
+class Receiver:
+    """A backend on 127.0.0.1 that records what the bus POSTs to it."""
+
+    def __init__(self, port: int, *, statuses: list[int] | None = None, on_event: Handler | None = None) -> None:
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}/hook"
+        self.statuses = list(statuses or [])  # answers for the first requests, 200 after
+        self.on_event = on_event
+        self.attempts: list[dict[str, Any]] = []
+        self.accepted: list[dict[str, Any]] = []
+        self.headers: list[dict[str, str]] = []
+        self._changed = asyncio.Condition()
+        self._runner: web.AppRunner | None = None
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        event = json.loads(await request.read())
+        status = self.statuses.pop(0) if self.statuses else 200
+        async with self._changed:
+            self.attempts.append(event)
+            if status == 200:
+                self.accepted.append(event)
+                self.headers.append(dict(request.headers))
+            self._changed.notify_all()
+        if status == 200 and self.on_event is not None:
+            await self.on_event(request, event)
+        return web.json_response({"ok": status == 200}, status=status)
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/hook", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def wait_accepted(self, count: int, *, within: float = WAIT) -> list[str]:
+        """Wait until ``count`` events were accepted; return their types in arrival order."""
+        async with asyncio.timeout(within), self._changed:
+            await self._changed.wait_for(lambda: len(self.accepted) >= count)
+        return [event["type"] for event in self.accepted]

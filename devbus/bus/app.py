@@ -67,8 +67,13 @@ def create_app(settings: Settings | None = None) -> web.Application:
     )
     app[FORWARDER] = forwarder
     if forwarder.targets:
-        dispatcher.add_output(forwarder)
         app.cleanup_ctx.append(forwarder.run)
+        feed = store.forward_feed(forwarder)
+        if feed is None:
+            dispatcher.add_output(forwarder)
+        else:
+            # Buses sharing a log forward each event once between them, not once each.
+            app.cleanup_ctx.append(feed)
     api = settings.api
     app.router.add_post(f"{api}/webhook", http.webhook, expect_handler=expect_continue)
     app.router.add_post(f"{api}/trigger", http.trigger, expect_handler=expect_continue)

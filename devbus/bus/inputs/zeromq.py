@@ -13,6 +13,7 @@ from devbus.bus.metrics import Metrics
 from devbus.bus.outputs.backlog import Backlog
 from devbus.bus.store.base import Record
 from devbus.envelope import Draft
+from devbus.errors import StoreUnavailable
 from devbus.frames import WireReject, decode_frames
 
 __all__ = ["Ingest"]
@@ -36,6 +37,11 @@ BATCH_BYTES = 64 * 1024
 # waits more than CATCH_UP, so a slow reader cannot hold a burst back for long.
 CATCH_UP = 1.0
 STALLED = 0.03
+
+# While the store is unreachable a batch taken from the socket is held and stored
+# again after these delays (doubling); the socket's queue and the senders' wait.
+HOLD_FIRST = 0.05
+HOLD_MAX = 1.0
 
 
 class Ingest:
@@ -66,6 +72,9 @@ class Ingest:
         self._token = token
         self._loop = asyncio.get_running_loop()
         self._scheduled = False
+        self._hold: asyncio.TimerHandle | None = None
+        self._holding: list[Draft] | None = None
+        self._hold_delay = HOLD_FIRST
         self._logged: set[str] = set()
         self._fd = int(socket.getsockopt(zmq.FD))
 
@@ -81,6 +90,10 @@ class Ingest:
             self._stall.cancel()
         if self._cancel_wait is not None:
             self._cancel_wait()
+        if self._hold is not None:
+            self._hold.cancel()
+        if self._holding:
+            log.warning("%d events taken from ZeroMQ were not stored: the store was unreachable", len(self._holding))
 
     def _wake(self) -> None:
         if not self._scheduled:
@@ -115,26 +128,54 @@ class Ingest:
                 drafts.append(decode_frames(frames, max_size=self._max_size, token=self._token))
             except WireReject as exc:
                 self._reject(exc)
-        if drafts:
-            try:
-                committed = self._dispatcher.publish(drafts)
-            except Exception:
-                # Never let one bad batch stop the ingest: log it and keep reading.
-                log.exception("could not publish %d events from ZeroMQ", len(drafts))
-            else:
-                if not committed.done():
-                    # A message is taken once the store has it: read no more until then.
-                    self._scheduled = True
-                    committed.add_done_callback(lambda done: self._committed(done, more))
-                    return
-                self._committed(committed, None)
+        if drafts and self._publish(drafts, more):
+            return
         self._next(more)
 
-    def _committed(self, committed: asyncio.Future[list[Record]], more: bool | None) -> None:
-        if committed.cancelled() or committed.exception() is not None:
-            log.error("could not store %s", committed.exception() if not committed.cancelled() else "a batch")
-        if more is not None:
-            self._scheduled = False
+    def _publish(self, drafts: list[Draft], more: bool) -> bool:
+        """Hand ``drafts`` to the store; True while they are not stored yet (nothing more is read until then)."""
+        try:
+            committed = self._dispatcher.publish(drafts)
+        except Exception:
+            # Never let one bad batch stop the ingest: log it and keep reading.
+            log.exception("could not publish %d events from ZeroMQ", len(drafts))
+            return False
+        if committed.done():
+            return self._held(committed, drafts, more)
+        # A message is taken once the store has it: read no more until then.
+        self._scheduled = True
+        committed.add_done_callback(lambda done: self._committed(done, drafts, more))
+        return True
+
+    def _committed(self, committed: asyncio.Future[list[Record]], drafts: list[Draft], more: bool) -> None:
+        self._scheduled = False
+        if not self._held(committed, drafts, more):
+            self._next(more)
+
+    def _held(self, committed: asyncio.Future[list[Record]], drafts: list[Draft], more: bool) -> bool:
+        """Whether the batch is held to be stored again because the store is unreachable."""
+        error = None if committed.cancelled() else committed.exception()
+        if isinstance(error, StoreUnavailable):
+            # Taken from the socket but not stored: keep it and read nothing more, so
+            # senders see backpressure, and store it again with backoff (the store
+            # logs the outage once).
+            self._scheduled = True
+            if self._holding is None:
+                log.info("holding %d events from ZeroMQ until the store is back", len(drafts))
+            self._holding = drafts
+            self._hold = self._loop.call_later(self._hold_delay, self._store_again, drafts, more)
+            self._hold_delay = min(self._hold_delay * 2, HOLD_MAX)
+            return True
+        self._holding = None
+        self._hold_delay = HOLD_FIRST
+        if committed.cancelled() or error is not None:
+            log.error("could not store %s", error or "a batch")
+        return False
+
+    def _store_again(self, drafts: list[Draft], more: bool) -> None:
+        self._hold = None
+        self._scheduled = False
+        if not self.socket.closed and not self._publish(drafts, more):
             self._next(more)
 
     def _next(self, more: bool) -> None:

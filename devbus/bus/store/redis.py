@@ -28,8 +28,8 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Sequence
-from typing import Any, cast
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import TYPE_CHECKING, Any, cast
 
 from redis.asyncio import Redis
 
@@ -39,7 +39,12 @@ from devbus.bus.store.sequence import new_run
 from devbus.envelope import Draft, Event, encode_json
 from devbus.errors import ConfigError, StoreUnavailable
 
-__all__ = ["DEFAULT_KEY", "RedisStore"]
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from devbus.bus.outputs.forward import Forwarder
+
+__all__ = ["DEFAULT_KEY", "Entry", "RedisStore", "records_of"]
 
 log = logging.getLogger(__name__)
 
@@ -73,18 +78,20 @@ def _tail(draft: Draft, timestamp: str) -> bytes:
     return encode_json(event)[len(_NO_ID) :]
 
 
-# A stream entry as redis-py returns it (bytes, as no decoding is asked for).
-Entry = tuple[bytes, dict[bytes, bytes]]
+# A stream entry as redis-py returns it (bytes, as no decoding is asked for; no fields if trimmed).
+Entry = tuple[bytes, dict[bytes, bytes] | None]
 
 
 def _record(entry_id: bytes, event_type: bytes, tail: bytes) -> Record:
     return Record(entry_id.decode(), event_type.decode(), b'{"id":"' + entry_id + b'",' + tail)
 
 
-def _records(entries: list[Entry]) -> list[Record]:
-    """The records of ``entries``, skipping any that devbus did not write."""
+def records_of(entries: list[Entry]) -> list[Record]:
+    """The records of ``entries``, skipping any that devbus did not write (or Redis trimmed: no fields)."""
     records = []
     for entry_id, fields in entries:
+        if not fields:
+            continue
         event_type, tail = fields.get(b"t"), fields.get(b"j")
         if event_type is not None and tail is not None:
             records.append(_record(entry_id, event_type, tail))
@@ -193,6 +200,11 @@ class RedisStore(Store):
 
     def status(self) -> dict[str, Any]:
         return {"name": self.name, "key": self.key, "retained": len(self), **self._link.status()}
+
+    def forward_feed(self, forwarder: Forwarder) -> Callable[[web.Application], AsyncIterator[None]]:
+        from devbus.bus.store.redis_forward import ClusterFeed
+
+        return ClusterFeed(self, forwarder).run
 
     async def open(self, deliver: Deliver) -> None:
         self._deliver = deliver
@@ -364,7 +376,7 @@ class RedisStore(Store):
             return
 
     def _take(self, entries: list[Entry]) -> None:
-        records = _records(entries)
+        records = records_of(entries)
         last = entries[-1][0].decode()
         self._position = parse_stream_id(last) or self._position
         if not records:
@@ -482,7 +494,7 @@ class RedisStore(Store):
             except FAILURES as exc:
                 raise self._failed(exc) from exc
             entries = cast(list[Entry], reply)
-            for record in _records(entries):
+            for record in records_of(entries):
                 size += len(record.json)
                 if page and size > max_bytes:
                     return page
