@@ -11,6 +11,7 @@ from devbus.bus import views
 from devbus.bus.backplane import backplane
 from devbus.bus.dispatcher import Dispatcher
 from devbus.bus.guard import add_cors_headers, expect_continue, guard
+from devbus.bus.history import history
 from devbus.bus.inputs import http
 from devbus.bus.keys import DISPATCHER, ENDPOINTS, FANOUT, FORWARDER, METRICS, SETTINGS, STARTED
 from devbus.bus.metrics import Metrics
@@ -79,7 +80,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app.router.add_post(f"{api}/trigger", http.trigger, expect_handler=expect_continue)
     app.router.add_post(f"{api}/batch", http.batch, expect_handler=expect_continue)
     app.router.add_get(f"{api}/events", stream_events)
-    app.router.add_get(f"{api}/history", views.history)
+    app.router.add_get(f"{api}/history", history)
     app.router.add_get(f"{api}/health", views.health)
     app.router.add_get("/metrics", views.metrics)
     app.router.add_get("/", views.static_file("dashboard.html", prefix=api))

@@ -83,11 +83,15 @@ class Dispatcher:
         """Append ``drafts`` in order; the future resolves to their records once the store has committed them."""
         # One accepted batch is one moment: stamping it once keeps a burst cheap.
         future = self.store.append(drafts, self._clock.now())
-        if future.done() and future.exception() is None:
-            self._count_in(drafts)
+        if future.done():
+            self._committed(future, drafts)
         else:
-            future.add_done_callback(lambda done: self._count_in(drafts) if done.exception() is None else None)
+            future.add_done_callback(lambda done: self._committed(done, drafts))
         return future
+
+    def _committed(self, future: asyncio.Future[list[Record]], drafts: Sequence[Draft]) -> None:
+        if not future.cancelled() and future.exception() is None:
+            self._count_in(drafts)
 
     def _count_in(self, drafts: Sequence[Draft]) -> None:
         # One counter update per source and batch: a labelled Prometheus

@@ -11,7 +11,7 @@ from devbus.bus.outputs.sse_buffer import Outlet
 from devbus.bus.store.base import Record
 from devbus.envelope import Event, encode_json, sse_frame
 
-__all__ = ["GAP", "PAGE_BYTES", "PAGE_EVENTS", "REPLAY_STALL", "Replay", "gap_event"]
+__all__ = ["GAP", "PAGE_BYTES", "PAGE_EVENTS", "REPLAY_STALL", "Replay", "gap_event", "write_or_stall"]
 
 GAP = "devbus.gap"
 
@@ -97,10 +97,15 @@ class Replay:
         return b"".join(frames)
 
     async def _write(self, chunk: bytes) -> None:
-        if not chunk:
-            return
-        try:
-            async with asyncio.timeout(REPLAY_STALL):
-                await self._response.write(chunk)
-        except TimeoutError:
+        if chunk and not await write_or_stall(self._response, chunk):
             self._fanout.evict(self._outlet)
+
+
+async def write_or_stall(response: web.StreamResponse, chunk: bytes) -> bool:
+    """Write ``chunk`` and wait for the socket to take it; False if it took nothing for REPLAY_STALL seconds."""
+    try:
+        async with asyncio.timeout(REPLAY_STALL):
+            await response.write(chunk)
+    except TimeoutError:
+        return False
+    return True

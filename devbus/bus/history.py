@@ -1,0 +1,92 @@
+"""GET {prefix}/history: retained events read from the store page by page and streamed as the client takes them."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from devbus.bus.keys import DISPATCHER, SETTINGS
+from devbus.bus.outputs.sse_replay import PAGE_BYTES, PAGE_EVENTS, write_or_stall
+from devbus.bus.store.base import Store
+from devbus.errors import InvalidEvent
+from devbus.typefilter import TypeFilter, parse_patterns
+
+__all__ = ["history"]
+
+DEFAULT_HISTORY_LIMIT = 100
+
+
+def _limit(request: web.Request) -> int:
+    raw = request.query.get("limit", str(DEFAULT_HISTORY_LIMIT))
+    maximum = request.app[SETTINGS].history
+    if not raw.isdigit() or not 1 <= int(raw) <= maximum:
+        raise InvalidEvent(f"`limit` must be a whole number from 1 to {maximum} (got {raw!r})")
+    return int(raw)
+
+
+async def _oldest(store: Store) -> str:
+    # An id the store does not know resolves to just before the oldest record retained.
+    return (await store.resolve("")).after
+
+
+async def _start_of_newest(store: Store, *, limit: int, match: TypeFilter) -> str:
+    """The id to read after so that the newest ``limit`` matching events come next."""
+    before = None
+    found = 0
+    start_in_next_page = False
+    while True:
+        page = await store.read_before(before, limit=PAGE_EVENTS, max_bytes=PAGE_BYTES)
+        if not page:
+            return await _oldest(store)
+        if start_in_next_page:
+            return page[-1].id
+        for index in range(len(page) - 1, -1, -1):
+            if match(page[index].type):
+                found += 1
+                if found == limit:
+                    if index:
+                        return page[index - 1].id
+                    start_in_next_page = True
+                    break
+        before = page[0].id
+
+
+async def history(request: web.Request) -> web.StreamResponse:
+    """Return retained events, oldest first, filtered by type; after ``since``, else the newest ``limit``.
+
+    The body is read from the store and written a page at a time, each once the
+    client has taken the previous one, so a request costs the bus one page however
+    many events it asks for and whether or not it reads.
+    """
+    dispatcher = request.app[DISPATCHER]
+    store = dispatcher.store
+    match = TypeFilter(parse_patterns(request.query.getall("types", [])))
+    limit = _limit(request)
+    since = request.query.get("since")
+    if since:
+        if not store.is_id(since):
+            raise InvalidEvent(f"`since` must be an event id such as {dispatcher.last_id or 'abc-1'!r} (got {since!r})")
+        # An id from another run means everything retained is new to the caller.
+        after = (await store.resolve(since)).after
+    else:
+        after = await _start_of_newest(store, limit=limit, match=match)
+    response = web.StreamResponse(headers={"Content-Type": "application/json; charset=utf-8"})
+    await response.prepare(request)
+    separator = b'{"events":['
+    sent = 0
+    while sent < limit:
+        page = await store.read_after(after, limit=PAGE_EVENTS, max_bytes=PAGE_BYTES)
+        if not page:
+            break
+        after = page[-1].id
+        picked = [r.json for r in page if match(r.type)][: limit - sent]
+        if not picked:
+            continue
+        sent += len(picked)
+        if not await write_or_stall(response, separator + b",".join(picked)):
+            if request.transport is not None:
+                request.transport.abort()
+            return response
+        separator = b","
+    await response.write(separator + b"]}" if sent == 0 else b"]}")
+    await response.write_eof()
+    return response
