@@ -3,6 +3,7 @@
     python scripts/bench.py                 # every scenario at full size (a few minutes)
     python scripts/bench.py --quick         # small sizes, a smoke test
     python scripts/bench.py --scenario http-fanout --scenario idle
+    python scripts/bench.py --store sqlite:  # every bus on a fresh SQLite store
 
 Each scenario starts its own `devbus run` (free ports, --quiet), drives it from this
 process (SSE sinks, HTTP posts) and a publisher process (ZeroMQ), stops it with SIGTERM,
@@ -16,6 +17,7 @@ import argparse
 import asyncio
 import json
 import multiprocessing
+import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -26,7 +28,7 @@ from typing import Any
 import aiohttp
 import loadgen
 import report
-from loadgen import Sink, Tally, close_sinks, cpu_self, open_sinks, stalled_client
+from loadgen import Sink, Tally, close_sinks, cpu_self, id_digest, open_sinks, stalled_client
 from servers import ROOT, Devbus, Reference, Server
 
 WAIT = 300.0  # seconds any single phase may take before the scenario fails
@@ -43,6 +45,9 @@ class Sizes:
     idle: int
     slow: tuple[int, int, int]  # fast subscribers, events, bytes per event
     ingest: int
+    replay: tuple[int, int, int, int]  # history bytes, bytes per event, stalled resumes, reading resumes
+    replay_waits: tuple[float, float]  # seconds the bus may take to evict the stalled; seconds after that
+    filters: tuple[int, int]  # subscribers, events
 
 
 FULL = Sizes(
@@ -53,6 +58,9 @@ FULL = Sizes(
     idle=10_000,
     slow=(100, 100_000, 1024),
     ingest=300_000,
+    replay=(64 * 2**20, 8192, 100, 100),
+    replay_waits=(60.0, 5.0),
+    filters=(1000, 100_000),
 )
 QUICK = Sizes(
     burst=(50, 500),
@@ -62,6 +70,9 @@ QUICK = Sizes(
     idle=200,
     slow=(10, 20_000, 1024),
     ingest=5_000,
+    replay=(4 * 2**20, 8192, 10, 10),
+    replay_waits=(15.0, 0.5),
+    filters=(50, 2_000),
 )
 
 
@@ -97,6 +108,9 @@ async def in_child(target: Callable[..., dict[str, float]], *args: Any, **option
         return await asyncio.to_thread(receive.recv)
     except EOFError:
         raise RuntimeError(f"the publisher failed (exit code {process.exitcode})") from None
+    except BaseException:
+        process.terminate()  # cancelled: a publisher held back by a slow bus would block for good
+        raise
     finally:
         await asyncio.to_thread(process.join, 30)
         receive.close()
@@ -230,8 +244,7 @@ async def scenario_latency(sizes: Sizes) -> dict[str, Any]:
 
 
 async def health(server: Devbus) -> dict[str, Any]:
-    async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{server.port}/api/dev/health") as r:
-        return dict(await r.json())
+    return await get_json(server, "/api/dev/health")
 
 
 async def metric(server: Devbus, name: str) -> float:
@@ -325,6 +338,236 @@ async def scenario_ingest(sizes: Sizes) -> dict[str, Any]:
     return result
 
 
+async def get_json(server: Devbus, path: str) -> dict[str, Any]:
+    async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{server.port}{path}") as r:
+        if r.status != 200:
+            raise RuntimeError(f"GET {path} answered {r.status}: {await r.text()}")
+        return dict(await r.json())
+
+
+async def post_batch(server: Devbus, session: aiohttp.ClientSession, body: bytes) -> list[str]:
+    """POST one /batch body; return the ids of its events."""
+    url = f"http://127.0.0.1:{server.port}/api/dev/batch"
+    async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as r:
+        if r.status != 200:
+            raise RuntimeError(f"POST /batch answered {r.status}: {await r.text()}")
+        ids: list[str] = (await r.json())["ids"]
+        return ids
+
+
+async def until(condition: Callable[[], bool], within: float) -> bool:
+    """Poll ``condition`` for up to ``within`` seconds; return whether it came true."""
+    deadline = time.monotonic() + within
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
+
+
+async def fill_history(bus: Devbus, history_bytes: int, size: int) -> list[str]:
+    """Publish events with ``size`` bytes of padding until history is over-full; return every id, in order."""
+    per_batch = max(1, 2**19 // (size + 200))  # about 512 KiB a request, under --max-body
+    item = {"event_type": "bench.fill", "data": {"pad": "x" * size}}
+    body = json.dumps({"events": [item] * per_batch}).encode()
+    ids: list[str] = []
+    async with aiohttp.ClientSession() as session:
+        while len(ids) * size < history_bytes * 1.1:
+            ids += await post_batch(bus, session, body)
+    return ids
+
+
+STALLED_RSS_LIMIT = 512 * 2**20  # what all the stalled resumes together may add to the bus
+RUNAWAY = 2 * 2**30  # bus growth at which the reading phase stops the bus: the answer is known by then
+
+
+async def stalled_resumes(bus: Devbus, resume_from: str, count: int, waits: tuple[float, float]) -> dict[str, Any]:
+    """Open ``count`` resumes that never read; their cost, and the bus's memory once it has evicted them."""
+    evict_within, after = waits
+    probe = bus.probe
+    await asyncio.to_thread(probe.settle)
+    before = probe.rss()
+    probe.reset_peak()
+    sockets: list[socket.socket] = []
+    try:
+        # Ten at a time, stopping early once past the limit: no need to take the machine down to know.
+        while len(sockets) < count and probe.peak() - before <= STALLED_RSS_LIMIT:
+            for _ in range(min(10, count - len(sockets))):
+                sockets.append(stalled_client(bus.port, headers={"Last-Event-ID": resume_from}))
+            await asyncio.to_thread(probe.settle)
+        ports = {sock.getsockname()[1] for sock in sockets}
+        held = len(probe.held_peers(bus.port) & ports)
+        growth = probe.peak() - before
+        # A replay that takes nothing is dropped by the bus after a while: wait for it to let go of all.
+        evicted = await until(lambda: not probe.held_peers(bus.port) & ports, evict_within)
+        for sock in sockets:
+            sock.close()  # those the bus kept, if any
+        await asyncio.sleep(after)  # the target: memory is back this long after the eviction
+        rss_after = probe.rss()
+    finally:
+        for sock in sockets:
+            sock.close()
+    return {
+        "stalled": count,
+        "stalled_opened": len(sockets),
+        "stalled_held": held,
+        "stalled_rss_growth_mb": round(growth / 2**20, 1),
+        "evicted_by_bus": evicted,
+        "rss_start_mb": round(before / 2**20, 1),
+        "rss_after_evicted_mb": round(rss_after / 2**20, 1),
+        "rss_after_evicted_ratio": round(rss_after / before, 3),
+    }
+
+
+async def stop_runaway(bus: Devbus, limit: int, seen: dict[str, Any]) -> None:
+    """Kill the bus if its RSS passes ``limit`` (a bus that copies each replay in full would exhaust the machine)."""
+    await until(lambda: bus.probe.rss() > limit, float("inf"))
+    seen["runaway"] = f"stopped the bus at {bus.probe.rss() / 2**20:.0f} MB RSS"
+    bus.proc.kill()
+
+
+async def reading_resumes(bus: Devbus, resume_from: str, count: int, expected: list[str]) -> dict[str, Any]:
+    """``count`` readers resume after ``resume_from`` together; live events follow; does each get all, in order?"""
+    probe = bus.probe
+    start = probe.rss()
+    probe.reset_peak()
+    seen: dict[str, Any] = {}
+    runaway = asyncio.create_task(stop_runaway(bus, start + RUNAWAY, seen))
+    started = time.monotonic()
+    try:
+        async with asyncio.timeout(WAIT):
+            sinks = await open_sinks(bus.port, count, headers={"Last-Event-ID": resume_from}, digest=True)
+        try:
+            async with aiohttp.ClientSession() as session:
+                live = [{"event_type": "bench.live", "data": {"n": n}} for n in range(20)]
+                expected = expected + await post_batch(bus, session, json.dumps({"events": live}).encode())
+            tally = Tally()
+            tally.arm(sinks, len(expected), in_all=True)
+            async with asyncio.timeout(WAIT):
+                await tally.done.wait()
+            elapsed = time.monotonic() - started
+            digest = id_digest(expected)
+            result = {
+                "readers": count,
+                "readers_complete": sum(1 for s in sinks if s.frames == len(expected)),
+                "readers_in_order": sum(1 for s in sinks if s.ids == len(expected) and s.id_crc == digest),
+                "replay_s": round(elapsed, 2),
+                "replay_mb_per_s": round(sum(s.bytes for s in sinks) / elapsed / 2**20),
+            }
+        finally:
+            close_sinks(sinks)
+    finally:
+        runaway.cancel()
+    if "runaway" in seen:
+        result["readers_runaway"] = seen["runaway"]
+    else:
+        result["readers_peak_rss_growth_mb"] = round((probe.peak() - start) / 2**20, 1)
+    return result
+
+
+async def scenario_replay(sizes: Sizes) -> dict[str, Any]:
+    history_bytes, size, stalled, readers = sizes.replay
+    loadgen.raise_fd_limit()
+    bus = Devbus("--history-bytes", str(history_bytes), "--max-subscribers", str(stalled + readers + 10))
+    try:
+        ids = await fill_history(bus, history_bytes, size)
+        # The oldest retained event: the first one after an id that is no longer retained.
+        oldest = (await get_json(bus, f"/api/dev/history?since={ids[0]}&limit=1"))["events"][0]["id"]
+        after = ids[ids.index(oldest) + 1 :]
+        result: dict[str, Any] = {"retained": len(after) + 1, "history_mb": round(history_bytes / 2**20)}
+        meter = Meter(bus)
+        result |= await stalled_resumes(bus, oldest, stalled, sizes.replay_waits)
+        result |= await reading_resumes(bus, oldest, readers, after)
+        if bus.proc.poll() is None:
+            result |= meter.stop()
+    finally:
+        bus.stop()
+    result["correct"] = result["readers_complete"] == result["readers_in_order"] == readers
+    result["met"] = (
+        result["correct"]
+        and result["stalled_opened"] == stalled
+        and result["stalled_rss_growth_mb"] <= STALLED_RSS_LIMIT / 2**20
+        and result["evicted_by_bus"]
+        and abs(result["rss_after_evicted_ratio"] - 1) <= 0.10
+    )
+    return result
+
+
+async def probe_health(server: Devbus, times: list[float]) -> None:
+    """Time GET /health every 0.2 s until cancelled: does the bus still answer while it ingests?"""
+    while True:
+        began = time.monotonic()
+        await get_json(server, "/api/dev/health")
+        times.append(time.monotonic() - began)
+        await asyncio.sleep(0.2)
+
+
+async def ingest_with(
+    bus: Devbus, paths: Callable[[int], str], subscribers: int, events: int, *, within: float
+) -> dict[str, Any]:
+    """ZeroMQ ingest while ``subscribers`` sinks on ``paths`` (matching none of it) wait, one sink taking all."""
+    async with asyncio.timeout(WAIT):
+        others = await open_sinks(bus.port, subscribers, path=paths)
+        counter = await open_sinks(bus.port, 1, path="/api/dev/events?types=bench.tick", check_every=1)
+    try:
+        tally = Tally()
+        tally.arm(counter, events)
+        meter = Meter(bus)
+        health_times: list[float] = []
+        prober = asyncio.create_task(probe_health(bus, health_times))
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(within):
+                timing = await publish_zmq(bus.ingest or "", events)
+                await tally.done.wait()
+            received, elapsed = events, tally.last_at - timing["started"]
+        except TimeoutError:  # far too slow: the rate so far says enough
+            received, elapsed = max(0, counter[0].frames), time.monotonic() - started
+        finally:
+            prober.cancel()
+        return {
+            "events_per_s": round(received / elapsed),
+            "elapsed_s": round(elapsed, 3),
+            "received": received,
+            "health_max_ms": round(max(health_times, default=0.0) * 1000, 1),
+            **order_check(counter, events),
+            **meter.stop(),
+        }
+    finally:
+        close_sinks(others + counter)
+
+
+async def scenario_filters(sizes: Sizes) -> dict[str, Any]:
+    subscribers, events = sizes.filters
+    loadgen.raise_fd_limit()
+    runs: dict[str, dict[str, Any]] = {}
+    filters: dict[str, Callable[[int], str]] = {
+        "single": lambda i: "/api/dev/events?types=bench.f.*,other",
+        "distinct": lambda i: f"/api/dev/events?types=bench.f{i}.*,other.{i}",
+    }
+    for name, paths in filters.items():
+        bus = Devbus("--max-subscribers", str(subscribers + 10))
+        try:
+            if bus.ingest is None:
+                return {"skipped": "this bus has no ZeroMQ ingest"}
+            # Distinct filters get four times as long as one filter took: at half its rate they already fail.
+            within = WAIT if name == "single" else max(30.0, 4 * runs["single"]["elapsed_s"])
+            runs[name] = await ingest_with(bus, paths, subscribers, events, within=within)
+        finally:
+            bus.stop()
+    single, distinct = runs["single"], runs["distinct"]
+    result = {
+        **distinct,
+        "single": single,
+        "single_events_per_s": single["events_per_s"],
+        "ratio": round(distinct["events_per_s"] / single["events_per_s"], 2),
+        "filters": subscribers,
+    }
+    result["correct"] = all_correct(single) and all_correct(distinct)
+    result["met"] = result["correct"] and result["ratio"] >= 0.5
+    return result
+
+
 SCENARIOS: dict[str, tuple[Callable[[Sizes], Awaitable[dict[str, Any]]], str]] = {
     "burst": (scenario_burst, "1,000 subs x 5,000 events over ZeroMQ: all in order, >= 2,000,000 deliveries/s"),
     "http-fanout": (scenario_http_fanout, "1,000 subs x 2,000 POSTs, 8 in flight: >= 150,000 deliveries/s, >= 5x ref"),
@@ -332,6 +575,12 @@ SCENARIOS: dict[str, tuple[Callable[[Sizes], Awaitable[dict[str, Any]]], str]] =
     "idle": (scenario_idle, "10,000 idle subscribers: all held, <= 15 KB bus RSS each"),
     "slow": (scenario_slow, "1 stalled + 100 fast, 100,000 x 1 KB: evicted, RSS growth <= 64 MB, fast get all"),
     "ingest": (scenario_ingest, "ZeroMQ ingest, 1 subscriber: >= 100,000 events/s, none lost"),
+    "replay": (
+        scenario_replay,
+        "64 MiB history; 100 stalled resumes from the oldest id: RSS +<= 512 MB, back within 10% 5 s after "
+        "eviction; 100 reading resumes: every event, in order",
+    ),
+    "filters": (scenario_filters, "1,000 subs with distinct filters: ZeroMQ ingest >= 0.5x one shared filter"),
 }
 
 
@@ -367,11 +616,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=1, help="run each scenario N times; report the median run")
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown (for the README)")
     parser.add_argument("--profile", type=Path, help="run the bus under cProfile, writing its stats to this file")
+    parser.add_argument(
+        "--store",
+        help="passed to `devbus run --store` (default: the bus's own, memory); sqlite:PATH gives each bus "
+        "a fresh file next to PATH (sqlite: alone, in a temporary folder)",
+    )
     args = parser.parse_args(argv)
     Devbus.profile = args.profile
+    Devbus.store = args.store
     names = args.scenario or list(SCENARIOS)
     sizes = QUICK if args.quick else FULL
     results = asyncio.run(run(names, sizes, repeat=args.repeat))
+    print(f"store: {args.store or 'memory'}")
     print(report.table(results, markdown=args.markdown))
     out = args.out or ROOT / "bench-results" / time.strftime("bench-%Y%m%d-%H%M%S.json")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -379,6 +635,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": report.machine(),
         "quick": args.quick,
         "repeat": args.repeat,
+        "store": args.store,
         "sizes": sizes.__dict__,
         "scenarios": results,
     }

@@ -14,7 +14,8 @@ import re
 import resource
 import socket
 import time
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import msgspec
@@ -25,6 +26,7 @@ import zmq
 FRAME = b"\ndata: "
 _ID = re.compile(rb"\nid: [^\n]*-(\d+)\n")
 _SENT = re.compile(rb'"t":(\d+)')
+_ANY_ID = re.compile(rb"\nid: ([^\n]*)\n")
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 NOBLOCK = int(zmq.NOBLOCK)
@@ -39,14 +41,17 @@ class Tally:
         self.done = asyncio.Event()
         self.last_at = 0.0
 
-    def arm(self, sinks: list[Sink], expected: int) -> None:
-        """Expect ``expected`` frames more on every sink from now on."""
+    def arm(self, sinks: list[Sink], expected: int, *, in_all: bool = False) -> None:
+        """Expect ``expected`` frames more on every sink from now on (``in_all``: since it connected)."""
         self.done.clear()
         self.waiting = 0
         for sink in sinks:
-            sink.target = sink.frames + expected
+            sink.target = expected if in_all else sink.frames + expected
             sink.tally = self
-            self.waiting += 1
+            if sink.frames >= sink.target or sink.closed.done():
+                sink.target = -1  # already there, or will get nothing more
+            else:
+                self.waiting += 1
         if not self.waiting:
             self.done.set()
 
@@ -65,10 +70,18 @@ _VIEW = memoryview(_BUFFER)
 class Sink(asyncio.BufferedProtocol):
     """One SSE subscriber that counts frames; optionally checks ids and samples latency."""
 
-    def __init__(self, request: bytes, *, check_ids: bool = False, latencies: list[int] | None = None) -> None:
+    def __init__(
+        self, request: bytes, *, check_ids: bool = False, latencies: list[int] | None = None, digest: bool = False
+    ) -> None:
         self.request = request
         self.check_ids = check_ids
         self.latencies = latencies
+        # With ``digest``, every id received goes into a CRC-32, so that a whole
+        # sequence of opaque ids can be compared with the expected one.
+        self.digest = digest
+        self.ids = 0
+        self.id_crc = 0
+        self._id_carry = b""
         self.frames = -1  # the connected frame is not an event
         self.target = -1
         self.tally: Tally | None = None
@@ -102,6 +115,8 @@ class Sink(asyncio.BufferedProtocol):
             self.frames += found
         if self.check_ids or self.latencies is not None:
             self._inspect(bytes(_BUFFER[:nbytes]))
+        if self.digest:
+            self._digest(nbytes)
         if found and self.tally is not None and self.frames >= self.target >= 0:
             self.target = -1
             self.tally.reached()
@@ -124,6 +139,31 @@ class Sink(asyncio.BufferedProtocol):
             now = time.monotonic_ns()
             self.latencies.extend(now - int(m.group(1)) for m in _SENT.finditer(whole))
 
+    def _digest(self, nbytes: int) -> None:
+        # Scan the shared buffer in place; only a line cut by the end of a read is
+        # carried over (from its leading newline) to be completed by the next one.
+        start = 0
+        if self._id_carry:
+            newline = _BUFFER.find(b"\n", 0, nbytes)
+            if newline < 0:
+                self._id_carry += _BUFFER[:nbytes]
+                return
+            self._add_ids(_ANY_ID.finditer(self._id_carry + _BUFFER[: newline + 1]))
+            start = newline
+        end = _BUFFER.rfind(b"\n", start, nbytes)
+        if end < 0:
+            self._id_carry += _BUFFER[start:nbytes]
+            return
+        self._add_ids(_ANY_ID.finditer(_BUFFER, start, end + 1))
+        self._id_carry = bytes(_BUFFER[end:nbytes])
+
+    def _add_ids(self, matches: Iterator[re.Match[bytes]]) -> None:
+        crc, count = self.id_crc, self.ids
+        for match in matches:
+            crc = zlib.crc32(match.group(1) + b"\n", crc)
+            count += 1
+        self.id_crc, self.ids = crc, count
+
     def connection_lost(self, exc: Exception | None) -> None:
         if self.tally is not None and self.target >= 0:
             # A closed stream will get nothing more: count it as finished, incomplete.
@@ -139,35 +179,51 @@ class Sink(asyncio.BufferedProtocol):
             self.transport.abort()
 
 
-def sse_request(port: int, path: str) -> bytes:
+def sse_request(port: int, path: str, headers: dict[str, str] | None = None) -> bytes:
     """The GET request an EventSource would send, minus the browser headers."""
+    extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
     return (
-        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAccept: text/event-stream\r\nCache-Control: no-cache\r\n\r\n"
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAccept: text/event-stream\r\nCache-Control: no-cache\r\n"
+        f"{extra}\r\n"
     ).encode()
+
+
+def id_digest(ids: Iterable[str]) -> int:
+    """The CRC-32 a digesting :class:`Sink` computes when it receives exactly ``ids``, in this order."""
+    crc = 0
+    for event_id in ids:
+        crc = zlib.crc32(event_id.encode() + b"\n", crc)
+    return crc
 
 
 async def open_sinks(
     port: int,
     count: int,
     *,
-    path: str = "/api/dev/events",
+    path: str | Callable[[int], str] = "/api/dev/events",
+    headers: dict[str, str] | None = None,
     check_every: int = 0,
     latency_every: int = 0,
     latencies: list[int] | None = None,
+    digest: bool = False,
     concurrency: int = 100,
 ) -> list[Sink]:
-    """Connect ``count`` sinks, at most ``concurrency`` at a time, and wait for their connected frames."""
+    """Connect ``count`` sinks, at most ``concurrency`` at a time, and wait for their connected frames.
+
+    ``path`` is one path for all, or a function of the sink's index.
+    """
     loop = asyncio.get_running_loop()
-    request = sse_request(port, path)
+    paths = path if callable(path) else lambda _: path
     gate = asyncio.Semaphore(concurrency)
     sinks: list[Sink] = []
 
     async def one(index: int) -> None:
         check = bool(check_every) and index % check_every == 0
         sampled = latencies if latency_every and index % latency_every == 0 else None
+        request = sse_request(port, paths(index), headers)
         async with gate:
             _, sink = await loop.create_connection(
-                lambda: Sink(request, check_ids=check, latencies=sampled), "127.0.0.1", port
+                lambda: Sink(request, check_ids=check, latencies=sampled, digest=digest), "127.0.0.1", port
             )
             sinks.append(sink)
             await sink.connected
@@ -182,12 +238,12 @@ def close_sinks(sinks: list[Sink]) -> None:
         sink.close()
 
 
-def stalled_client(port: int, path: str = "/api/dev/events") -> socket.socket:
+def stalled_client(port: int, path: str = "/api/dev/events", headers: dict[str, str] | None = None) -> socket.socket:
     """Open a subscriber that never reads, with a tiny receive window."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.connect(("127.0.0.1", port))
-    sock.sendall(sse_request(port, path))
+    sock.sendall(sse_request(port, path, headers))
     return sock
 
 
@@ -229,6 +285,56 @@ class Probe:
 
     def rss(self) -> int:
         return self.memory()["VmRSS"]
+
+    def peak(self) -> int:
+        """Peak RSS (VmHWM) in bytes since the start or the last :meth:`reset_peak`."""
+        return self.memory()["VmHWM"]
+
+    def reset_peak(self) -> None:
+        """Measure the peak RSS afresh from now on (Linux: 5 > /proc/PID/clear_refs; our own child only)."""
+        with open(f"/proc/{self.pid}/clear_refs", "w") as refs:
+            refs.write("5")
+
+    def settle(self, *, within: float = 60.0, window: float = 0.5, busy: float = 0.05) -> None:
+        """Block until the process uses under ``busy`` of a core over ``window`` seconds: it has done its work."""
+        deadline = time.monotonic() + within
+        used, since = self.cpu(), time.monotonic()
+        while True:
+            time.sleep(window)
+            now_used, now = self.cpu(), time.monotonic()
+            if now_used - used <= busy * (now - since):
+                return
+            if now > deadline:
+                raise TimeoutError(f"process {self.pid} was still busy after {within}s")
+            used, since = now_used, now
+
+    def held_peers(self, port: int) -> set[int]:
+        """Client ports of the TCP connections to ``port`` this process still holds open.
+
+        A socket the process has closed (even one the kernel is still flushing) is no
+        longer among its file descriptors, so it is not counted.
+        """
+        inodes = set()
+        for fd in os.listdir(f"/proc/{self.pid}/fd"):
+            try:
+                target = os.readlink(f"/proc/{self.pid}/fd/{fd}")
+            except OSError:
+                continue  # closed meanwhile
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+        peers = set()
+        for table in ("tcp", "tcp6"):
+            try:
+                with open(f"/proc/{self.pid}/net/{table}") as rows:
+                    next(rows)
+                    for row in rows:
+                        fields = row.split()
+                        local, remote = int(fields[1].rsplit(":", 1)[1], 16), int(fields[2].rsplit(":", 1)[1], 16)
+                        if local == port and remote and fields[9] in inodes:
+                            peers.add(remote)
+            except FileNotFoundError:
+                continue
+        return peers
 
 
 async def post_events(url: str, bodies: Callable[[int], bytes], count: int, *, in_flight: int) -> None:

@@ -15,6 +15,8 @@ KEY = {
     "idle": ("kb_per_subscriber", False),
     "slow": ("rss_growth_mb", False),
     "ingest": ("events_per_s", True),
+    "replay": ("stalled_rss_growth_mb", False),
+    "filters": ("ratio", True),
 }
 
 
@@ -44,6 +46,18 @@ def headline(name: str, result: dict[str, Any]) -> str:
         return f"{result['held']:,} held; {result['kb_per_subscriber']} KB/subscriber"
     if name == "slow":
         return f"evicted {result['evicted']}; RSS +{result['rss_growth_mb']} MB; {complete}"
+    if name == "replay":
+        return (
+            f"{result['stalled_opened']} stalled: RSS +{result['stalled_rss_growth_mb']} MB, "
+            f"{'evicted' if result['evicted_by_bus'] else 'NOT evicted'}, then {result['rss_after_evicted_ratio']}x "
+            f"start; {result['readers_in_order']}/{result['readers']} readers got all {result['retained'] - 1:,} "
+            f"in order"
+        )
+    if name == "filters":
+        return (
+            f"{result['events_per_s']:,} events/s with {result['filters']:,} distinct filters, "
+            f"{result['single_events_per_s']:,} with one ({result['ratio']}x); /health max {result['health_max_ms']} ms"
+        )
     return f"{result['events_per_s']:,} events/s; {complete}"
 
 

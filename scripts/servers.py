@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import signal
@@ -35,9 +36,10 @@ class Server:
         self._ready = threading.Event()
         self._pattern = ready
         threading.Thread(target=self._pump, daemon=True).start()
-        if not self._ready.wait(timeout) or self.proc.poll() is not None:
+        if not self._ready.wait(timeout) or self.proc.poll() is not None or not self._started():
+            errors = self.errors()
             self.stop()
-            raise RuntimeError(f"{name} did not start: {self.lines} {self.errors()}")
+            raise RuntimeError(f"{name} did not start: {self.lines} {errors}")
 
     def _pump(self) -> None:
         assert self.proc.stdout is not None
@@ -46,6 +48,9 @@ class Server:
             if self._pattern in line:
                 self._ready.set()
         self._ready.set()
+
+    def _started(self) -> bool:
+        return any(self._pattern in line for line in self.lines)
 
     def errors(self) -> str:
         """The last lines the server wrote to stderr."""
@@ -68,18 +73,56 @@ class Server:
 
 
 class Devbus(Server):
-    """`python -m devbus run` on free loopback ports, quiet; under cProfile if ``profile`` names a file."""
+    """`python -m devbus run` on free loopback ports, quiet; under cProfile if ``profile`` names a file.
+
+    ``store`` is passed as ``--store``; for ``sqlite:PATH`` every bus gets a fresh
+    database next to PATH (``PATH-1.sqlite``, ``PATH-2.sqlite``, … in a temporary
+    folder if PATH is empty), removed when it stops, so no scenario sees another's events.
+    """
 
     profile: Path | None = None
+    store: str | None = None
+    _numbers = itertools.count(1)
+    _scratch: Path | None = None
 
     def __init__(self, *options: str) -> None:
         profiler = ["-m", "cProfile", "-o", str(self.profile)] if self.profile else []
         command = [sys.executable, *profiler, "-m", "devbus", "run", "--port", "0", "--quiet"]
-        command += ["--ingest", "tcp://127.0.0.1:*", "--egress", "tcp://127.0.0.1:*", *options]
+        command += ["--ingest", "tcp://127.0.0.1:*", "--egress", "tcp://127.0.0.1:*"]
+        self.database = self._fresh_database()
+        if self.database is not None:
+            command += ["--store", f"sqlite:{self.database}"]
+        elif self.store:
+            command += ["--store", self.store]
+        command += options
         super().__init__("devbus", command, ready="ready")
         self.endpoints = {m.group(1): m.group(2) for line in self.lines if (m := _ROW.match(line))}
         base = next(m.group(1) for line in self.lines if (m := _BASE.search(line)))
         self.port = int(base.rsplit(":", 1)[1])
+
+    def _fresh_database(self) -> Path | None:
+        if not self.store or not self.store.startswith("sqlite:"):
+            return None
+        path = self.store.removeprefix("sqlite:")
+        if not path:
+            if Devbus._scratch is None:
+                Devbus._scratch = Path(tempfile.mkdtemp(prefix="devbus-bench-"))
+            path = str(Devbus._scratch / "bench.sqlite")
+        base = Path(path)
+        fresh = base.with_name(f"{base.stem}-{next(self._numbers)}{base.suffix or '.sqlite'}")
+        self._remove_database(fresh)
+        return fresh
+
+    @staticmethod
+    def _remove_database(path: Path) -> None:
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+    def stop(self, *, timeout: float = 10.0) -> int:
+        code = super().stop(timeout=timeout)
+        if self.database is not None:
+            self._remove_database(self.database)
+        return code
 
     @property
     def ingest(self) -> str | None:

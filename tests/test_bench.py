@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 from support import ROOT, bus_env
 
-SCENARIOS = ["burst", "http-fanout", "latency", "idle", "slow", "ingest"]
+SCENARIOS = ["burst", "http-fanout", "latency", "idle", "slow", "ingest", "replay", "filters"]
+# With the SQLite store: the scenarios that say most about a store (speed and replay).
+SQLITE_SCENARIOS = ["latency", "ingest", "replay"]
 
 
-@pytest.fixture(scope="module")
-def quick_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, object]]:
-    out = tmp_path_factory.mktemp("bench") / "quick.json"
+def run_quick(out: Path, *options: str) -> dict[str, dict[str, object]]:
     done = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "bench.py"), "--quick", "--out", str(out)],
+        [sys.executable, str(ROOT / "scripts" / "bench.py"), "--quick", "--out", str(out), *options],
         cwd=ROOT,
         env=bus_env(),
         capture_output=True,
@@ -30,11 +30,49 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, o
     return scenarios
 
 
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, object]]:
+    return run_quick(tmp_path_factory.mktemp("bench") / "quick.json")
+
+
+@pytest.fixture(scope="module")
+def quick_sqlite_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, object]]:
+    folder = tmp_path_factory.mktemp("bench-sqlite")
+    scenarios = [option for name in SQLITE_SCENARIOS for option in ("--scenario", name)]
+    result = run_quick(folder / "quick.json", "--store", f"sqlite:{folder / 'bus.sqlite'}", *scenarios)
+    # Every bus had its own database, removed when it stopped.
+    assert sorted(path.name for path in folder.iterdir()) == ["quick.json"]
+    return result
+
+
 @pytest.mark.parametrize("name", SCENARIOS)
 def test_quick_scenario_delivers_every_event(quick_run: dict[str, dict[str, object]], name: str) -> None:
     result = quick_run[name]
     assert "error" not in result and "skipped" not in result, result
     assert result["correct"] is True, result
+
+
+@pytest.mark.parametrize("name", SQLITE_SCENARIOS)
+def test_quick_scenario_with_the_sqlite_store(quick_sqlite_run: dict[str, dict[str, object]], name: str) -> None:
+    result = quick_sqlite_run[name]
+    assert "error" not in result and "skipped" not in result, result
+    assert result["correct"] is True, result
+
+
+def test_quick_replay_scenario_resumes_every_reader_and_holds_every_stalled_one(
+    quick_run: dict[str, dict[str, object]],
+) -> None:
+    replay = quick_run["replay"]
+    assert replay["readers_in_order"] == replay["readers_complete"] == replay["readers"]
+    assert replay["stalled_opened"] == replay["stalled"]
+    assert isinstance(replay["retained"], int) and replay["retained"] > 100
+
+
+def test_quick_filters_scenario_compares_with_one_shared_filter(quick_run: dict[str, dict[str, object]]) -> None:
+    filters = quick_run["filters"]
+    single = filters["single"]
+    assert isinstance(single, dict)
+    assert filters["received"] == single["received"] and filters["complete"] == 1
 
 
 def test_quick_slow_scenario_evicts_the_stalled_subscriber(quick_run: dict[str, dict[str, object]]) -> None:

@@ -1,0 +1,214 @@
+"""Black-box probes of a real `devbus run` process: HTTP calls, raw stalled sockets, its memory and sockets.
+
+Everything here looks at the bus from the outside, as a user or an operator would:
+HTTP requests, SSE streams read line by line, sockets that never read, and the
+bus process's memory and open sockets as Linux reports them in /proc.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from support import ROOT, WAIT, BusProcess
+
+# The benchmark's probes of a process (memory, CPU, sockets from /proc) serve the tests too.
+sys.path.insert(0, str(ROOT / "scripts"))
+from loadgen import Probe
+
+MIB = 1024 * 1024
+POLL = 0.02  # seconds between two looks at a condition
+
+
+def wait_until(condition: Callable[[], bool], *, within: float = WAIT, what: str = "the condition") -> float:
+    """Poll ``condition`` until it holds; return how long that took; fail after ``within`` seconds."""
+    started = time.monotonic()
+    while not condition():
+        if time.monotonic() - started > within:
+            raise AssertionError(f"{what} did not happen within {within}s")
+        time.sleep(POLL)
+    return time.monotonic() - started
+
+
+# ---------------------------------------------------------------- HTTP
+
+
+def request(bus: BusProcess, method: str, path: str, body: Any = None) -> Any:
+    """Send one JSON request to the bus and return the decoded answer (it must be a 200)."""
+    data = None if body is None else json.dumps(body).encode()
+    headers = {"Content-Type": "application/json"} if data is not None else {}
+    call = urllib.request.Request(bus.url + path, data=data, headers=headers, method=method)
+    with urllib.request.urlopen(call, timeout=WAIT * 3) as response:
+        assert response.status == 200
+        return json.load(response)
+
+
+def post_event(bus: BusProcess, event_type: str, data: dict[str, Any]) -> str:
+    """POST one webhook event; return the id the bus acknowledged it with."""
+    answer = request(bus, "POST", "/api/dev/webhook", {"event_type": event_type, "data": data})
+    assert answer["success"] is True
+    event_id: str = answer["id"]
+    return event_id
+
+
+def post_batch(bus: BusProcess, events: list[dict[str, Any]]) -> list[str]:
+    """POST one batch of ``{"event_type", "data"}`` items; return their ids in order."""
+    ids: list[str] = request(bus, "POST", "/api/dev/batch", {"events": events})["ids"]
+    assert len(ids) == len(events)
+    return ids
+
+
+def fill_history(bus: BusProcess, total_bytes: int, *, event_bytes: int, per_batch: int = 100) -> list[str]:
+    """Publish events of about ``event_bytes`` each until ``total_bytes`` were sent; return every id."""
+    pad = "x" * event_bytes
+    ids: list[str] = []
+    while len(ids) * event_bytes < total_bytes:
+        first = len(ids)
+        ids += post_batch(
+            bus, [{"event_type": "fill.event", "data": {"n": first + i, "pad": pad}} for i in range(per_batch)]
+        )
+    return ids
+
+
+def history(bus: BusProcess, *, since: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+    """The retained events after ``since`` (else the newest), oldest first."""
+    query = f"?limit={limit}" + (f"&since={since}" if since else "")
+    events: list[dict[str, Any]] = request(bus, "GET", "/api/dev/history" + query)["events"]
+    return events
+
+
+def health(bus: BusProcess) -> dict[str, Any]:
+    answer: dict[str, Any] = request(bus, "GET", "/api/dev/health")
+    return answer
+
+
+def metric(bus: BusProcess, name: str) -> float:
+    """The value of an unlabelled Prometheus metric (the sum over its labels)."""
+    with urllib.request.urlopen(bus.url + "/metrics", timeout=WAIT) as response:
+        text = response.read().decode()
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.split(" ")[0].split("{")[0] == name)
+
+
+class SSEStream:
+    """An SSE stream read with the standard library, event by event."""
+
+    def __init__(self, bus: BusProcess, path: str = "/api/dev/events", *, last_event_id: str | None = None) -> None:
+        headers = {"Accept": "text/event-stream"}
+        if last_event_id is not None:
+            headers["Last-Event-ID"] = last_event_id
+        call = urllib.request.Request(bus.url + path, headers=headers)
+        self.response = urllib.request.urlopen(call, timeout=WAIT * 3)
+        connected = self.event()
+        assert connected.get("type") == "connected", connected
+
+    def frame(self) -> dict[str, str]:
+        """The next frame with fields (comments skipped), as a field → value mapping."""
+        fields: dict[str, str] = {}
+        while True:
+            line = self.response.readline()
+            if not line:
+                raise EOFError("the stream ended")
+            text = line.decode().rstrip("\n")
+            if text:
+                if not text.startswith(":"):
+                    name, _, value = text.partition(": ")
+                    fields[name] = value
+            elif fields:
+                return fields
+
+    def event(self) -> dict[str, Any]:
+        """The next event's envelope (the connected frame included), with the frame's ``id:``."""
+        frame = self.frame()
+        while "data" not in frame:
+            frame = self.frame()
+        envelope: dict[str, Any] = json.loads(frame["data"])
+        if "id" in frame:
+            assert envelope.get("id") == frame["id"], frame
+        return envelope
+
+    def events(self, count: int) -> list[dict[str, Any]]:
+        return [self.event() for _ in range(count)]
+
+    def close(self) -> None:
+        self.response.close()
+
+
+@contextlib.contextmanager
+def sse_stream(bus: BusProcess, *, last_event_id: str | None = None) -> Iterator[SSEStream]:
+    stream = SSEStream(bus, last_event_id=last_event_id)
+    try:
+        yield stream
+    finally:
+        stream.close()
+
+
+# ---------------------------------------------------------------- clients that never read
+
+
+class Stalled:
+    """A raw client that sends one GET, reads the response head, then never reads again.
+
+    Its receive buffer is tiny, so the bus sees a peer whose window is closed, as
+    with a frozen browser tab.
+    """
+
+    def __init__(self, bus: BusProcess, path: str, *, headers: dict[str, str] | None = None) -> None:
+        port = int(bus.url.rsplit(":", 1)[1])
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        self.sock.settimeout(WAIT)
+        self.sock.connect(("127.0.0.1", port))
+        self.port = self.sock.getsockname()[1]
+        lines = [f"GET {path} HTTP/1.1", f"Host: 127.0.0.1:{port}", "Accept: */*"]
+        lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
+        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = self.sock.recv(1)
+            if not chunk:
+                raise EOFError(f"the bus closed {path} before answering")
+            head += chunk
+        self.status = int(head.split(b" ", 2)[1])
+
+    def read_to_end(self, *, within: float) -> tuple[int, bool]:
+        """Read until the bus ends the connection; return (bytes read, whether it was a reset)."""
+        deadline = time.monotonic() + within
+        received = 0
+        while True:
+            self.sock.settimeout(max(0.001, deadline - time.monotonic()))
+            try:
+                chunk = self.sock.recv(256 * 1024)
+            except ConnectionResetError:
+                return received, True
+            except TimeoutError:
+                raise AssertionError(f"the connection was still open after {within}s ({received} bytes read)") from None
+            if not chunk:
+                return received, False
+            received += len(chunk)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+# ---------------------------------------------------------------- the bus process, from /proc
+
+
+def probe(bus: BusProcess) -> Probe:
+    """The bus process's memory, CPU and sockets, as /proc reports them."""
+    return Probe(bus.proc.pid)
+
+
+def wait_idle(bus: BusProcess) -> None:
+    """Wait until the bus has done its work (it uses almost no CPU for half a second)."""
+    probe(bus).settle(within=WAIT * 6)
+
+
+def held_peers(bus: BusProcess) -> set[int]:
+    """Client ports of the HTTP connections the bus process still holds open."""
+    return probe(bus).held_peers(int(bus.url.rsplit(":", 1)[1]))
