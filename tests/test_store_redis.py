@@ -301,3 +301,15 @@ async def test_buses_with_different_store_keys_share_a_redis_but_not_events(
     await post(b, "only.b")
     response = await b.get("/api/dev/history")
     assert [event["type"] for event in (await response.json())["events"]] == ["only.b"]
+
+
+async def test_an_event_comes_back_from_redis_byte_for_byte(make_bus: BusFactory, redis_server: RedisServer) -> None:
+    """Entries travel to Redis newline-separated: text with newlines, quotes and non-ASCII must survive."""
+    a = await make_bus(store=redis_server.url)
+    b = await make_bus(store=redis_server.url)
+    stream = await open_stream(b)
+    data = {"text": 'line 1\nline 2 "quoted" \\ ☃', "nested": {"list": [1, 2.5, None, True]}}
+    sent = await a.post("/api/dev/webhook", json={"event_type": 'odd"type\\é', "data": data, "source": "ünï"})
+    assert sent.status == 200, await sent.text()
+    event = json.loads((await stream.event())["data"])
+    assert (event["type"], event["data"], event["source"]) == ('odd"type\\é', data, "ünï")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Callable
 
 import zmq
@@ -38,8 +39,14 @@ BATCH_BYTES = 64 * 1024
 CATCH_UP = 1.0
 STALLED = 0.03
 
-# While the store is unreachable a batch taken from the socket is held and stored
-# again after these delays (doubling); the socket's queue and the senders' wait.
+# Batches handed to the store at once: a store across the network (Redis) answers
+# after a round trip, and reading the next batch meanwhile keeps ingest going. What
+# the bus holds is bounded: IN_FLIGHT batches of at most BATCH_BYTES.
+IN_FLIGHT = 4
+
+# While the store is unreachable the batches taken from the socket are held and
+# stored again, in order, after these delays (doubling); the socket's queue and
+# the senders wait.
 HOLD_FIRST = 0.05
 HOLD_MAX = 1.0
 
@@ -72,8 +79,11 @@ class Ingest:
         self._token = token
         self._loop = asyncio.get_running_loop()
         self._scheduled = False
+        # Batches handed to the store and not answered yet, and those it could not take.
+        self._storing: deque[tuple[list[Draft], asyncio.Future[list[Record]]]] = deque()
+        self._holding: deque[list[Draft]] = deque()
+        self._blocked = False
         self._hold: asyncio.TimerHandle | None = None
-        self._holding: list[Draft] | None = None
         self._hold_delay = HOLD_FIRST
         self._logged: set[str] = set()
         self._fd = int(socket.getsockopt(zmq.FD))
@@ -92,8 +102,9 @@ class Ingest:
             self._cancel_wait()
         if self._hold is not None:
             self._hold.cancel()
-        if self._holding:
-            log.warning("%d events taken from ZeroMQ were not stored: the store was unreachable", len(self._holding))
+        lost = sum(len(drafts) for drafts in self._holding) + sum(len(drafts) for drafts, _ in self._storing)
+        if lost:
+            log.warning("%d events taken from ZeroMQ were not stored before the bus stopped", lost)
 
     def _wake(self) -> None:
         if not self._scheduled:
@@ -128,55 +139,59 @@ class Ingest:
                 drafts.append(decode_frames(frames, max_size=self._max_size, token=self._token))
             except WireReject as exc:
                 self._reject(exc)
-        if drafts and self._publish(drafts, more):
+        if drafts:
+            self._publish(drafts)
+        if self._holding or len(self._storing) >= IN_FLIGHT:
+            # Read on once the store has taken a batch (or is back); meanwhile the
+            # socket's queue fills and senders wait.
+            self._scheduled = self._blocked = True
             return
         self._next(more)
 
-    def _publish(self, drafts: list[Draft], more: bool) -> bool:
-        """Hand ``drafts`` to the store; True while they are not stored yet (nothing more is read until then)."""
+    def _publish(self, drafts: list[Draft]) -> None:
+        """Hand ``drafts`` to the store; they count as taken once it has them."""
         try:
             committed = self._dispatcher.publish(drafts)
         except Exception:
             # Never let one bad batch stop the ingest: log it and keep reading.
             log.exception("could not publish %d events from ZeroMQ", len(drafts))
-            return False
+            return
+        self._storing.append((drafts, committed))
         if committed.done():
-            return self._held(committed, drafts, more)
-        # A message is taken once the store has it: read no more until then.
-        self._scheduled = True
-        committed.add_done_callback(lambda done: self._committed(done, drafts, more))
-        return True
+            self._stored(resume=False)
+        else:
+            committed.add_done_callback(lambda _: self._stored(resume=True))
 
-    def _committed(self, committed: asyncio.Future[list[Record]], drafts: list[Draft], more: bool) -> None:
-        self._scheduled = False
-        if not self._held(committed, drafts, more):
-            self._next(more)
+    def _stored(self, *, resume: bool) -> None:
+        """Settle the batches the store has answered, in order; hold the ones it could not take."""
+        storing = self._storing
+        while storing and storing[0][1].done():
+            drafts, committed = storing.popleft()
+            error = None if committed.cancelled() else committed.exception()
+            if isinstance(error, StoreUnavailable):
+                # Taken from the socket but not stored: keep it, in order, and store it
+                # again with backoff (the store logs the outage once).
+                if not self._holding:
+                    log.info("holding events from ZeroMQ until the store is back")
+                self._holding.append(drafts)
+            elif committed.cancelled() or error is not None:
+                log.error("could not store %d events from ZeroMQ: %s", len(drafts), error or "cancelled")
+            else:
+                self._hold_delay = HOLD_FIRST
+        if self._holding:
+            if self._hold is None and not storing and not self.socket.closed:
+                self._hold = self._loop.call_later(self._hold_delay, self._store_again)
+                self._hold_delay = min(self._hold_delay * 2, HOLD_MAX)
+        elif resume and self._blocked and len(storing) < IN_FLIGHT:
+            self._scheduled = self._blocked = False
+            self._next(True)
 
-    def _held(self, committed: asyncio.Future[list[Record]], drafts: list[Draft], more: bool) -> bool:
-        """Whether the batch is held to be stored again because the store is unreachable."""
-        error = None if committed.cancelled() else committed.exception()
-        if isinstance(error, StoreUnavailable):
-            # Taken from the socket but not stored: keep it and read nothing more, so
-            # senders see backpressure, and store it again with backoff (the store
-            # logs the outage once).
-            self._scheduled = True
-            if self._holding is None:
-                log.info("holding %d events from ZeroMQ until the store is back", len(drafts))
-            self._holding = drafts
-            self._hold = self._loop.call_later(self._hold_delay, self._store_again, drafts, more)
-            self._hold_delay = min(self._hold_delay * 2, HOLD_MAX)
-            return True
-        self._holding = None
-        self._hold_delay = HOLD_FIRST
-        if committed.cancelled() or error is not None:
-            log.error("could not store %s", error or "a batch")
-        return False
-
-    def _store_again(self, drafts: list[Draft], more: bool) -> None:
+    def _store_again(self) -> None:
         self._hold = None
-        self._scheduled = False
-        if not self.socket.closed and not self._publish(drafts, more):
-            self._next(more)
+        held, self._holding = self._holding, deque()
+        for drafts in held:
+            self._publish(drafts)
+        self._stored(resume=True)
 
     def _next(self, more: bool) -> None:
         if self.socket.closed:

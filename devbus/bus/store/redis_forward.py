@@ -19,9 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import secrets
-import socket
 from collections.abc import AsyncIterator
 from typing import Any, cast
 
@@ -58,7 +55,7 @@ class ClusterFeed:
         self._store = store
         self._forwarder = forwarder
         self._redis = store.redis
-        self.consumer = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        self.consumer = store.consumer
         self._renew = self._redis.register_script(_RENEW)
         self._release = self._redis.register_script(_RELEASE)
 
