@@ -11,6 +11,8 @@ import pytest
 from support import WAIT, BusFactory, open_stream
 
 from devbus.bus.keys import DISPATCHER, FANOUT
+from devbus.bus.outputs import sse_replay
+from devbus.bus.outputs.sse_buffer import Outlet
 from devbus.bus.outputs.sse_replay import PAGE_EVENTS
 from devbus.envelope import Draft
 
@@ -99,5 +101,40 @@ async def test_an_evicted_subscriber_is_disconnected_at_once(make_bus: BusFactor
         fresh.response.close()
         async with asyncio.timeout(WAIT):
             await loop.run_in_executor(None, read_until_closed, stalled)
+    finally:
+        stalled.close()
+
+
+async def test_a_resume_that_reads_nothing_is_closed_after_the_stall_bound(
+    make_bus: BusFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stale resume that never reads holds one page, then is evicted, with no live traffic to push it out."""
+    monkeypatch.setattr(sse_replay, "REPLAY_STALL", 0.2)
+    client = await make_bus(history=1000)
+    records = await client.app[DISPATCHER].publish([Draft("big", {"blob": "x" * 8192}, "test")] * 500)
+    fanout = client.app[FANOUT]
+    evicted = asyncio.Event()
+    evict = fanout.evict
+
+    def evict_and_tell(outlet: Outlet, *, why: str = "") -> None:
+        evict(outlet, why=why)
+        evicted.set()
+
+    monkeypatch.setattr(fanout, "evict", evict_and_tell)
+    stalled = socket.socket()
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stalled.connect(("127.0.0.1", client.port))
+    stalled.sendall(
+        f"GET /api/dev/events HTTP/1.1\r\nHost: 127.0.0.1\r\nLast-Event-ID: {records[0].id}\r\n\r\n".encode()
+    )
+    try:
+        loop = asyncio.get_running_loop()
+        stalled.settimeout(WAIT)
+        assert b"200 OK" in await loop.run_in_executor(None, stalled.recv, 256)
+        async with asyncio.timeout(WAIT):
+            await evicted.wait()  # reading nothing meanwhile
+            await loop.run_in_executor(None, read_until_closed, stalled)
+        metrics = await (await client.get("/metrics")).text()
+        assert "devbus_evictions_total 1.0" in metrics
     finally:
         stalled.close()

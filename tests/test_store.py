@@ -104,6 +104,19 @@ async def test_appends_are_numbered_delivered_once_and_read_back_in_order(open_s
     assert [r.json for r in page] == [r.json for r in records[1:]]
 
 
+async def test_reads_never_return_a_record_before_it_is_delivered(open_store: OpenStore) -> None:
+    """The SSE cursor hands over to the live fan-out at the first record delivered after it joined."""
+    bus = await open_store()
+    start = (await bus.store.resolve("")).after
+    pending = [bus.store.append([Draft(f"e.{n}", {}, "test")], TIMESTAMP) for n in range(50)]
+    async with asyncio.timeout(10):
+        while not all(future.done() for future in pending):
+            page = await bus.store.read_after(start, limit=100, max_bytes=MIB)
+            delivered = {r.id for r in bus.delivered}
+            assert all(r.id in delivered for r in page)
+        await asyncio.gather(*pending)
+
+
 async def test_pages_are_bounded_in_count_and_bytes_but_hold_at_least_one(open_store: OpenStore) -> None:
     bus = await open_store()
     records = await bus.append(*(f"e.{n}" for n in range(10)), data={"pad": "x" * 100})

@@ -108,6 +108,8 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
         outlet.on_abort(transport.abort)
         if since is not None:
             await Replay(request, response, outlet).run(since)
+            if outlet.evicted:
+                return response
         outlet.write_now = SocketWriter(request, response)
         while (chunk := await outlet.take(idle=settings.heartbeat)) is not None:
             if chunk:

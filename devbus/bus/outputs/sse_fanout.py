@@ -109,10 +109,10 @@ class Fanout:
         outlet.close()
         self._outlets.pop(outlet, None)
 
-    def evict(self, outlet: Outlet) -> None:
+    def evict(self, outlet: Outlet, *, why: str = "") -> None:
         """Drop a subscriber that fell behind: its connection is closed now and its buffer freed."""
         outlet.evicted = True
-        log.warning("evicted a subscriber that fell %d bytes behind", self._buffer)
+        log.warning("evicted a subscriber that %s", why or f"fell {self._buffer} bytes behind")
         self.metrics.evictions.inc()
         self._leave(outlet)
         # Close the connection now: the peer is not reading, so waiting for its
@@ -162,8 +162,14 @@ class Fanout:
             return
         if not self._unflushed:
             self._schedule_flush()
+        whole = None  # every record, unnamed: the same chunk for every group that matched them all
         for group, frames in chunks.items():
-            chunk = frames[0] if len(frames) == 1 else b"".join(frames)
+            if len(frames) == 1:
+                chunk = frames[0]
+            elif len(frames) == len(records) and not group.named:
+                chunk = whole = whole or b"".join(frames)
+            else:
+                chunk = b"".join(frames)
             # Pushing may evict an outlet, which leaves the group: iterate over a copy.
             for outlet in list(group.outlets):
                 outlet.push(chunk)

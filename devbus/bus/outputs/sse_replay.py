@@ -17,7 +17,7 @@ GAP = "devbus.gap"
 
 # One page of a replay: what a resuming connection holds beyond its buffer.
 PAGE_EVENTS = 1000
-PAGE_BYTES = 256 * 1024
+PAGE_BYTES = 32 * 1024
 
 # A replaying client whose socket takes nothing of a page for this long is
 # evicted: its buffers would otherwise be held for as long as it stays connected.
@@ -53,10 +53,24 @@ class Replay:
         self._store = self._dispatcher.store
         self._fanout = request.app[FANOUT]
         self._response = response
+        self._transport = request.transport
         self._outlet = outlet
 
     async def run(self, since: str) -> None:
         """Replay after ``since`` (a gap event first if it is not retained); return once live."""
+        transport = self._transport
+        if transport is None:
+            return
+        # While replaying, wait for the socket once a page is buffered, not the
+        # default 64 KiB more: a client that does not read holds one page.
+        transport.set_write_buffer_limits(high=PAGE_BYTES)
+        try:
+            await self._replay(since)
+        finally:
+            if not transport.is_closing():
+                transport.set_write_buffer_limits()
+
+    async def _replay(self, since: str) -> None:
         outlet = self._outlet
         resume = await self._store.resolve(since)
         if resume.gap:
@@ -98,7 +112,7 @@ class Replay:
 
     async def _write(self, chunk: bytes) -> None:
         if chunk and not await write_or_stall(self._response, chunk):
-            self._fanout.evict(self._outlet)
+            self._fanout.evict(self._outlet, why=f"took nothing of its replay for {REPLAY_STALL:g} s")
 
 
 async def write_or_stall(response: web.StreamResponse, chunk: bytes) -> bool:

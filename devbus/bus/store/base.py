@@ -39,8 +39,14 @@ Acknowledgement (:meth:`Store.append`)
 Reads
     :meth:`Store.read_after`, :meth:`Store.read_before` and :meth:`Store.resolve`
     are coroutines run on the loop; a page never holds more than ``limit``
-    records nor much more than ``max_bytes`` of JSON (at least one record, so a
-    single large event still moves a cursor on).
+    records nor more than ``max_bytes`` of JSON, except that it always holds at
+    least one record when there is one (so a single large event still moves a
+    cursor on). An id the store does not know (``""`` included) resolves to a
+    gap just before the oldest record retained. Reads never go past the last
+    record handed to ``deliver`` (a shared stream is readable before this bus's
+    read loop delivers it: clamp to what was delivered). The SSE cursor relies
+    on it to hand over to the live fan-out with no duplicate, see
+    ``devbus.bus.outputs.sse_replay``.
 
 Lifecycle
     :meth:`Store.open` (once, on the loop) connects or loads and starts
@@ -97,6 +103,10 @@ class Record:
         if event is None:
             event = self._event = _event_decoder.decode(self.json)
         return event
+
+    def drop_event(self) -> None:
+        """Forget the decoded envelope (it is decoded again if asked), so a retained record costs its JSON only."""
+        self._event = None
 
     def __repr__(self) -> str:
         return f"Record({self.id!r}, {self.type!r})"

@@ -73,6 +73,9 @@ class MemoryStore(Store):
             self._bytes -= len(retained.popleft().json)
         if self._deliver is not None and records:
             self._deliver(records)
+        # The outputs have used the envelopes; what --history-bytes bounds is the JSON kept.
+        for record in records:
+            record.drop_event()
         future: asyncio.Future[list[Record]] = asyncio.get_running_loop().create_future()
         future.set_result(records)
         return future

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import sqlite3
 from collections import deque
 from collections.abc import Sequence
@@ -24,38 +23,20 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from devbus.bus.store.base import Deliver, Record, Resume, Store
-from devbus.bus.store.sequence import format_id, new_run, number, parse_id, resume
+from devbus.bus.store.sequence import format_id, number, parse_id, resume
+from devbus.bus.store.sqlite_file import connect, fetch_page, load
 from devbus.envelope import Draft
 from devbus.errors import ConfigError, StoreUnavailable
 
-__all__ = ["SCHEMA_VERSION", "SqliteStore"]
+__all__ = ["SqliteStore"]
 
 log = logging.getLogger(__name__)
-
-SCHEMA_VERSION = 1
 
 # Batches of up to this many rows commit on the loop; larger ones in the writer thread.
 INLINE_ROWS = 64
 
 # Bytes committed between checkpoints of the WAL into the database file.
 CHECKPOINT_BYTES = 4 * 1024 * 1024
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY, type TEXT NOT NULL, json BLOB NOT NULL);
-"""
-
-
-def _connect(path: str) -> sqlite3.Connection:
-    connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    connection.execute("PRAGMA journal_mode=WAL")
-    # NORMAL in WAL mode: a commit survives the process being killed (it is in the
-    # WAL file); only a power loss could take the last transactions back.
-    connection.execute("PRAGMA synchronous=NORMAL")
-    connection.execute("PRAGMA busy_timeout=5000")
-    # Checkpoints run in the reader's thread (see SqliteStore._checkpoint), never in a commit.
-    connection.execute("PRAGMA wal_autocheckpoint=0")
-    return connection
 
 
 class _Pending:
@@ -116,7 +97,7 @@ class SqliteStore(Store):
         loop = asyncio.get_running_loop()
         try:
             self._write_db = await loop.run_in_executor(self._writer, self._open_writer)
-            self._read_db = await loop.run_in_executor(self._reader, _connect, self.path)
+            self._read_db = await loop.run_in_executor(self._reader, connect, self.path)
         except sqlite3.DatabaseError as exc:
             await self.close()
             if not isinstance(exc, sqlite3.OperationalError):
@@ -135,38 +116,14 @@ class SqliteStore(Store):
 
     def _open_writer(self) -> sqlite3.Connection:
         # Runs in the writer thread: creating, checking and loading the file may take a while.
-        directory = os.path.dirname(self.path) or "."
-        if not os.path.isdir(directory):
-            raise ConfigError(
-                f"Cannot use --store {self.name}: directory {directory!r} does not exist; create it first"
-            )
-        db = _connect(self.path)
-        try:
-            db.executescript(_SCHEMA)
-            meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
-            version = meta.get("schema_version")
-            if version is None:
-                self._run = new_run()
-                db.executemany(
-                    "INSERT INTO meta VALUES (?, ?)", [("schema_version", str(SCHEMA_VERSION)), ("run", self._run)]
-                )
-            elif version != str(SCHEMA_VERSION) or "run" not in meta:
-                raise ConfigError(
-                    f"--store {self.name} was written by another devbus version (schema {version}, "
-                    f"this one reads {SCHEMA_VERSION}); move the file away or pass another --store"
-                )
-            else:
-                self._run = meta["run"]
-            sizes = db.execute("SELECT seq, length(json) FROM events ORDER BY seq").fetchall()
-        except BaseException:
-            db.close()
-            raise
-        if sizes:
-            self._first = sizes[0][0]
-            self._seq = self._delivered = sizes[-1][0]
-            self._sizes.extend(size for _, size in sizes)
+        loaded = load(self.path, name=self.name)
+        self._run = loaded.run
+        if loaded.sizes:
+            self._first = loaded.sizes[0][0]
+            self._seq = self._delivered = loaded.sizes[-1][0]
+            self._sizes.extend(size for _, size in loaded.sizes)
             self._bytes = sum(self._sizes)
-        return db
+        return loaded.db
 
     async def close(self) -> None:
         """Commit what is pending, then close the file."""
@@ -339,21 +296,9 @@ class SqliteStore(Store):
         if db is None:
             raise StoreUnavailable(f"The store {self.name} is closed")
         loop = asyncio.get_running_loop()
-        rows = await loop.run_in_executor(self._reader, _fetch, db, query, args, max_bytes)
+        rows = await loop.run_in_executor(self._reader, fetch_page, db, query, args, max_bytes)
         run = self._run
         page = [Record(f"{run}-{seq}", type_, json) for seq, type_, json in rows]
         if newest:
             page.reverse()
         return page
-
-
-def _fetch(db: sqlite3.Connection, query: str, args: tuple[int, int, int], max_bytes: int) -> list[Any]:
-    # Rows are fetched one by one so that a page stops at max_bytes without reading more.
-    rows: list[Any] = []
-    size = 0
-    for row in db.execute(query, args):
-        size += len(row[2])
-        if rows and size > max_bytes:
-            break
-        rows.append(row)
-    return rows
