@@ -48,12 +48,15 @@ def headline(name: str, result: dict[str, Any]) -> str:
     if name == "slow":
         return f"evicted {result['evicted']}; RSS +{result['rss_growth_mb']} MB; {complete}"
     if name == "replay":
-        return (
+        stalled = (
             f"{result['stalled_opened']} stalled: RSS +{result['stalled_rss_growth_mb']} MB, "
-            f"{'evicted' if result['evicted_by_bus'] else 'NOT evicted'}, then {result['rss_after_evicted_ratio']}x "
-            f"start; {result['readers_in_order']}/{result['readers']} readers got all {result['retained'] - 1:,} "
-            f"in order"
+            f"{'evicted' if result['evicted_by_bus'] else 'NOT evicted'}, "
+            f"5 s later {result['rss_after_evicted_ratio']}x the start"
         )
+        if "readers_runaway" in result:
+            return f"{stalled}; readers: {result['readers_runaway']}"
+        readers = f"{result['readers_in_order']}/{result['readers']} readers"
+        return f"{stalled}; {readers} got all {result['retained'] - 1:,} in order"
     if name == "filters":
         return (
             f"{result['events_per_s']:,} events/s with {result['filters']:,} distinct filters, "

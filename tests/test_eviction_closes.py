@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 import pytest
@@ -16,12 +15,12 @@ PAD = "x" * 4096
 MOST_BATCHES = 500  # 100 MB: a stalled subscriber is evicted long before
 
 
-def publish_until_evicted(bus: BusProcess, evictions: int) -> float:
-    """Publish batches until the bus has evicted ``evictions`` subscribers in all; return when that was seen."""
+def publish_until_evicted(bus: BusProcess, evictions: int) -> None:
+    """Publish batches until the bus has evicted ``evictions`` subscribers in all."""
     for _ in range(MOST_BATCHES):
         post_batch(bus, [{"event_type": "flood.event", "data": {"pad": PAD}}] * 50)
         if metric(bus, "devbus_evictions_total") >= evictions:
-            return time.monotonic()
+            return
     raise AssertionError(f"fewer than {evictions} evictions after {MOST_BATCHES} batches")
 
 
@@ -33,11 +32,11 @@ def test_an_evicted_stalled_stream_is_closed_within_a_second(bus_process: Callab
         wait_until(lambda: stalled.port in held_peers(bus), what="the bus holding the stream")
         assert health(bus)["subscribers"] == 1
 
-        evicted = publish_until_evicted(bus, 1)
-        # The bus lets go of the socket itself; it does not wait for the client to read.
+        publish_until_evicted(bus, 1)
+        # The bus lets go of the socket itself, within a second; it does not wait for the client to read.
         wait_until(lambda: stalled.port not in held_peers(bus), within=1.0, what="the bus closing the socket")
-        # The client sees the end of the stream once it reads what was already in flight.
-        stalled.read_to_end(within=max(0.1, 1.0 - (time.monotonic() - evicted)) + 0.5)
+        # The client sees the end of the stream as soon as it reads what was already in flight.
+        stalled.read_to_end(within=1.0)
         assert health(bus)["subscribers"] == 0
     finally:
         stalled.close()
