@@ -523,12 +523,16 @@ class RedisStore(Store):
         head = self._head
         start = parse_stream_id(after)
         if head is None or start is None or start >= (parse_stream_id(head) or (0, 0)):
+            # Nothing delivered past ``after``: no need to ask Redis, but yield like a read that
+            # does, so that a caller polling for new records lets the reader deliver them.
+            await asyncio.sleep(0)
             return []
         return await self._page(f"({after}", head, limit=limit, max_bytes=max_bytes, newest_first=False)
 
     async def read_before(self, before: str | None, *, limit: int, max_bytes: int) -> list[Record]:
         head = self._head
         if head is None:
+            await asyncio.sleep(0)  # as in read_after
             return []
         end = head
         if before is not None:
@@ -565,9 +569,6 @@ class RedisStore(Store):
                     return page
             if len(entries) < count:
                 return page
-            last = entries[-1][0].decode()
-            if newest_first:
-                end = f"({last}"
-            else:
-                start = f"({last}"
+            # Go on past the last entry read: ``start`` is where reading starts, either way.
+            start = f"({entries[-1][0].decode()}"
         return page
