@@ -44,6 +44,11 @@ def stream_order(event_id: str) -> tuple[int, int]:
     return int(ms), int(seq)
 
 
+async def two_buses(make_bus: BusFactory, redis_server: RedisServer, **settings: Any) -> tuple[Client, Client]:
+    """Two buses on one stream of ``redis_server``."""
+    return await make_bus(store=redis_server.url, **settings), await make_bus(store=redis_server.url, **settings)
+
+
 async def post(client: Client, event_type: str, **data: Any) -> dict[str, Any]:
     response = await client.post("/api/dev/webhook", json={"event_type": event_type, "data": data})
     assert response.status == 200, await response.text()
@@ -65,8 +70,7 @@ async def history_ids(client: Client, **params: str) -> list[str]:
 async def test_two_buses_deliver_every_event_of_both_in_one_order(
     make_bus: BusFactory, redis_server: RedisServer
 ) -> None:
-    a = await make_bus(store=redis_server.url)
-    b = await make_bus(store=redis_server.url)
+    a, b = await two_buses(make_bus, redis_server)
     on_a, on_b = await open_stream(a), await open_stream(b)
     answers = await asyncio.gather(*(post(a if n % 2 else b, f"e.{n}", n=n) for n in range(40)))
     seen_a, seen_b = await ids_seen(on_a, 40), await ids_seen(on_b, 40)
@@ -81,8 +85,7 @@ async def test_two_buses_deliver_every_event_of_both_in_one_order(
 async def test_a_stream_resumes_on_another_bus_with_an_id_from_the_first(
     make_bus: BusFactory, redis_server: RedisServer
 ) -> None:
-    a = await make_bus(store=redis_server.url)
-    b = await make_bus(store=redis_server.url)
+    a, b = await two_buses(make_bus, redis_server)
     sent = [(await post(a, f"a.{n}"))["id"] for n in range(5)]
     sent += [(await post(b, f"b.{n}"))["id"] for n in range(3)]
     resumed = await open_stream(b, headers={"Last-Event-ID": sent[2]})
@@ -123,8 +126,7 @@ async def test_a_bus_answers_503_naming_the_store_while_redis_is_gone_and_recove
 async def test_redis_restarted_under_a_live_publisher_loses_nothing_acknowledged(
     make_bus: BusFactory, redis_server: RedisServer
 ) -> None:
-    a = await make_bus(store=redis_server.url)
-    b = await make_bus(store=redis_server.url)
+    a, b = await two_buses(make_bus, redis_server)
     on_a, on_b = await open_stream(a), await open_stream(b)
     acknowledged: list[str] = []
     refused = 0
@@ -215,8 +217,7 @@ async def test_a_forward_target_behind_two_buses_gets_each_event_once_in_order(
     make_bus: BusFactory, redis_server: RedisServer, receivers: Receivers
 ) -> None:
     receiver = await receivers()
-    a = await make_bus(store=redis_server.url, forward=(receiver.url,))
-    b = await make_bus(store=redis_server.url, forward=(receiver.url,))
+    a, b = await two_buses(make_bus, redis_server, forward=(receiver.url,))
     stream = await open_stream(a)
     for n in range(30):
         await post(a if n % 2 else b, f"fw.{n}")
@@ -305,8 +306,7 @@ async def test_buses_with_different_store_keys_share_a_redis_but_not_events(
 
 async def test_an_event_comes_back_from_redis_byte_for_byte(make_bus: BusFactory, redis_server: RedisServer) -> None:
     """Entries travel to Redis newline-separated: text with newlines, quotes and non-ASCII must survive."""
-    a = await make_bus(store=redis_server.url)
-    b = await make_bus(store=redis_server.url)
+    a, b = await two_buses(make_bus, redis_server)
     stream = await open_stream(b)
     data = {"text": 'line 1\nline 2 "quoted" \\ ☃', "nested": {"list": [1, 2.5, None, True]}}
     sent = await a.post("/api/dev/webhook", json={"event_type": 'odd"type\\é', "data": data, "source": "ünï"})
