@@ -4,6 +4,7 @@
     python scripts/bench.py --quick         # small sizes, a smoke test
     python scripts/bench.py --scenario http-fanout --scenario idle
     python scripts/bench.py --store sqlite:  # every bus on a fresh SQLite store
+    python scripts/bench.py --store redis://127.0.0.1:6379/0 --scenario cluster  # two buses on one Redis
 
 Each scenario starts its own `devbus run` (free ports, --quiet), drives it from this
 process (SSE sinks, HTTP posts) and a publisher process (ZeroMQ), stops it with SIGTERM,
@@ -29,7 +30,7 @@ import aiohttp
 import loadgen
 import report
 from loadgen import Sink, Tally, close_sinks, cpu_self, id_digest, open_sinks, stalled_client
-from servers import ROOT, Devbus, Reference, Server
+from servers import ROOT, Devbus, Reference, Server, is_shared
 
 WAIT = 300.0  # seconds any single phase may take before the scenario fails
 
@@ -48,6 +49,7 @@ class Sizes:
     replay: tuple[int, int, int, int]  # history bytes, bytes per event, stalled resumes, reading resumes
     replay_waits: tuple[float, float]  # seconds the bus may take to evict the stalled; seconds after that
     filters: tuple[int, int]  # subscribers, events
+    cluster: tuple[int, int, int]  # subscribers, events fanned out, events sent to each of two buses
 
 
 FULL = Sizes(
@@ -61,6 +63,7 @@ FULL = Sizes(
     replay=(64 * 2**20, 8192, 100, 100),
     replay_waits=(60.0, 5.0),
     filters=(1000, 100_000),
+    cluster=(1000, 5000, 100_000),
 )
 QUICK = Sizes(
     burst=(50, 500),
@@ -73,6 +76,7 @@ QUICK = Sizes(
     replay=(4 * 2**20, 8192, 10, 10),
     replay_waits=(15.0, 0.5),
     filters=(50, 2_000),
+    cluster=(50, 500, 5_000),
 )
 
 
@@ -122,7 +126,7 @@ def order_check(sinks: list[Sink], events: int) -> dict[str, Any]:
     return {
         "complete": sum(1 for s in sinks if s.frames == events),
         "subscribers": len(sinks),
-        "checked_in_order": sum(1 for s in checked if s.out_of_order == 0 and s.last_seq > 0),
+        "checked_in_order": sum(1 for s in checked if s.out_of_order == 0 and s.ids_checked > 0),
         "checked": len(checked),
     }
 
@@ -573,6 +577,66 @@ async def scenario_filters(sizes: Sizes) -> dict[str, Any]:
     return result
 
 
+async def ingest_into_both(a: Devbus, b: Devbus, events: int) -> dict[str, Any]:
+    """Send ``events`` over ZeroMQ to each bus at once; one subscriber on each must get all of both."""
+    async with asyncio.timeout(WAIT):
+        sinks = await open_sinks(a.port, 1, check_every=1) + await open_sinks(b.port, 1, check_every=1)
+    try:
+        tally = Tally()
+        tally.arm(sinks, 2 * events)
+        meters = Meter(a), Meter(b)
+        async with asyncio.timeout(WAIT):
+            timings = await asyncio.gather(publish_zmq(a.ingest or "", events), publish_zmq(b.ingest or "", events))
+            await tally.done.wait()
+        elapsed = tally.last_at - min(timing["started"] for timing in timings)
+        used = [meter.stop() for meter in meters]
+        return {
+            "events_per_s": round(2 * events / elapsed),
+            "elapsed_s": round(elapsed, 3),
+            **order_check(sinks, 2 * events),
+            "bus_cpu_s": round(sum(u["bus_cpu_s"] for u in used), 2),
+            "bus_rss_mb": max(u["bus_rss_mb"] for u in used),
+            "publisher_cpu_s": round(sum(timing.get("cpu", 0.0) for timing in timings), 2),
+        }
+    finally:
+        close_sinks(sinks)
+
+
+async def scenario_cluster(sizes: Sizes) -> dict[str, Any]:
+    subscribers, events, each = sizes.cluster
+    if not is_shared(Devbus.store):
+        return {"skipped": "needs a store that several buses share: --store redis://..."}
+    options = ("--max-subscribers", str(subscribers + 10))
+    alone = Devbus(*options, store="memory")
+    try:
+        memory = await fanout(alone, subscribers, events, lambda: publish_zmq(alone.ingest or "", events))
+    finally:
+        alone.stop()
+    key = f"bench-cluster-{time.time_ns()}"
+    # History as large as the burst: a bus whose reader falls further behind than --history
+    # (two buses writing flat out on two shared cores) skips what was trimmed (README, Redis).
+    history = ("--history", str(2 * each + events))
+    a, b = Devbus(*options, *history, shared_key=key), Devbus(*options, *history, shared_key=key)
+    try:
+        # What one bus takes in, the other fans out: through the store.
+        across = await fanout(b, subscribers, events, lambda: publish_zmq(a.ingest or "", events))
+        ingest = await ingest_into_both(a, b, each)
+    finally:
+        a.stop()
+        b.stop()
+    result = {
+        **ingest,
+        "fanout_per_s": across["deliveries_per_s"],
+        "memory_fanout_per_s": memory["deliveries_per_s"],
+        "fanout_ratio": round(across["deliveries_per_s"] / memory["deliveries_per_s"], 2),
+        "fanout": across,
+        "memory": memory,
+    }
+    result["correct"] = all_correct(ingest) and all_correct(across) and all_correct(memory)
+    result["met"] = result["correct"] and result["events_per_s"] >= 50_000 and result["fanout_ratio"] >= 0.8
+    return result
+
+
 SCENARIOS: dict[str, tuple[Callable[[Sizes], Awaitable[dict[str, Any]]], str]] = {
     "burst": (scenario_burst, "1,000 subs x 5,000 events over ZeroMQ: all in order, >= 2,000,000 deliveries/s"),
     "http-fanout": (scenario_http_fanout, "1,000 subs x 2,000 POSTs, 8 in flight: >= 150,000 deliveries/s, >= 5x ref"),
@@ -586,6 +650,11 @@ SCENARIOS: dict[str, tuple[Callable[[Sizes], Awaitable[dict[str, Any]]], str]] =
         "eviction; 100 reading resumes: every event, in order",
     ),
     "filters": (scenario_filters, "1,000 subs with distinct filters: ZeroMQ ingest >= 0.5x one shared filter"),
+    "cluster": (
+        scenario_cluster,
+        "2 buses on one Redis: ZeroMQ ingest into both >= 50,000 events/s; 1,000 subs x 5,000 events sent to "
+        "the other bus >= 0.8x the memory store's fan-out",
+    ),
 }
 
 

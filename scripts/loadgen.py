@@ -24,7 +24,7 @@ import zmq
 # Every SSE frame has exactly one "data: " line, preceded by a newline: the end of
 # an "id:" line, or the CRLF of a chunked-encoding header. JSON never holds a raw newline.
 FRAME = b"\ndata: "
-_ID = re.compile(rb"\nid: [^\n]*-(\d+)\n")
+_ID = re.compile(rb"\nid: ([^\n]*)-(\d+)\n")
 _SENT = re.compile(rb'"t":(\d+)')
 _ANY_ID = re.compile(rb"\nid: ([^\n]*)\n")
 
@@ -86,6 +86,8 @@ class Sink(asyncio.BufferedProtocol):
         self.target = -1
         self.tally: Tally | None = None
         self.last_seq = 0
+        self.last_prefix = b""
+        self.ids_checked = 0
         self.out_of_order = 0
         self.bytes = 0
         self.connected = asyncio.get_running_loop().create_future()
@@ -131,10 +133,19 @@ class Sink(asyncio.BufferedProtocol):
         whole, self._carry = buffer[: end + 1], buffer[end + 1 :]
         if self.check_ids:
             for match in _ID.finditer(whole):
-                seq = int(match.group(1))
-                if seq != self.last_seq + 1 and self.last_seq:
+                # Both id forms count up by one: run-seq within a run, a Redis stream's
+                # ms-n within a millisecond (n starts at 0 when ms moves on).
+                prefix, seq = match.group(1), int(match.group(2))
+                if not self.last_prefix:
+                    pass
+                elif prefix == self.last_prefix:
+                    self.out_of_order += seq != self.last_seq + 1
+                elif prefix.isdigit() and self.last_prefix.isdigit() and int(prefix) > int(self.last_prefix):
+                    self.out_of_order += seq != 0
+                else:
                     self.out_of_order += 1
-                self.last_seq = seq
+                self.ids_checked += 1
+                self.last_prefix, self.last_seq = prefix, seq
         if self.latencies is not None:
             now = time.monotonic_ns()
             self.latencies.extend(now - int(m.group(1)) for m in _SENT.finditer(whole))

@@ -17,6 +17,7 @@ KEY = {
     "ingest": ("events_per_s", True),
     "replay": ("stalled_rss_growth_mb", False),
     "filters": ("ratio", True),
+    "cluster": ("events_per_s", True),
 }
 
 
@@ -60,6 +61,12 @@ def headline(name: str, result: dict[str, Any]) -> str:
         return (
             f"{result['events_per_s']:,} events/s with {result['filters']:,} distinct filters, "
             f"{result['single_events_per_s']:,} with one ({result['ratio']}x); /health max {result['health_max_ms']} ms"
+        )
+    if name == "cluster":
+        return (
+            f"ingest into 2 buses {result['events_per_s']:,} events/s; fan-out across buses "
+            f"{result['fanout_per_s']:,} deliveries/s, {result['fanout_ratio']}x memory's "
+            f"{result['memory_fanout_per_s']:,}; {complete}"
         )
     return f"{result['events_per_s']:,} events/s; {complete}"
 

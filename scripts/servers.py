@@ -72,12 +72,19 @@ class Server:
         return self.proc.returncode
 
 
+def is_shared(store: str | None) -> bool:
+    """Whether ``store`` is one that several buses share (Redis)."""
+    return (store or "").split(":", 1)[0] in ("redis", "rediss", "unix")
+
+
 class Devbus(Server):
     """`python -m devbus run` on free loopback ports, quiet; under cProfile if ``profile`` names a file.
 
     ``store`` is passed as ``--store``; for ``sqlite:PATH`` every bus gets a fresh
     database next to PATH (``PATH-1.sqlite``, ``PATH-2.sqlite``, … in a temporary
     folder if PATH is empty), removed when it stops, so no scenario sees another's events.
+    On Redis every bus gets a fresh ``--store-key`` unless ``shared_key`` names one (buses
+    of one cluster). ``store=`` overrides the class's store for one bus.
     """
 
     profile: Path | None = None
@@ -85,7 +92,9 @@ class Devbus(Server):
     _numbers = itertools.count(1)
     _scratch: Path | None = None
 
-    def __init__(self, *options: str) -> None:
+    def __init__(self, *options: str, store: str | None = None, shared_key: str | None = None) -> None:
+        if store is not None:
+            self.store = store
         profiler = ["-m", "cProfile", "-o", str(self.profile)] if self.profile else []
         command = [sys.executable, *profiler, "-m", "devbus", "run", "--port", "0", "--quiet"]
         command += ["--ingest", "tcp://127.0.0.1:*", "--egress", "tcp://127.0.0.1:*"]
@@ -94,6 +103,8 @@ class Devbus(Server):
             command += ["--store", f"sqlite:{self.database}"]
         elif self.store:
             command += ["--store", self.store]
+            if self.shared:
+                command += ["--store-key", shared_key or f"bench-{os.getpid()}-{next(self._numbers)}"]
         command += options
         super().__init__("devbus", command, ready="ready")
         self.endpoints = {m.group(1): m.group(2) for line in self.lines if (m := _ROW.match(line))}
@@ -123,6 +134,11 @@ class Devbus(Server):
         if self.database is not None:
             self._remove_database(self.database)
         return code
+
+    @property
+    def shared(self) -> bool:
+        """Whether this bus's store is one that several buses share (Redis)."""
+        return is_shared(self.store)
 
     @property
     def ingest(self) -> str | None:

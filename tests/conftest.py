@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import zmq.asyncio
 from aiohttp.test_utils import TestClient
-from support import BusFactory, BusProcess, start_bus
+from support import BusFactory, BusProcess, Receiver, RedisServer, free_port, start_bus, start_redis
 
 from devbus.bus.app import create_app
 from devbus.bus.settings import Settings
@@ -57,3 +58,27 @@ def bus_process() -> Iterator[Callable[..., BusProcess]]:
     yield factory
     for bus in started:
         bus.close()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real redis-server on a free port with an fsynced AOF, killed after the test."""
+    server = start_redis(tmp_path)
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+async def receivers() -> AsyncIterator[Callable[..., Awaitable[Receiver]]]:
+    """Start receivers on free ports (or on a given one); all are stopped at the end."""
+    started: list[Receiver] = []
+
+    async def factory(port: int = 0, **kwargs: Any) -> Receiver:
+        receiver = Receiver(port or free_port(), **kwargs)
+        started.append(receiver)
+        await receiver.start()
+        return receiver
+
+    yield factory
+    for receiver in started:
+        await receiver.stop()

@@ -1,4 +1,4 @@
-"""Test helpers: SSE frame reading, real `devbus run` processes, raw ZeroMQ senders."""
+"""Test helpers: SSE frame reading, real `devbus run` processes, raw ZeroMQ senders, redis-server."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import json
 import os
 import re
 import resource
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -20,8 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 import zmq
 import zmq.asyncio
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from devbus.bus.keys import DISPATCHER
@@ -228,6 +232,13 @@ async def send_waiting(sender: zmq.asyncio.Socket, frames: list[bytes]) -> None:
             await asyncio.sleep(0.001)
 
 
+async def eventually(check: Callable[[], Awaitable[bool]], *, within: float = WAIT) -> None:
+    """Poll ``check`` until it holds, failing after ``within`` seconds."""
+    async with asyncio.timeout(within):
+        while not await check():  # noqa: ASYNC110 - an HTTP endpoint offers nothing to await
+            await asyncio.sleep(0.02)
+
+
 async def wait_for_total(client: TestClient[Any, Any], count: int, *, within: float = WAIT) -> None:
     """Return once the bus has accepted ``count`` events in all; fail after ``within`` seconds."""
     dispatcher = client.app[DISPATCHER]
@@ -346,3 +357,135 @@ def start_recorder(bus: BusProcess, path: Path, *args: str) -> subprocess.Popen[
             raise AssertionError(f"devbus record did not connect: {errors}")
         time.sleep(0.05)  # polling the condition above, with the deadline as the timeout
     return proc
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@dataclass
+class RedisServer:
+    """A real redis-server on 127.0.0.1 with its files in ``directory``; restartable on the same port.
+
+    With ``appendonly`` every write is in the AOF, fsynced before Redis answers
+    (``--appendfsync always``), so a restart keeps everything a client was told
+    was written.
+    """
+
+    directory: Path
+    appendonly: bool = True
+    port: int = 0
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """The store URL that reaches this server."""
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def log(self) -> str:
+        """What redis-server logged so far."""
+        path = self.directory / "redis.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def start(self, *, timeout: float = WAIT) -> None:
+        """Start the server (on a free port the first time, the same port after) and wait until it answers."""
+        assert self.proc is None or self.proc.poll() is not None, "already running"
+        self.port = self.port or free_port()
+        aof = ["--appendonly", "yes", "--appendfsync", "always"] if self.appendonly else ["--appendonly", "no"]
+        command = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory)]
+        command += ["--save", "", "--daemonize", "no", "--logfile", "redis.log", *aof]
+        self.proc = subprocess.Popen(command, cwd=self.directory, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while not self.ping():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"redis-server exited with {self.proc.returncode}:\n{self.log}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"redis-server did not answer within {timeout}s:\n{self.log}")
+            time.sleep(0.02)  # polling a child process that has no readiness signal
+
+    def ping(self) -> bool:
+        """Whether the server answers PING with PONG (not while it loads its AOF)."""
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as conn:
+                conn.sendall(b"PING\r\n")
+                return conn.recv(64).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def kill(self) -> None:
+        """Kill the server at once (SIGKILL): what is not in the AOF is gone."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+        if self.proc is not None:
+            self.proc.wait(timeout=WAIT)
+
+    def restart(self) -> None:
+        """Kill the server and start it again on the same port and directory."""
+        self.kill()
+        self.start()
+
+
+def start_redis(directory: Path, *, appendonly: bool = True) -> RedisServer:
+    """Start a redis-server in ``directory``; skip without one, except in CI where that fails."""
+    if shutil.which("redis-server") is None:
+        message = "redis-server is not installed (Debian: apt-get install redis-server)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    server = RedisServer(directory, appendonly=appendonly)
+    server.start()
+    return server
+
+
+Handler = Callable[[web.Request, dict[str, Any]], Awaitable[None]]
+
+
+class Receiver:
+    """A backend on 127.0.0.1 that records what the bus POSTs to it."""
+
+    def __init__(self, port: int, *, statuses: list[int] | None = None, on_event: Handler | None = None) -> None:
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}/hook"
+        self.statuses = list(statuses or [])  # answers for the first requests, 200 after
+        self.on_event = on_event
+        self.attempts: list[dict[str, Any]] = []
+        self.accepted: list[dict[str, Any]] = []
+        self.headers: list[dict[str, str]] = []
+        self._changed = asyncio.Condition()
+        self._runner: web.AppRunner | None = None
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        event = json.loads(await request.read())
+        status = self.statuses.pop(0) if self.statuses else 200
+        async with self._changed:
+            self.attempts.append(event)
+            if status == 200:
+                self.accepted.append(event)
+                self.headers.append(dict(request.headers))
+            self._changed.notify_all()
+        if status == 200 and self.on_event is not None:
+            await self.on_event(request, event)
+        return web.json_response({"ok": status == 200}, status=status)
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/hook", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def wait_accepted(self, count: int, *, within: float = WAIT) -> list[str]:
+        """Wait until ``count`` events were accepted; return their types in arrival order."""
+        async with asyncio.timeout(within), self._changed:
+            await self._changed.wait_for(lambda: len(self.accepted) >= count)
+        return [event["type"] for event in self.accepted]

@@ -6,7 +6,7 @@ import asyncio
 import json
 import re
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import aiohttp
@@ -14,59 +14,11 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 from click.testing import CliRunner
-from support import WAIT, BusFactory, open_stream
+from support import WAIT, BusFactory, eventually, open_stream
 
 from devbus.bus.outputs.forward import FORWARDED_HEADER, parse_target
 from devbus.cli import main
 from devbus.errors import ConfigError
-
-Handler = Callable[[web.Request, dict[str, Any]], Awaitable[None]]
-
-
-class Receiver:
-    """A backend on 127.0.0.1 that records what the bus POSTs to it."""
-
-    def __init__(self, port: int, *, statuses: list[int] | None = None, on_event: Handler | None = None) -> None:
-        self.port = port
-        self.url = f"http://127.0.0.1:{port}/hook"
-        self.statuses = list(statuses or [])  # answers for the first requests, 200 after
-        self.on_event = on_event
-        self.attempts: list[dict[str, Any]] = []
-        self.accepted: list[dict[str, Any]] = []
-        self.headers: list[dict[str, str]] = []
-        self._changed = asyncio.Condition()
-        self._runner: web.AppRunner | None = None
-
-    async def _handle(self, request: web.Request) -> web.Response:
-        event = json.loads(await request.read())
-        status = self.statuses.pop(0) if self.statuses else 200
-        async with self._changed:
-            self.attempts.append(event)
-            if status == 200:
-                self.accepted.append(event)
-                self.headers.append(dict(request.headers))
-            self._changed.notify_all()
-        if status == 200 and self.on_event is not None:
-            await self.on_event(request, event)
-        return web.json_response({"ok": status == 200}, status=status)
-
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_post("/hook", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def wait_accepted(self, count: int, *, within: float = WAIT) -> list[str]:
-        """Wait until ``count`` events were accepted; return their types in arrival order."""
-        async with asyncio.timeout(within), self._changed:
-            await self._changed.wait_for(lambda: len(self.accepted) >= count)
-        return [event["type"] for event in self.accepted]
 
 
 class Reserved:
@@ -97,26 +49,6 @@ def down_target() -> Iterator[Callable[[], Reserved]]:
         reserved.release()
 
 
-@pytest.fixture
-async def receivers() -> AsyncIterator[Callable[..., Awaitable[Receiver]]]:
-    """Start receivers on free ports (or on a given one); all are stopped at the end."""
-    started: list[Receiver] = []
-
-    async def factory(port: int = 0, **kwargs: Any) -> Receiver:
-        if port == 0:
-            with socket.socket() as sock:
-                sock.bind(("127.0.0.1", 0))
-                port = sock.getsockname()[1]
-        receiver = Receiver(port, **kwargs)
-        started.append(receiver)
-        await receiver.start()
-        return receiver
-
-    yield factory
-    for receiver in started:
-        await receiver.stop()
-
-
 async def post(client: TestClient[Any, Any], event_type: str, **extra: Any) -> None:
     response = await client.post("/api/dev/webhook", json={"event_type": event_type, "data": {}, **extra})
     assert response.status == 200, await response.text()
@@ -131,13 +63,6 @@ async def post_batch(client: TestClient[Any, Any], types: list[str]) -> None:
 async def forward_state(client: TestClient[Any, Any]) -> list[dict[str, Any]]:
     health = await (await client.get("/api/dev/health")).json()
     return list(health["forward"])
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], *, within: float = WAIT) -> None:
-    """Poll ``check`` until it holds, failing after ``within`` seconds."""
-    async with asyncio.timeout(within):
-        while not await check():  # noqa: ASYNC110 - an HTTP endpoint offers nothing to await
-            await asyncio.sleep(0.02)
 
 
 async def metric(client: TestClient[Any, Any], name: str) -> float:

@@ -51,7 +51,9 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app[METRICS] = metrics
     app[STARTED] = time.monotonic()
     app[ENDPOINTS] = {}
-    store = create_store(settings.store, history=settings.history, history_bytes=settings.history_bytes)
+    store = create_store(
+        settings.store, history=settings.history, history_bytes=settings.history_bytes, key=settings.store_key
+    )
     dispatcher = app[DISPATCHER] = Dispatcher(store, metrics=metrics)
     metrics.store_up.labels(store.name).set_function(lambda: 1 if store.status()["state"] == "up" else 0)
     fanout = app[FANOUT] = Fanout(
@@ -71,8 +73,13 @@ def create_app(settings: Settings | None = None) -> web.Application:
     )
     app[FORWARDER] = forwarder
     if forwarder.targets:
-        dispatcher.add_output(forwarder)
         app.cleanup_ctx.append(forwarder.run)
+        feed = store.forward_feed(forwarder)
+        if feed is None:
+            dispatcher.add_output(forwarder)
+        else:
+            # Buses sharing a log forward each event once between them, not once each.
+            app.cleanup_ctx.append(feed)
     api = settings.api
     app.router.add_post(f"{api}/webhook", http.webhook, expect_handler=expect_continue)
     app.router.add_post(f"{api}/trigger", http.trigger, expect_handler=expect_continue)

@@ -26,6 +26,7 @@ class Settings:
     allow_hosts: tuple[str, ...] = ()
     insecure: bool = False
     store: str = "memory"
+    store_key: str = "devbus"
     history: int = 10_000
     history_bytes: int = 64 * MIB
     heartbeat: float = 15.0

@@ -191,6 +191,13 @@ def _url_default(part: str) -> str | int:
     show_default=True,
     help="Unsent bytes a subscriber may fall behind before it is evicted.",
 )
+@click.option(
+    "--store-key",
+    envvar="DEVBUS_STORE_KEY",
+    default=DEFAULTS.store_key,
+    show_default=True,
+    help="Key prefix in a Redis store: buses with the same --store and key share one stream.",
+)
 @click.option("--forward", envvar="DEVBUS_FORWARD", multiple=True, help="POST every event to this URL (repeatable).")
 @click.option(
     "--forward-types", envvar="DEVBUS_FORWARD_TYPES", multiple=True, help="Only forward events matching these globs."

@@ -19,6 +19,7 @@ from devbus.bus.metrics import Metrics
 from devbus.bus.outputs.backlog import Backlog
 from devbus.bus.store.base import Record
 from devbus.envelope import Draft
+from devbus.errors import StoreUnavailable
 from devbus.frames import WireReject, decode_frames
 from devbus.zmtp import GREETING, FrameReader, Greeting, HandshakeError, Rejected, check_ready, pong, ready
 
@@ -40,6 +41,11 @@ STALLED = 0.03
 # On stop: read until every sender has been quiet this long, for at most DRAIN.
 DRAIN = 2.0
 DRAIN_QUIET = 0.1
+
+# While the store is unreachable a batch taken from a sender is stored again after these
+# delays (doubling); that sender is not read meanwhile.
+HOLD_FIRST = 0.05
+HOLD_MAX = 1.0
 
 HANDSHAKE_TIMEOUT = 10.0  # seconds a sender has to greet and say READY before it is closed
 SUBSCRIBE_ALL = b"\x00\x01\x01"  # a one-byte message frame: subscribe to every topic (ZMTP 3.0)
@@ -123,36 +129,58 @@ class Ingest:
                 self.reject(exc.reason, str(exc))
         for item in rejected:
             self.reject(item.reason, item.text)
-        if not drafts:
-            return
+        if drafts:
+            self._store(peer, drafts, HOLD_FIRST)
+
+    def _store(self, peer: _Peer, drafts: list[Draft], delay: float) -> None:
+        """Hand ``drafts`` to the store; they are taken (and ``peer`` read again) once it has them."""
         try:
             committed = self._dispatcher.publish(drafts)
         except Exception:
             # Never let one bad batch stop the ingest: log it and keep reading.
             log.exception("could not publish %d events from ZeroMQ", len(drafts))
             return
-        if committed.done():
-            self._committed(committed, None, len(drafts))
+        if committed.done() and not committed.cancelled() and committed.exception() is None:
+            # Stored at once (memory store): the sender is read on without a pause.
+            self._check_backlog()
             return
-        # Taken once the store has it: read no more from this sender until then.
+        # Read no more from this sender until the store has answered for its batch.
         self._committing.add(committed)
         peer.committing += 1
         peer.update()
-        committed.add_done_callback(lambda done: self._committed(done, peer, len(drafts)))
+        committed.add_done_callback(lambda done: self._committed(done, peer, drafts, delay))
 
-    def _committed(self, committed: asyncio.Future[list[Record]], peer: _Peer | None, count: int) -> None:
+    def _committed(
+        self, committed: asyncio.Future[list[Record]], peer: _Peer, drafts: list[Draft], delay: float
+    ) -> None:
         self._committing.discard(committed)
-        if committed.cancelled() or committed.exception() is not None:
-            reason = "cancelled" if committed.cancelled() else committed.exception()
+        error = None if committed.cancelled() else committed.exception()
+        if isinstance(error, StoreUnavailable) and not self._closing:
+            # Taken from the socket but not stored: hold it and store it again, in order, with
+            # backoff; the sender stays unread meanwhile, so it sees backpressure, not loss.
+            self._loop.call_later(delay, self._store_again, peer, drafts, min(delay * 2, HOLD_MAX))
+            return
+        if committed.cancelled() or error is not None:
             self._metrics.reject("zmq_store")
-            log.error("could not store %d events from ZeroMQ: %s", count, reason)
-        if peer is not None:
-            # The sender is read again from now: its quiet period (on stop) starts here, not at its last read.
-            self.last_read = self._loop.time()
-            peer.committing -= 1
-            peer.update()
+            log.error("could not store %d events from ZeroMQ: %s", len(drafts), error or "cancelled")
+        # The sender is read again from now: its quiet period (on stop) starts here, not at its last read.
+        self.last_read = self._loop.time()
+        peer.committing -= 1
+        peer.update()
+        self._check_backlog()
+
+    def _check_backlog(self) -> None:
         if self._backlog.behind and not self._held and not self._closing:
             self._hold()
+
+    def _store_again(self, peer: _Peer, drafts: list[Draft], delay: float) -> None:
+        peer.committing -= 1
+        if self._closing:
+            self._metrics.reject("zmq_store")
+            log.error("%d events taken from ZeroMQ were not stored before the bus stopped", len(drafts))
+        else:
+            self._store(peer, drafts, delay)
+        peer.update()
 
     def reject(self, reason: str, text: str) -> None:
         """Count a refused message (or connection); log the first of each kind."""

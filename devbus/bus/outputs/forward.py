@@ -236,15 +236,19 @@ class Forwarder:
     def __call__(self, batch: Sequence[Record]) -> None:
         """Queue each matching event of a delivered batch; never waits."""
         for record in batch:
-            if not self.types(record.type):
-                continue
-            event = record.event
             for target in self.targets:
-                if event.source == target.name:
-                    self._metrics.forward_skipped.labels(target.label).inc()
-                    continue
-                # The JSON the store encoded once, shared with every other output.
-                target.offer(event, record.json)
+                if self.wants(target, record):
+                    # The JSON the store encoded once, shared with every other output.
+                    target.offer(record.event, record.json)
+
+    def wants(self, target: Target, record: Record) -> bool:
+        """Whether ``record`` goes to ``target``: it matches --forward-types and did not come from there."""
+        if not self.types(record.type):
+            return False
+        if record.event.source == target.name:
+            self._metrics.forward_skipped.labels(target.label).inc()
+            return False
+        return True
 
     async def run(self, app: web.Application) -> AsyncIterator[None]:
         """Run one delivery task per target while the app runs (an aiohttp cleanup_ctx)."""

@@ -10,8 +10,12 @@ __all__ = ["Record", "Resume", "Store", "create_store"]
 STORE_URLS = "memory, sqlite:PATH or redis://host:port/db"
 
 
-def create_store(url: str, *, history: int, history_bytes: int) -> Store:
-    """Build the store that ``url`` (``--store``) names; a bad URL is a ConfigError saying what is allowed."""
+def create_store(url: str, *, history: int, history_bytes: int, key: str = "devbus") -> Store:
+    """Build the store that ``url`` (``--store``) names; a bad URL is a ConfigError saying what is allowed.
+
+    ``key`` (``--store-key``) names the stream in a shared store, so that buses sharing one Redis
+    without sharing events can use different ones.
+    """
     scheme, sep, rest = url.partition(":")
     scheme = scheme.strip().lower()
     if url.strip().lower() == "memory":
@@ -28,11 +32,10 @@ def create_store(url: str, *, history: int, history_bytes: int) -> Store:
         return SqliteStore(path, history=history, history_bytes=history_bytes)
     if sep and scheme in ("redis", "rediss", "unix"):
         try:
-            from devbus.bus.store.redis import RedisStore  # type: ignore[import-not-found, unused-ignore]
+            from devbus.bus.store.redis import RedisStore
         except ImportError as exc:
             raise ConfigError(
                 f"--store {scheme}:// needs the Redis extra: pip install 'devbus[redis]' ({exc})"
             ) from exc
-        store: Store = RedisStore(url, history=history, history_bytes=history_bytes)
-        return store
+        return RedisStore(url, key=key, history=history, history_bytes=history_bytes)
     raise ConfigError(f"--store {url!r} is not a store URL: use {STORE_URLS}")

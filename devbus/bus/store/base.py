@@ -60,12 +60,17 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from devbus.envelope import Draft, Event
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from devbus.bus.outputs.forward import Forwarder
 
 __all__ = ["Deliver", "Record", "Resume", "Store"]
 
@@ -175,3 +180,10 @@ class Store(abc.ABC):
     def status(self) -> dict[str, Any]:
         """What health reports about the store: its name and state, plus store-specific numbers."""
         return {"name": self.name, "state": "up", "retained": len(self)}
+
+    def forward_feed(self, forwarder: Forwarder) -> Callable[[web.Application], AsyncIterator[None]] | None:
+        """What feeds ``--forward`` targets once for every bus sharing this log (an aiohttp cleanup_ctx).
+
+        None (a log of one bus): the forwarder is an output like any other.
+        """
+        return None
