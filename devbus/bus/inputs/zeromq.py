@@ -80,6 +80,7 @@ class Ingest:
         self._stall: asyncio.TimerHandle | None = None
         self._cancel_wait: Callable[[], None] | None = None
         self._committing: set[asyncio.Future[list[Record]]] = set()
+        self._holding = False  # a batch waits for the store to come back (logged once per outage)
         self._closing = False
         self._logged: set[str] = set()
         self.last_read = 0.0
@@ -158,8 +159,12 @@ class Ingest:
         if isinstance(error, StoreUnavailable) and not self._closing:
             # Taken from the socket but not stored: hold it and store it again, in order, with
             # backoff; the sender stays unread meanwhile, so it sees backpressure, not loss.
+            if not self._holding:
+                self._holding = True
+                log.info("holding events from ZeroMQ until the store is back")
             self._loop.call_later(delay, self._store_again, peer, drafts, min(delay * 2, HOLD_MAX))
             return
+        self._holding = False
         if committed.cancelled() or error is not None:
             self._metrics.reject("zmq_store")
             log.error("could not store %d events from ZeroMQ: %s", len(drafts), error or "cancelled")
