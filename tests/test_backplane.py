@@ -124,7 +124,7 @@ async def test_a_sender_is_not_read_while_its_batch_is_being_committed(
     store.append = slow_commit  # type: ignore[method-assign]
     sender = await connect_sender(zmq_context, client.app[ENDPOINTS]["ingest"])
     for n in range(3000):
-        await sender.send_multipart(valid(n), copy=False)
+        await send_waiting(sender, valid(n))
     events = await history(client, count=3000)
     assert [e["data"]["n"] for e in events] == list(range(3000))
     assert most == 1
@@ -136,7 +136,7 @@ async def test_a_burst_into_a_sqlite_store_arrives_whole_and_in_order(
     client = await make_bus(ingest=ANY_PORT, store=f"sqlite:{tmp_path / 'bus.db'}")
     sender = await connect_sender(zmq_context, client.app[ENDPOINTS]["ingest"])
     for n in range(5000):
-        await sender.send_multipart(valid(n), copy=False)
+        await send_waiting(sender, valid(n))
     events = await history(client, count=5000)
     assert [e["data"]["n"] for e in events] == list(range(5000))
 
