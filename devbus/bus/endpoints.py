@@ -41,7 +41,7 @@ class Listening:
                     os.unlink(path)
 
 
-async def listen(endpoint: str, factory: Callable[[], asyncio.Protocol], *, role: str, option: str) -> Listening:
+async def listen(endpoint: str, factory: Callable[[], asyncio.BaseProtocol], *, role: str, option: str) -> Listening:
     """Bind ``endpoint`` for the ZeroMQ ``role`` (ingest, egress); ConfigError names ``option``."""
     loop = asyncio.get_running_loop()
     parts = urlsplit(endpoint)

@@ -38,6 +38,11 @@ log = logging.getLogger(__name__)
 CATCH_UP = 1.0
 STALLED = 0.03
 
+# Bytes read from a sender at a time, so one read is one batch: small enough that a batch
+# never buffers much per subscriber, large enough that a burst costs one publish per
+# few hundred events.
+READ_SIZE = 64 * 1024
+
 # On stop: read until every sender has been quiet this long, for at most DRAIN.
 DRAIN = 2.0
 DRAIN_QUIET = 0.1
@@ -75,6 +80,7 @@ class Ingest:
         self._loop = asyncio.get_running_loop()
         self._listening: Listening | None = None
         self._peers: set[_Peer] = set()
+        self.read_buffer = memoryview(bytearray(READ_SIZE))  # shared by every sender's reads
         self._held = False  # every sender paused while subscribers catch up
         self._waited_since = 0.0
         self._stall: asyncio.TimerHandle | None = None
@@ -142,8 +148,12 @@ class Ingest:
             log.exception("could not publish %d events from ZeroMQ", len(drafts))
             return
         if committed.done() and not committed.cancelled() and committed.exception() is None:
-            # Stored at once (memory store): the sender is read on without a pause.
-            self._check_backlog()
+            # Stored at once (memory store). The SSE output flushes a batch two loop turns
+            # later (so that requests arriving together share a write); only then can the
+            # backlog tell whether subscribers took it, so this sender waits until then.
+            peer.committing += 1
+            peer.update()
+            self._loop.call_soon(self._loop.call_soon, self._flushed, peer)
             return
         # Read no more from this sender until the store has answered for its batch.
         self._committing.add(committed)
@@ -173,6 +183,11 @@ class Ingest:
         peer.committing -= 1
         peer.update()
         self._check_backlog()
+
+    def _flushed(self, peer: _Peer) -> None:
+        self._check_backlog()
+        peer.committing -= 1
+        peer.update()
 
     def _check_backlog(self) -> None:
         if self._backlog.behind and not self._held and not self._closing:
@@ -248,8 +263,8 @@ class Ingest:
         self._peers.discard(peer)
 
 
-class _Peer(asyncio.Protocol):
-    """One sender's connection: greeting, READY, then messages."""
+class _Peer(asyncio.BufferedProtocol):
+    """One sender's connection: greeting, READY, then messages, read at most READ_SIZE at a time."""
 
     def __init__(self, ingest: Ingest) -> None:
         self.ingest = ingest
@@ -312,6 +327,13 @@ class _Peer(asyncio.Protocol):
     def close(self) -> None:
         if self.transport is not None:
             self.transport.close()
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.ingest.read_buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        # asyncio fills the buffer and calls this at once, so every sender can share one.
+        self.data_received(bytes(self.ingest.read_buffer[:nbytes]))
 
     def data_received(self, data: bytes) -> None:
         self.ingest.last_read = self.ingest._loop.time()
