@@ -13,7 +13,6 @@ from urllib.parse import urlsplit
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-from devbus import __version__
 from devbus.bus.app import create_app
 from devbus.bus.connections import LimitedSite, RequestErrorLog, connection_limit, raise_fd_limit
 from devbus.bus.guard import check_allowlists, is_loopback_host
@@ -23,6 +22,7 @@ from devbus.bus.preflight import check_addresses_free, check_options
 from devbus.bus.settings import Settings
 from devbus.errors import ConfigError
 from devbus.logs import REDACTED
+from devbus.version import __version__
 
 __all__ = ["check_exposure", "serve"]
 

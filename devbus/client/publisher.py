@@ -31,8 +31,8 @@ from typing import Any
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
-from devbus.bus.settings import MIB
 from devbus.client.config import resolve
+from devbus.defaults import MIB
 from devbus.errors import BusUnavailable, ConfigError, InvalidEvent
 from devbus.frames import encode_frames
 

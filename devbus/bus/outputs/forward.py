@@ -23,12 +23,12 @@ from urllib.parse import urlsplit
 import aiohttp
 from aiohttp import web
 
-from devbus import __version__
 from devbus.bus.metrics import Metrics
 from devbus.bus.store.base import Record
 from devbus.envelope import MAX_SOURCE_LENGTH, Event, check_name
 from devbus.errors import ConfigError, InvalidEvent
 from devbus.typefilter import TypeFilter
+from devbus.version import __version__
 
 __all__ = ["FORWARDED_HEADER", "Forwarder", "Target", "parse_target"]
 
