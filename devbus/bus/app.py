@@ -12,7 +12,8 @@ from devbus.bus.backplane import backplane
 from devbus.bus.dispatcher import Dispatcher
 from devbus.bus.guard import add_cors_headers, expect_continue, guard
 from devbus.bus.history import history
-from devbus.bus.inputs import http
+from devbus.bus.inputs.http import HttpInput
+from devbus.bus.inputs.reach import ReachCounts
 from devbus.bus.keys import CATALOGUE, DISPATCHER, ENDPOINTS, FANOUT, FORWARDER, METRICS, SETTINGS, STARTED
 from devbus.bus.metrics import Metrics
 from devbus.bus.outputs.catalogue import Catalogue
@@ -20,7 +21,7 @@ from devbus.bus.outputs.forward import Forwarder
 from devbus.bus.outputs.sse import stream_events
 from devbus.bus.outputs.sse_fanout import Fanout
 from devbus.bus.settings import Settings
-from devbus.bus.store import create_store
+from devbus.bus.store import create_store, shared_stream
 from devbus.bus.unrouted import unrouted_as_json
 from devbus.typefilter import TypeFilter, parse_patterns
 
@@ -59,8 +60,11 @@ def create_app(settings: Settings | None = None) -> web.Application:
     fanout = app[FANOUT] = Fanout(
         subscriber_buffer=settings.subscriber_buffer, max_subscribers=settings.max_subscribers, metrics=metrics
     )
-    # The SSE fan-out first: it counts who each record reached, which the console prints.
     dispatcher.add_output(fanout)
+    # The fan-out tells the HTTP answers how many subscribers each event reached.
+    reach = ReachCounts(now=fanout.would_reach)
+    fanout.report_to(reach)
+    inputs = HttpInput(dispatcher, reach, max_body=settings.max_body, body_timeout=settings.body_timeout)
     app.cleanup_ctx.append(_store)
     app[CATALOGUE] = Catalogue(metrics)
     dispatcher.add_output(app[CATALOGUE])
@@ -74,16 +78,19 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app[FORWARDER] = forwarder
     if forwarder.targets:
         app.cleanup_ctx.append(forwarder.run)
-        feed = store.forward_feed(forwarder)
-        if feed is None:
+        shared = shared_stream(store)
+        if shared is None:
             dispatcher.add_output(forwarder)
         else:
-            # Buses sharing a log forward each event once between them, not once each.
-            app.cleanup_ctx.append(feed)
+            # Buses sharing a log forward each event once between them, not once each. (A
+            # shared stream means the Redis extra is installed, which the feed needs.)
+            from devbus.bus.outputs.forward.cluster import ClusterFeed
+
+            app.cleanup_ctx.append(ClusterFeed(shared, forwarder).run)
     api = settings.api
-    app.router.add_post(f"{api}/webhook", http.webhook, expect_handler=expect_continue)
-    app.router.add_post(f"{api}/trigger", http.trigger, expect_handler=expect_continue)
-    app.router.add_post(f"{api}/batch", http.batch, expect_handler=expect_continue)
+    app.router.add_post(f"{api}/webhook", inputs.webhook, expect_handler=expect_continue)
+    app.router.add_post(f"{api}/trigger", inputs.trigger, expect_handler=expect_continue)
+    app.router.add_post(f"{api}/batch", inputs.batch, expect_handler=expect_continue)
     app.router.add_get(f"{api}/events", stream_events)
     app.router.add_get(f"{api}/history", history)
     app.router.add_get(f"{api}/health", views.health)

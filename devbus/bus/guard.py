@@ -1,14 +1,14 @@
-"""Request guards: Host and Origin allowlists, CORS, token, media type and body size.
+"""Request guards: Host and Origin allowlists, CORS, token and media type.
 
 A dev server on localhost is reachable from every page the user opens, so every
 request is checked before any work: DNS rebinding (Host), cross-site requests
-(Origin, Sec-Fetch-*), "simple" POSTs without preflight (media type) and oversized
-bodies. Refusals are JSON errors that say what to change.
+(Origin, Sec-Fetch-*) and "simple" POSTs without preflight (media type). Refusals
+are JSON errors that say what to change. Bodies are read, within their size and
+time limits, by the HTTP input (``devbus.bus.inputs.http``).
 """
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import hmac
 import ipaddress
@@ -18,15 +18,14 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from aiohttp.http import HttpVersion11
 
+from devbus.bus.inputs.http import too_large
 from devbus.bus.keys import METRICS, SETTINGS
 from devbus.bus.settings import Settings
 from devbus.errors import (
-    BodyTooLarge,
     ConfigError,
     DevbusError,
     Forbidden,
     MalformedInput,
-    RequestTimeout,
     Unauthorized,
     UnsupportedMediaType,
 )
@@ -40,7 +39,6 @@ __all__ = [
     "host_allowed",
     "is_loopback_host",
     "origin_allowed",
-    "read_body",
     "token_matches",
 ]
 
@@ -252,6 +250,9 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
             return web.Response(status=204)
         _check_token(request, settings)
+        if request.method == "POST" and request.match_info.http_exception is None:
+            # Every POST route of the bus takes a JSON body (an unknown one answers 404 or 405 instead).
+            _check_media_type(request)
         return await handler(request)
     except DevbusError as error:
         return error_response(request, error)
@@ -285,35 +286,6 @@ def _check_media_type(request: web.Request) -> None:
         )
 
 
-def _too_large(limit: int) -> BodyTooLarge:
-    return BodyTooLarge(f"Body is larger than the limit of {limit} bytes (--max-body); send less or raise the limit")
-
-
-async def read_body(request: web.Request) -> bytes:
-    """Read a JSON POST body, refusing other media types and bodies over --max-body."""
-    _check_media_type(request)
-    limit = request.app[SETTINGS].max_body
-    if request.content_length is not None and request.content_length > limit:
-        raise _too_large(limit)
-    # Count what actually arrives too: a chunked body declares no length.
-    chunks = []
-    size = 0
-    timeout = request.app[SETTINGS].body_timeout
-    try:
-        # A client that stalls part-way would otherwise hold up to --max-body for ever.
-        async with asyncio.timeout(timeout):
-            while chunk := await request.content.readany():
-                size += len(chunk)
-                if size > limit:
-                    raise _too_large(limit)
-                chunks.append(chunk)
-    except TimeoutError:
-        raise RequestTimeout(
-            f"Body not received within {timeout:g} seconds (--body-timeout); send the whole body at once"
-        ) from None
-    return b"".join(chunks)
-
-
 async def expect_continue(request: web.Request) -> None:
     """Answer 'Expect: 100-continue' only for a POST that would be read, so a refused body is never sent."""
     if request.version != HttpVersion11:
@@ -326,7 +298,7 @@ async def expect_continue(request: web.Request) -> None:
         _check_token(request, settings)
         _check_media_type(request)
         if request.content_length is not None and request.content_length > settings.max_body:
-            raise _too_large(settings.max_body)
+            raise too_large(settings.max_body)
     except DevbusError:
         return  # the guard or the view answers with the refusal; the client keeps its body
     await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")

@@ -17,7 +17,7 @@ from devbus.bus.dispatcher import Dispatcher
 from devbus.bus.endpoints import Listening, listen
 from devbus.bus.metrics import Metrics
 from devbus.bus.outputs.backlog import Backlog
-from devbus.bus.store.base import Record
+from devbus.bus.record import Record
 from devbus.envelope import Draft
 from devbus.errors import StoreUnavailable
 from devbus.frames import WireReject, decode_frames

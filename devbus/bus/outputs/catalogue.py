@@ -25,7 +25,8 @@ from aiohttp import web
 from genson import SchemaBuilder
 
 from devbus.bus.metrics import Metrics
-from devbus.bus.store.base import Record, Store
+from devbus.bus.record import Record
+from devbus.bus.store.base import Store
 from devbus.envelope import Event
 
 __all__ = ["Catalogue"]

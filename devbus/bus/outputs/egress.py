@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from devbus.bus.endpoints import Listening, listen
 from devbus.bus.metrics import Metrics
-from devbus.bus.store.base import Record
+from devbus.bus.record import Record
 from devbus.frames import encode_event_frames
 from devbus.zmtp import GREETING, FrameReader, Greeting, HandshakeError, check_ready, message, pong, ready
 

@@ -8,7 +8,7 @@ from aiohttp import web
 
 from devbus.bus.keys import DISPATCHER, FANOUT
 from devbus.bus.outputs.sse_buffer import Outlet
-from devbus.bus.store.base import Record
+from devbus.bus.record import Record
 from devbus.envelope import Event, encode_json, sse_frame
 
 __all__ = ["GAP", "PAGE_BYTES", "PAGE_EVENTS", "REPLAY_STALL", "Replay", "gap_event", "write_or_stall"]
