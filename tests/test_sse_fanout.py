@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from devbus.bus.metrics import Metrics
-from devbus.bus.outputs.sse_fanout import Fanout
+from devbus.bus.outputs.sse.fanout import Fanout
 from devbus.bus.record import Record
 from devbus.typefilter import TypeFilter
 

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 
 from devbus.bus.dispatcher import Dispatcher
 from devbus.bus.endpoints import Listening, listen
+from devbus.bus.inputs.burst import BurstGate, Readers
 from devbus.bus.metrics import Metrics
-from devbus.bus.outputs.backlog import Backlog
 from devbus.bus.record import Record
 from devbus.envelope import Draft
 from devbus.errors import StoreUnavailable
@@ -29,14 +28,7 @@ log = logging.getLogger(__name__)
 
 # Acknowledgement: a message is taken once the store has committed it, so a
 # sender's connection is not read while a batch it sent is being committed.
-#
-# Flow control for bursts: while subscribers are behind (their sockets backed up)
-# but keep taking what they were sent, stop reading senders, so the kernel and the
-# senders' queues hold the burst instead of the bus. The outputs say when a
-# subscriber moves (no polling). One that moves nothing for STALLED seconds is not
-# waited for (its buffer bound evicts it), and no pause lasts more than CATCH_UP.
-CATCH_UP = 1.0
-STALLED = 0.03
+# Flow control for bursts: see inputs/burst.py.
 
 # Bytes read from a sender at a time, so one read is one batch: small enough that a batch
 # never buffers much per subscriber, large enough that a burst costs one publish per
@@ -65,14 +57,13 @@ class Ingest:
         self,
         *,
         dispatcher: Dispatcher,
-        backlog: Backlog,
+        readers: Readers,
         metrics: Metrics,
         max_size: int,
         token: str | None = None,
         message_timeout: float = 30.0,
     ) -> None:
         self._dispatcher = dispatcher
-        self._backlog = backlog
         self.message_timeout = message_timeout
         self._metrics = metrics
         self._max_size = max_size
@@ -81,12 +72,10 @@ class Ingest:
         self._listening: Listening | None = None
         self._peers: set[_Peer] = set()
         self.read_buffer = memoryview(bytearray(READ_SIZE))  # shared by every sender's reads
-        self._held = False  # every sender paused while subscribers catch up
-        self._waited_since = 0.0
-        self._stall: asyncio.TimerHandle | None = None
-        self._cancel_wait: Callable[[], None] | None = None
+        # Every sender waits while the subscribers that keep up catch up.
+        self.gate = BurstGate(readers, on_change=self._update_peers)
         self._committing: set[asyncio.Future[list[Record]]] = set()
-        self._holding = False  # a batch waits for the store to come back (logged once per outage)
+        self._store_away = False  # a batch waits for the store to come back (logged once per outage)
         self._closing = False
         self._logged: set[str] = set()
         self.last_read = 0.0
@@ -103,8 +92,8 @@ class Ingest:
         """Stop accepting, read what senders already sent (bounded in time), then close."""
         if self._listening is not None:
             self._listening.close()
-        self._closing = True  # no more waiting for subscribers: the outputs may be closed already
-        self._release()
+        self._closing = True
+        self.gate.stop()
         deadline = self._loop.time() + DRAIN
         self.last_read = self._loop.time()
         while self._peers and self._loop.time() < deadline:
@@ -150,7 +139,7 @@ class Ingest:
         if committed.done() and not committed.cancelled() and committed.exception() is None:
             # Stored at once (memory store). The SSE output flushes a batch two loop turns
             # later (so that requests arriving together share a write); only then can the
-            # backlog tell whether subscribers took it, so this sender waits until then.
+            # burst gate tell whether subscribers took it, so this sender waits until then.
             peer.committing += 1
             peer.update()
             self._loop.call_soon(self._loop.call_soon, self._flushed, peer)
@@ -169,12 +158,12 @@ class Ingest:
         if isinstance(error, StoreUnavailable) and not self._closing:
             # Taken from the socket but not stored: hold it and store it again, in order, with
             # backoff; the sender stays unread meanwhile, so it sees backpressure, not loss.
-            if not self._holding:
-                self._holding = True
+            if not self._store_away:
+                self._store_away = True
                 log.info("holding events from ZeroMQ until the store is back")
             self._loop.call_later(delay, self._store_again, peer, drafts, min(delay * 2, HOLD_MAX))
             return
-        self._holding = False
+        self._store_away = False
         if committed.cancelled() or error is not None:
             self._metrics.reject("zmq_store")
             log.error("could not store %d events from ZeroMQ: %s", len(drafts), error or "cancelled")
@@ -182,16 +171,12 @@ class Ingest:
         self.last_read = self._loop.time()
         peer.committing -= 1
         peer.update()
-        self._check_backlog()
+        self.gate.check()
 
     def _flushed(self, peer: _Peer) -> None:
-        self._check_backlog()
+        self.gate.check()
         peer.committing -= 1
         peer.update()
-
-    def _check_backlog(self) -> None:
-        if self._backlog.behind and not self._held and not self._closing:
-            self._hold()
 
     def _store_again(self, peer: _Peer, drafts: list[Draft], delay: float) -> None:
         peer.committing -= 1
@@ -211,47 +196,9 @@ class Ingest:
         else:
             log.debug("refused a ZeroMQ message (%s): %s", reason, text)
 
-    # -- flow control ------------------------------------------------------------
-
-    @property
-    def held(self) -> bool:
-        """Whether every sender is paused while subscribers catch up."""
-        return self._held
-
-    def _hold(self) -> None:
-        self._held = True
+    def _update_peers(self) -> None:
         for peer in self._peers:
             peer.update()
-        self._waited_since = self._loop.time()
-        self._wait_for_readers()
-
-    def _wait_for_readers(self) -> None:
-        self._stall = self._loop.call_later(STALLED, self._release)
-        self._cancel_wait = self._backlog.when_moved(self._readers_moved)
-
-    def _readers_moved(self) -> None:
-        self._cancel_wait = None
-        if self._stall is not None:
-            self._stall.cancel()
-            self._stall = None
-        if self._backlog.behind and self._loop.time() - self._waited_since < CATCH_UP and not self._closing:
-            self._wait_for_readers()
-        else:
-            self._release()
-
-    def _release(self) -> None:
-        # Subscribers caught up, or nobody moved for STALLED seconds (the stalled
-        # ones will be evicted), or CATCH_UP passed, or the ingest is closing: read on.
-        if self._stall is not None:
-            self._stall.cancel()
-            self._stall = None
-        if self._cancel_wait is not None:
-            self._cancel_wait()
-            self._cancel_wait = None
-        if self._held:
-            self._held = False
-            for peer in self._peers:
-                peer.update()
 
     def joined(self, peer: _Peer) -> None:
         """Track a sender's connection."""
@@ -316,7 +263,7 @@ class _Peer(asyncio.BufferedProtocol):
         """Read while no batch of ours is being committed and subscribers are not being waited for."""
         if self.transport is None:
             return
-        paused = bool(self.committing) or self.ingest.held
+        paused = bool(self.committing) or self.ingest.gate.closed
         if paused != self._paused:
             self._paused = paused
             if paused:

@@ -3,7 +3,7 @@
 The bus speaks ZMTP as the PUB side itself (see devbus/zmtp.py) rather than
 through a libzmq PUB socket, whose queue per listener is bounded only in
 messages (of any size): here a listener that falls behind may have at most
-``backlog`` bytes waiting for it; past that its events are dropped, counted in
+``listener_buffer`` bytes waiting for it; past that its events are dropped, counted in
 devbus_egress_dropped_total and logged once per episode.
 """
 
@@ -35,8 +35,8 @@ class Egress:
     listeners; while nobody listens (the usual case) records are not even encoded.
     """
 
-    def __init__(self, *, metrics: Metrics, backlog: int) -> None:
-        self.backlog = backlog
+    def __init__(self, *, metrics: Metrics, listener_buffer: int) -> None:
+        self.listener_buffer = listener_buffer
         self._metrics = metrics
         self._listening: Listening | None = None
         self.listeners: set[_Listener] = set()
@@ -107,11 +107,11 @@ class _Listener(asyncio.Protocol):
             self.transport.close()
 
     def send(self, wires: list[tuple[bytes, bytes]]) -> None:
-        """Write the events this listener subscribed to, as far as its backlog allows."""
+        """Write the events this listener subscribed to, as far as its buffer allows."""
         transport = self.transport
         if transport is None:
             return
-        room = self.egress.backlog - transport.get_write_buffer_size()
+        room = self.egress.listener_buffer - transport.get_write_buffer_size()
         parts = []
         dropped = 0
         for head, wire in wires:
@@ -129,7 +129,7 @@ class _Listener(asyncio.Protocol):
                 log.warning(
                     "a ZeroMQ listener fell %d bytes behind (its limit, --egress-buffer); dropping its events "
                     "until it catches up",
-                    self.egress.backlog,
+                    self.egress.listener_buffer,
                 )
             self._dropping += dropped
             self.egress.dropped(dropped)

@@ -7,8 +7,8 @@ import logging
 from collections.abc import Callable, Sequence
 
 from devbus.bus.metrics import Metrics
-from devbus.bus.outputs.backlog import Backlog
-from devbus.bus.outputs.sse_buffer import Outlet
+from devbus.bus.outputs.sse.laggards import Laggards
+from devbus.bus.outputs.sse.outlet import Outlet
 from devbus.bus.record import ReachReport, Record
 from devbus.envelope import sse_frame
 from devbus.errors import TooManySubscribers
@@ -52,7 +52,8 @@ class Fanout:
         self._unflushed: dict[_Group, None] = {}
         self._anchoring: list[Outlet] = []
         self._reports: list[ReachReport] = []
-        self.backlog = Backlog()
+        # Subscribers whose sockets are backed up, for the ZeroMQ ingest's burst gate.
+        self.laggards = Laggards()
         metrics.watch(metrics.subscribers, lambda: len(self._outlets))
 
     @property
@@ -76,7 +77,7 @@ class Fanout:
                 f"The bus already has {len(self._outlets)} subscribers (--max-subscribers); "
                 "close some streams or raise the limit"
             )
-        outlet = Outlet(type_filter, named=named, limit=self._buffer, on_evict=self.evict, backlog=self.backlog)
+        outlet = Outlet(type_filter, named=named, limit=self._buffer, on_evict=self.evict, laggards=self.laggards)
         self._outlets[outlet] = None
         return outlet
 
