@@ -31,7 +31,9 @@ async def backplane(app: web.Application) -> AsyncIterator[None]:
             )
             app[ENDPOINTS]["ingest"] = await ingest.bind(settings.ingest)
         if settings.egress:
-            egress = Egress(metrics=app[METRICS], listener_buffer=settings.egress_buffer)
+            egress = Egress(
+                metrics=app[METRICS], listener_buffer=settings.egress_buffer, message_timeout=settings.body_timeout
+            )
             app[ENDPOINTS]["egress"] = await egress.bind(settings.egress)
             remove_output = app[DISPATCHER].add_output(egress)
         yield
