@@ -30,8 +30,9 @@ outputs
     store interface (a replay is a cursor over the log), and modules of the same
     output; never the dispatcher, an input, the wiring or another output.
 wiring
-    ``app``, ``serve``, ``keys``, ``backplane``, ``views``, ``guard``, ``unrouted``,
-    ``history``, ``preflight``, ``connections`` and ``bus/__init__``: anything of the bus.
+    ``app``, ``serve``, ``keys``, ``backplane``, ``views``, ``guard`` and its
+    ``allowlists``, ``unrouted``, ``history``, ``preflight``, ``connections`` and
+    ``bus/__init__``: anything of the bus.
 client, watch
     ``devbus/client/*`` and ``devbus/watch/*``: shared modules and their own folder;
     never the bus.
@@ -87,6 +88,7 @@ BASE_MODULES = {
 }
 WIRING_MODULES = {
     "devbus.bus",
+    "devbus.bus.allowlists",
     "devbus.bus.app",
     "devbus.bus.backplane",
     "devbus.bus.connections",

@@ -13,9 +13,9 @@ from urllib.parse import urlsplit
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
+from devbus.bus.allowlists import check_allowlists, is_loopback_host
 from devbus.bus.app import create_app
 from devbus.bus.connections import LimitedSite, RequestErrorLog, connection_limit, raise_fd_limit
-from devbus.bus.guard import check_allowlists, is_loopback_host
 from devbus.bus.keys import DISPATCHER, ENDPOINTS, FANOUT, METRICS
 from devbus.bus.outputs.console import EventPrinter
 from devbus.bus.preflight import check_addresses_free, check_options
