@@ -17,8 +17,8 @@ bus base
 store
     ``bus/store/*``: stores and reads, nothing else. Shared, ``record``, ``settings``,
     ``metrics`` and other store modules; never the dispatcher, an input, an output
-    or the wiring. ``store/redis.py`` and ``store/redis_forward.py`` do not exist
-    together: forwarding is an output.
+    or the wiring. Forwarding, even from a stream several buses share, is an
+    output (``outputs/forward/cluster.py``).
 dispatcher
     ``bus/dispatcher.py``: shared, bus base and the store interface (``store/base.py``).
 inputs

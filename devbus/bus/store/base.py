@@ -2,12 +2,19 @@
 
 Every store (memory, SQLite, a Redis Stream) implements :class:`Store`. The
 dispatcher stamps events and hands them to :meth:`Store.append`; the store gives
-each an id, encodes its JSON once, commits it and then hands it, in log order, to
-the ``deliver`` callback given to :meth:`Store.open`, which feeds every output
-(SSE, ZeroMQ egress, forward, console). Readers (a resuming SSE stream,
-``GET /history``) are cursors over the same log: :meth:`Store.resolve` turns a
-client's id into a position, :meth:`Store.read_after` and :meth:`Store.read_before`
-read bounded pages from there.
+each an id, encodes its JSON once into a :class:`~devbus.bus.record.Record`,
+commits it and then hands it, in log order, to the ``deliver`` callback given to
+:meth:`Store.open`, through which the dispatcher feeds every output. Readers (a
+resuming SSE stream, ``GET /history``, the catalogue's seeding) are cursors over
+the same log: :meth:`Store.resolve` turns a client's id into a position,
+:meth:`Store.read_after` and :meth:`Store.read_before` read bounded pages from
+there.
+
+A store only stores and reads. It knows no output, input or dispatcher (it
+imports the record and shared modules only; ``tests/test_layers.py`` holds it
+to that): what else reads a log that several buses share, such as the
+cluster-wide ``--forward``, gets a narrow handle from the store through the app
+(``store/redis_shared.py``), not a method of this interface.
 
 The contract every store keeps (``tests/test_store.py`` checks it for each one):
 
@@ -26,9 +33,8 @@ Delivery (``deliver``)
     and SQLite stores deliver right before they resolve it; a Redis store
     delivers from its read loop, whenever the stream hands them back, and
     resolves an append once its own records are delivered (so an answer to a
-    sender can say whom its event reached). The records delivered are the
-    objects the append resolves to (a Redis store may build ones it could not
-    read back), and nobody changes them.
+    sender can say whom its event reached). A record is never changed once
+    made: every output reads the same one.
 
 Acknowledgement (:meth:`Store.append`)
     Returns a future that resolves, on the loop, to the appended records in
@@ -49,7 +55,7 @@ Reads
     record handed to ``deliver`` (a shared stream is readable before this bus's
     read loop delivers it: clamp to what was delivered). The SSE cursor relies
     on it to hand over to the live fan-out with no duplicate, see
-    ``devbus.bus.outputs.sse_replay``.
+    ``devbus.bus.outputs.sse.replay``.
 
 Lifecycle
     :meth:`Store.open` (once, on the loop) connects or loads and starts
