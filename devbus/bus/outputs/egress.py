@@ -105,7 +105,8 @@ class _Listener(ZmtpPeer):
         self.prefixes.discard(prefix)
 
     def on_refused(self, kind: str, text: str) -> None:
-        self.egress.refused(f"egress_{kind}", text)
+        # The same reasons as the ingest's: what was refused, not where.
+        self.egress.refused(f"zmq_{kind}", text)
 
     def send(self, wires: list[tuple[bytes, bytes]]) -> None:
         """Write the events this listener subscribed to, as far as its buffer allows."""
