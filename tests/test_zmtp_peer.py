@@ -18,6 +18,12 @@ SIDES = [("ingest", b"SUB", b"PUB"), ("egress", b"PUB", b"SUB")]
 sides = pytest.mark.parametrize(("side", "ours", "taken"), SIDES, ids=[side for side, _, _ in SIDES])
 
 
+@pytest.fixture
+async def client(make_bus: BusFactory) -> TestClient[Any, Any]:
+    """A bus with both ZeroMQ ends on free ports."""
+    return await make_bus(ingest=ANY_PORT, egress=ANY_PORT)
+
+
 async def exchange(client: TestClient[Any, Any], side: str, wire: bytes) -> list[tuple[bytes, bytes]]:
     """Send ``wire`` to the bus's ``side``, read until the bus closes, and return the commands it sent."""
     host, _, port = client.app[ENDPOINTS][side].removeprefix("tcp://").rpartition(":")
@@ -40,9 +46,8 @@ async def rejected(client: TestClient[Any, Any], reason: str) -> str:
 
 @sides
 async def test_a_peer_refused_at_ready_is_told_why_and_counted(
-    make_bus: BusFactory, side: str, ours: bytes, taken: bytes
+    client: TestClient[Any, Any], side: str, ours: bytes, taken: bytes
 ) -> None:
-    client = await make_bus(ingest=ANY_PORT, egress=ANY_PORT)
     said = await exchange(client, side, GREETING + ready(ours))  # a SUB to the ingest, a PUB to the egress
     assert said[0] == (b"READY", b"\x0bSocket-Type" + len(ours).to_bytes(4, "big") + ours)
     name, body = said[-1]
@@ -54,9 +59,8 @@ async def test_a_peer_refused_at_ready_is_told_why_and_counted(
 
 @sides
 async def test_a_peer_with_another_mechanism_is_told_and_one_that_is_not_zeromq_is_not(
-    make_bus: BusFactory, side: str, ours: bytes, taken: bytes
+    client: TestClient[Any, Any], side: str, ours: bytes, taken: bytes
 ) -> None:
-    client = await make_bus(ingest=ANY_PORT, egress=ANY_PORT)
     plain = GREETING[:12] + b"PLAIN".ljust(20, b"\x00") + GREETING[32:]
     name, body = (await exchange(client, side, plain))[-1]
     assert name == b"ERROR" and b"PLAIN" in body
@@ -67,9 +71,8 @@ async def test_a_peer_with_another_mechanism_is_told_and_one_that_is_not_zeromq_
 
 @sides
 async def test_a_peer_that_sends_error_is_closed_at_once_and_counted(
-    make_bus: BusFactory, side: str, ours: bytes, taken: bytes
+    client: TestClient[Any, Any], side: str, ours: bytes, taken: bytes
 ) -> None:
-    client = await make_bus(ingest=ANY_PORT, egress=ANY_PORT)
     said = await exchange(client, side, GREETING + ready(taken) + command(b"ERROR", b"\x0dshutting down"))
     assert all(name != b"ERROR" for name, _ in said)  # closed (read to the end within WAIT), not answered
     assert await rejected(client, "zmq_error") == "1.0"
