@@ -1,4 +1,4 @@
-"""ZMTP 3.0 (the ZeroMQ wire protocol), the part a bus needs to be a SUB peer of PUB senders.
+"""ZMTP 3.0 (the ZeroMQ wire protocol): the codec the bus speaks to ZeroMQ sockets with (see bus/zmtp_peer.py).
 
 libzmq bounds a frame (ZMQ_MAXMSGSIZE) but not a message: it keeps every frame of
 an unfinished multipart message until the last one arrives, so a peer that never
