@@ -83,12 +83,13 @@ class Greeting:
         return data[needed:]
 
 
-def check_ready(body: bytes, *, allowed: frozenset[bytes], role: str) -> None:
-    """Accept a READY command's socket type if it is one of ``allowed``, else raise HandshakeError."""
+def check_ready(body: bytes, *, allowed: frozenset[bytes], role: str) -> bytes:
+    """Return a READY command's socket type if it is one of ``allowed``, else raise HandshakeError."""
     kind = parse_ready(body).get(b"socket-type", b"")
     if kind not in allowed:
         wanted = " or ".join(sorted(name.decode() for name in allowed))
         raise HandshakeError(f"a {kind.decode(errors='replace')} socket cannot connect to the {role} ({wanted} only)")
+    return kind
 
 
 def pong(body: bytes) -> bytes:

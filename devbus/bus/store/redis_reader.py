@@ -84,6 +84,10 @@ class StreamReader:
         self._recover()
         return error
 
+    def recovering(self) -> asyncio.Task[None]:
+        """The task that reconnects (started if none runs): done once Redis answers again."""
+        return self._recover()
+
     def _recover(self) -> asyncio.Task[None]:
         """The one task that reconnects after a failure (the reader waits for it; senders get 503 meanwhile)."""
         if self._recovering is None or self._recovering.done():
