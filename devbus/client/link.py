@@ -1,10 +1,12 @@
-"""A publisher's link to the bus: its DEALER socket and the one thread that owns it.
+"""A publisher's link to the bus: its DEALER socket, the window of unacknowledged events, and the thread.
 
 ZeroMQ sockets are not thread-safe, so one thread does every socket call: it
-says hello on each new connection (the socket's monitor reports each handshake),
-sends the outbox's window in order once the bus has answered the hello, hands
-the bus's acks to the outbox, and follows the connection's state. ``emit`` only
-touches the outbox, and wakes the thread through a pipe when it sleeps.
+numbers what ``emit`` put in the outbox (1, 2, 3, … for the publisher's life),
+says hello on each new connection (the socket's monitor reports each
+handshake), sends the window in order once the bus has answered the hello,
+removes what the bus acknowledges, goes back to what the bus asks for again,
+and follows the connection's state. ``emit`` only appends to the outbox, and
+wakes the thread through a pipe when it sleeps.
 
 The socket sets ZMQ_IMMEDIATE: nothing is queued for a connection not yet made,
 and what was queued for one that breaks is thrown away with it (it is still in
@@ -19,13 +21,14 @@ import os
 import secrets
 import threading
 import time
+from collections import deque
 
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
 from devbus.client.outbox import Outbox, State
 from devbus.errors import ConfigError, MalformedInput
-from devbus.frames import ACK, decode_ack, encode_hello, seq_frame
+from devbus.frames import ACK, Ack, decode_ack, encode_hello, seq_frame
 
 __all__ = ["Link"]
 
@@ -36,6 +39,9 @@ NOBLOCK = int(zmq.NOBLOCK)  # plain ints: pyzmq's enum flags cost per call
 SNDMORE = int(zmq.SNDMORE)
 _REFUSED = zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_AUTH
 _WATCHED = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED | _REFUSED
+
+# One event in the window: its seq (and that seq as the third frame), its type frame and body frame.
+Held = tuple[int, bytes, bytes, bytes]
 
 
 class Link:
@@ -59,6 +65,9 @@ class Link:
             raise ConfigError(
                 f"{outbox.address!r} is not a ZeroMQ address such as tcp://127.0.0.1:8766 ({exc}); check DEVBUS_INGEST"
             ) from exc
+        self._window: deque[Held] = deque()  # unacknowledged, in order
+        self._unsent: deque[Held] = deque()  # the end of the window not handed to the socket on this connection
+        self._next_seq = 1
         self._wake_in, self._wake_out = os.pipe()
         os.set_blocking(self._wake_out, False)
         self._idle = False
@@ -72,19 +81,21 @@ class Link:
         self._thread = threading.Thread(target=self._run, name=f"devbus-publisher {outbox.address}", daemon=True)
         self._thread.start()
 
-    def close(self) -> None:
-        """Stop the thread and close the socket (what the window still holds is the outbox's to count)."""
+    def close(self) -> int:
+        """Stop the thread and close the socket; return how many events were never acknowledged."""
         self._stop.set()
-        with self._outbox.lock:
-            self._idle = True
-            self._wake()
+        self._idle = True
+        self._wake()
         self._thread.join()
         self._teardown()
         os.close(self._wake_in)
         os.close(self._wake_out)
+        return len(self._window) + len(self._outbox.incoming)
 
     def _wake(self) -> None:
-        """Under the outbox's lock: wake the thread if it sleeps (an event to send, or stop)."""
+        """Wake the thread if it sleeps (after an emit appended, or to stop)."""
+        # The thread says it is idle before it looks at the outbox a last time, so an
+        # append it did not see finds it idle here: no wake-up is lost.
         if self._idle:
             self._idle = False
             with contextlib.suppress(BlockingIOError):
@@ -104,32 +115,52 @@ class Link:
                 self._read_acks()
             if self._hello_due:
                 self._hello()
-            with outbox.lock:
-                if outbox.state is State.CONNECTING and time.monotonic() - self._started > outbox.timeout:
+            if outbox.state is State.CONNECTING and time.monotonic() - self._started > outbox.timeout:
+                with outbox.lock:
                     outbox.set_away(f"it did not answer within {outbox.timeout:g}s")
-                outbox.warn_once_per_outage()
-                unsent = outbox.unsent(SEND_CHUNK)
-                self._idle = not unsent
-            sleep = POLL_S if not unsent else (0.0 if self._send(unsent) else BUSY_POLL_S)
+            outbox.warn_once_per_outage()
+            self._take_incoming()
+            if outbox.state is State.UP and self._unsent:
+                sleep = 0.0 if self._send() else BUSY_POLL_S
+            else:
+                self._idle = True
+                # Looked at after saying so: an emit that came before is seen here, one after wakes us.
+                sleep = 0.0 if outbox.incoming else POLL_S
+                self._idle = not outbox.incoming
 
-    def _send(self, unsent: list[tuple[int, bytes, bytes]]) -> bool:
-        """Hand ``unsent`` to the socket in order; False if it had no room for all of them."""
-        socket = self._socket
-        last = 0
+    def _take_incoming(self) -> None:
+        """Number what emit handed over, into the window, to be sent."""
+        incoming, window, unsent = self._outbox.incoming, self._window, self._unsent
+        seq = self._next_seq
+        while incoming:
+            event_type, body = incoming.popleft()
+            held = (seq, seq_frame(seq), event_type, body)
+            window.append(held)
+            unsent.append(held)
+            seq += 1
+        self._next_seq = seq
+        self._outbox.in_flight = len(window)
+
+    def _send(self) -> bool:
+        """Hand the next unsent events to the socket in order; False if it had no room for them."""
+        socket, unsent = self._socket, self._unsent
+        send = socket.send
         try:
-            for seq, event_type, body in unsent:
+            for _ in range(min(SEND_CHUNK, len(unsent))):
+                _, seq, event_type, body = unsent[0]
                 # Frame by frame with plain-int flags: send_multipart's checks cost more than the send.
                 # Past the first frame a message is never refused.
-                socket.send(event_type, NOBLOCK | SNDMORE)
-                socket.send(body, SNDMORE)
-                socket.send(seq_frame(seq))
-                last = seq
+                send(event_type, NOBLOCK | SNDMORE)
+                send(body, SNDMORE)
+                send(seq)
+                unsent.popleft()
         except zmq.Again:
-            pass
-        if last:
-            with self._outbox.lock:
-                self._outbox.handed(last)
-        return last == unsent[-1][0]
+            return False
+        return True
+
+    def _resend_after(self, seq: int) -> None:
+        """Send again, in order, everything in the window after ``seq``."""
+        self._unsent = deque(held for held in self._window if held[0] > seq)
 
     def _read_acks(self) -> None:
         while True:
@@ -143,20 +174,35 @@ class Link:
                 ack = decode_ack(frames[1])
             except MalformedInput:
                 continue
-            with self._outbox.lock:
-                self._outbox.acknowledged(ack.seq, resend=ack.resend, rejected=ack.rejected)
+            self._acknowledged(ack)
+
+    def _acknowledged(self, ack: Ack) -> None:
+        """The bus settled everything up to ``ack.seq`` (and, with ``resend``, wants what follows again)."""
+        outbox, window = self._outbox, self._window
+        while window and window[0][0] <= ack.seq:
+            window.popleft()
+        outbox.in_flight = len(window)
+        for seq, reason, text in ack.rejected:
+            outbox.refused(seq, reason, text)
+        if ack.resend:
+            # Go back: what was sent after ack.seq on this connection was not taken.
+            self._resend_after(ack.seq)
+        with outbox.lock:
+            if ack.resend:
+                outbox.set_up()
+            outbox.changed.notify_all()
 
     def _follow_connection(self) -> None:
         outbox = self._outbox
         while self._monitor.poll(0):
             event = parse_monitor_message(self._monitor.recv_multipart())["event"]
+            if event in (zmq.EVENT_HANDSHAKE_SUCCEEDED, zmq.EVENT_DISCONNECTED):
+                # Nothing sent on the connection before is acknowledged any more: send it again after the hello.
+                self._resend_after(0)
             with outbox.lock:
                 if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                    # A new connection: nothing sent before reached this bus; say hello first.
-                    outbox.lost_connection()
-                    self._hello_due = True
+                    self._hello_due = True  # the first message on a new connection
                 elif event == zmq.EVENT_DISCONNECTED:
-                    outbox.lost_connection()
                     outbox.set_away("it went away")
                 elif event == zmq.EVENT_CONNECT_RETRIED:
                     if outbox.state is State.CONNECTING:
@@ -165,10 +211,9 @@ class Link:
                     outbox.set_away("it refused the connection (is it an older devbus, without acknowledgements?)")
 
     def _hello(self) -> None:
-        with self._outbox.lock:
-            next_seq = self._outbox.hello_next()
+        first = self._window[0][0] if self._window else self._next_seq
         try:
-            self._socket.send_multipart(encode_hello(self.producer, next_seq), NOBLOCK)
+            self._socket.send_multipart(encode_hello(self.producer, first), NOBLOCK)
         except zmq.Again:
             return  # the connection is not attached yet: next turn
         self._hello_due = False

@@ -84,7 +84,7 @@ class _Publisher:
             return
         outbox.settle(self._linger)
         assert self._link is not None
-        self._link.close()
+        outbox.undelivered = self._link.close()
         if warn and outbox.owes_report:
             log.warning("%s", outbox.report())
 
