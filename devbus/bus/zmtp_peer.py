@@ -211,7 +211,7 @@ class ZmtpPeer(asyncio.BufferedProtocol):
     def connection_lost(self, exc: BaseException | None) -> None:
         self.transport = None
         self._stop_timer()
-        if exc is not None and self.ready:
+        if exc is not None:
             self._read_rest()
         self._socket = None
         self.on_lost()
