@@ -6,13 +6,26 @@ import hmac
 import math
 import re
 import unicodedata
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
 
 from devbus.errors import InvalidEvent, MalformedInput, Unauthorized
+from devbus.nesting import (
+    MAX_DEPTH,
+    PathPart,
+    deep_path,
+    format_key,
+    format_path,
+    json_deep_path,
+    json_nests_deeper,
+    msgpack_may_nest,
+)
 
 __all__ = [
+    "MAX_DEPTH",
+    "TOO_DEEP",
     "BatchIn",
     "Draft",
     "Event",
@@ -26,11 +39,13 @@ __all__ = [
     "encode_msgpack",
     "sse_comment",
     "sse_frame",
+    "too_deep",
 ]
 
 MAX_TYPE_LENGTH = 200
 MAX_SOURCE_LENGTH = 100
 MAX_BATCH = 10_000
+TOO_DEEP = "too_deep"  # the reason of a refusal for nesting past MAX_DEPTH
 
 # Whitespace or control characters (C0, DEL, C1) would let a type break SSE
 # framing or a terminal line, so they are refused everywhere a name enters.
@@ -125,14 +140,41 @@ def _convert(obj: object, type_: type[msgspec.Struct], what: str) -> Any:
         raise InvalidEvent(f"{what}: {exc}") from exc
 
 
-def _decode_json(body: bytes) -> object:
+def _decode_json(body: bytes, *, above_data: int) -> object:
+    """Decode a JSON body whose events' `data` sit ``above_data`` levels down; refuse one nesting past MAX_DEPTH."""
+    depth = above_data + MAX_DEPTH
     try:
-        return msgspec.json.decode(body)
+        value = msgspec.json.decode(body)
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         # msgspec reports a string that is not UTF-8 as UnicodeDecodeError, not DecodeError.
         raise MalformedInput(f"Body is not valid JSON: {exc}") from exc
-    except RecursionError as exc:
-        raise MalformedInput(f"Body nests too deeply to be an event: {exc}") from exc
+    except RecursionError:
+        pass  # nests deeper than the interpreter allows, so far deeper than MAX_DEPTH
+    else:
+        if not json_nests_deeper(body, depth):
+            return value
+    path = json_deep_path(body, depth)
+    raise too_deep(path[above_data - 1 :], within=path[: above_data - 1])
+
+
+def too_deep(path: Sequence[PathPart], *, within: Sequence[PathPart] = ()) -> InvalidEvent:
+    """The refusal of an event whose ``path`` (from its top: `data` first) nests past MAX_DEPTH.
+
+    ``within`` leads to the event in its body (``["events", 3]`` in a batch).
+    """
+    if not path:
+        field = "`data`"  # not measured (deeper than the decoder goes): `data` is what may nest
+    elif isinstance(path[0], str):
+        field = f"`{format_key(path[0])}`"
+    else:
+        field = "the body"
+    where = f" (at {format_path([*within, *path])})" if path else ""
+    event = format_path(within)[1:].lstrip(".") + ": " if within else ""
+    return InvalidEvent(
+        f"{event}{field} nests deeper than {MAX_DEPTH} levels of objects and arrays, the limit{where}; "
+        "flatten it, or send the deep part as a JSON string",
+        reason=TOO_DEEP,
+    )
 
 
 _HTTP_SHAPE = 'expected {"event_type": str, "data": object, "source"?: str}'
@@ -140,13 +182,15 @@ _HTTP_SHAPE = 'expected {"event_type": str, "data": object, "source"?: str}'
 
 def decode_http_event(body: bytes, *, default_source: str) -> Draft:
     """Decode and validate the JSON body of a webhook or trigger POST."""
-    incoming: HttpEventIn = _convert(_decode_json(body), HttpEventIn, _HTTP_SHAPE)
+    incoming: HttpEventIn = _convert(_decode_json(body, above_data=1), HttpEventIn, _HTTP_SHAPE)
     return _draft(incoming.event_type, incoming.data, incoming.source, default_source=default_source, at="event_type")
 
 
 def decode_batch(body: bytes, *, default_source: str) -> list[Draft]:
     """Decode and validate a batch body; any invalid event rejects the whole batch."""
-    batch: BatchIn = _convert(_decode_json(body), BatchIn, 'expected {"events": [{"event_type", "data"}, ...]}')
+    batch: BatchIn = _convert(
+        _decode_json(body, above_data=3), BatchIn, 'expected {"events": [{"event_type", "data"}, ...]}'
+    )
     if not 1 <= len(batch.events) <= MAX_BATCH:
         raise InvalidEvent(f"`events` must hold 1-{MAX_BATCH} events (got {len(batch.events)})")
     drafts = []
@@ -171,14 +215,16 @@ def decode_wire_event(payload: bytes, *, default_source: str = "zmq", token: str
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         # msgspec reports a string that is not UTF-8 as UnicodeDecodeError, not DecodeError.
         raise MalformedInput(f"Body is not valid MessagePack: {exc}") from exc
-    except RecursionError as exc:
-        raise MalformedInput(f"Body nests too deeply to be an event: {exc}") from exc
+    except RecursionError:
+        raise too_deep([]) from None  # deeper than the interpreter allows, so far deeper than MAX_DEPTH
     if token is not None and not hmac.compare_digest((incoming.token or "").encode(), token.encode()):
         raise Unauthorized(
             "missing or wrong `token`: this bus was started with --token, so send it in the message's "
             "`token` field (devbus clients take it from DEVBUS_TOKEN)"
         )
     draft = _draft(incoming.type, incoming.data, incoming.source, default_source=default_source, at="type")
+    if msgpack_may_nest(payload, MAX_DEPTH) and (path := deep_path(draft.data, MAX_DEPTH)) is not None:
+        raise too_deep(["data", *path])
     try:
         # MessagePack can carry what JSON cannot (extension types, maps keyed by
         # null or bool); refuse it here rather than fail while fanning out.
