@@ -9,11 +9,17 @@ Memory is bounded: at most ``max_types`` types (later ones are counted, not cata
 schema of at most ``max_schema_bytes`` (past it the type's schema stops learning), at most
 ``MAX_SHAPES`` remembered shapes and ``MAX_SOURCES`` sources per type, and an example payload
 of at most ``MAX_EXAMPLE_BYTES``.
+
+It never raises: the inputs refuse data nesting past ``MAX_DEPTH``, but a store can hold
+older data, so a payload nesting deeper stops its type's schema from learning, as does any
+failure to infer one; each is counted, and logged once (a traceback per event would be
+hundreds of kilobytes of log).
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
 import operator
 import time
 from collections import Counter
@@ -26,9 +32,12 @@ from genson import SchemaBuilder
 
 from devbus.bus.metrics import Metrics
 from devbus.bus.store.base import Record, Store
-from devbus.envelope import Event
+from devbus.envelope import MAX_DEPTH, Event
+from devbus.nesting import format_key
 
 __all__ = ["Catalogue"]
+
+log = logging.getLogger(__name__)
 
 MAX_TYPES = 500
 MAX_SCHEMA_BYTES = 16 * 1024
@@ -64,14 +73,20 @@ _decode = msgspec.json.decode
 _encode_plain = msgspec.json.Encoder().encode  # keeps the order given: "type" first
 
 
-def _shape(value: Any) -> Any:
+class _TooDeep(Exception):
+    """A payload nesting past MAX_DEPTH: its schema would nest past what is read back safely."""
+
+
+def _shape(value: Any, depth: int = 1) -> Any:
     """A hashable summary of ``value``'s structure (keys and value types, not values)."""
     kind = type(value)
-    if kind is dict:
-        return (dict, tuple([(key, _shape(item)) for key, item in value.items()]))
-    if kind is list:
+    if kind is dict or kind is list:
+        if depth > MAX_DEPTH:
+            raise _TooDeep(f"its data nests deeper than {MAX_DEPTH} levels")
+        if kind is dict:
+            return (dict, tuple([(key, _shape(item, depth + 1)) for key, item in value.items()]))
         ends = value if len(value) <= 2 * LIST_ENDS else value[:LIST_ENDS] + value[-LIST_ENDS:]
-        return (list, frozenset([_shape(item) for item in ends]))
+        return (list, frozenset([_shape(item, depth + 1) for item in ends]))
     return kind
 
 
@@ -164,6 +179,7 @@ class Catalogue:
         self._max_schema_bytes = max_schema_bytes
         self._shapes = _Rate(SHAPES_PER_SECOND, burst=SHAPES_PER_SECOND)
         self._merge_time = _Rate(MERGE_CPU_SHARE, burst=MERGE_CPU_BURST_S)
+        self._logged: set[str] = set()  # the reasons a schema stopped learning that were logged
         metrics.watch(metrics.catalogue_types, lambda: len(self._entries))
 
     def __len__(self) -> int:
@@ -249,20 +265,43 @@ class Catalogue:
                 entry.sources.add(event.source)
             if not entry.complete:
                 continue
-            shape = hash(_shape(event.data))
-            if shape in entry.shapes:
-                continue
-            if not self._merge_time.available():
-                continue  # not remembered: merged when it is seen again
-            started = time.perf_counter()
-            self._merge(entry, event.data)
-            self._merge_time.spend(time.perf_counter() - started)
-            if len(entry.shapes) >= MAX_SHAPES:
-                # So many shapes is a map keyed by ids or the like: stop learning it.
-                entry.complete = False
-                self._metrics.catalogue_skipped.labels("shapes").inc()
-            else:
-                entry.shapes.add(shape)
+            try:
+                self._learn_shape(entry, event.data)
+            except _TooDeep as exc:
+                self._stop_learning(entry, event.type, "depth", str(exc))
+            except Exception as exc:  # whatever the payload, the catalogue carries on
+                self._stop_learning(entry, event.type, "error", f"{type(exc).__name__}: {exc}")
+
+    def _learn_shape(self, entry: _Entry, data: dict[str, Any]) -> None:
+        shape = hash(_shape(data))
+        if shape in entry.shapes:
+            return
+        if not self._merge_time.available():
+            return  # not remembered: merged when it is seen again
+        started = time.perf_counter()
+        self._merge(entry, data)
+        self._merge_time.spend(time.perf_counter() - started)
+        if len(entry.shapes) >= MAX_SHAPES:
+            # So many shapes is a map keyed by ids or the like: stop learning it.
+            entry.complete = False
+            self._metrics.catalogue_skipped.labels("shapes").inc()
+        else:
+            entry.shapes.add(shape)
+
+    def _stop_learning(self, entry: _Entry, event_type: str, reason: str, why: str) -> None:
+        """Keep ``entry``'s schema as it is, marked incomplete; count it, and log the first of each reason."""
+        entry.complete = False
+        entry.shapes.clear()
+        self._metrics.catalogue_skipped.labels(reason).inc()
+        if reason not in self._logged:
+            self._logged.add(reason)
+            log.warning(
+                "the schema of %s stopped learning: %s (further ones are counted in "
+                'devbus_catalogue_skipped_total{reason="%s"}, not logged)',
+                format_key(event_type),
+                why[:200],
+                reason,
+            )
 
     @staticmethod
     def _first_of(events: Sequence[Any], types: list[str]) -> list[Any]:
