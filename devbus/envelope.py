@@ -6,46 +6,35 @@ import hmac
 import math
 import re
 import unicodedata
-from collections.abc import Sequence
 from typing import Any
 
 import msgspec
 
 from devbus.errors import InvalidEvent, MalformedInput, Unauthorized
-from devbus.nesting import (
-    MAX_DEPTH,
-    PathPart,
-    deep_path,
-    format_key,
-    format_path,
-    json_deep_path,
-    json_nests_deeper,
-    msgpack_may_nest,
-)
+from devbus.nesting import MAX_DEPTH, deep_path, json_deep_path, json_nests_deeper, msgpack_may_nest, too_deep
 
 __all__ = [
     "MAX_DEPTH",
-    "TOO_DEEP",
     "BatchIn",
     "Draft",
     "Event",
     "HttpEventIn",
+    "RecordedIn",
     "WireEventIn",
     "check_name",
     "decode_batch",
     "decode_http_event",
+    "decode_recorded_event",
     "decode_wire_event",
     "encode_json",
     "encode_msgpack",
     "sse_comment",
     "sse_frame",
-    "too_deep",
 ]
 
 MAX_TYPE_LENGTH = 200
 MAX_SOURCE_LENGTH = 100
 MAX_BATCH = 10_000
-TOO_DEEP = "too_deep"  # the reason of a refusal for nesting past MAX_DEPTH
 
 # Whitespace or control characters (C0, DEL, C1) would let a type break SSE
 # framing or a terminal line, so they are refused everywhere a name enters.
@@ -91,6 +80,16 @@ class BatchIn(msgspec.Struct, frozen=True):
     """The body of POST /batch."""
 
     events: list[HttpEventIn]
+
+
+class RecordedIn(msgspec.Struct, frozen=True):
+    """One line of a recording: an envelope as the SSE stream carries it and `devbus record` writes it."""
+
+    type: str
+    data: dict[str, Any] | None = None
+    source: str | None = None
+    id: str | None = None
+    timestamp: str | None = None
 
 
 class WireEventIn(msgspec.Struct, frozen=True):
@@ -140,14 +139,14 @@ def _convert(obj: object, type_: type[msgspec.Struct], what: str) -> Any:
         raise InvalidEvent(f"{what}: {exc}") from exc
 
 
-def _decode_json(body: bytes, *, above_data: int) -> object:
+def _decode_json(body: bytes, *, above_data: int, what: str = "Body") -> object:
     """Decode a JSON body whose events' `data` sit ``above_data`` levels down; refuse one nesting past MAX_DEPTH."""
     depth = above_data + MAX_DEPTH
     try:
         value = msgspec.json.decode(body)
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         # msgspec reports a string that is not UTF-8 as UnicodeDecodeError, not DecodeError.
-        raise MalformedInput(f"Body is not valid JSON: {exc}") from exc
+        raise MalformedInput(f"{what} is not valid JSON: {exc}") from exc
     except RecursionError:
         pass  # nests deeper than the interpreter allows, so far deeper than MAX_DEPTH
     else:
@@ -155,26 +154,6 @@ def _decode_json(body: bytes, *, above_data: int) -> object:
             return value
     path = json_deep_path(body, depth)
     raise too_deep(path[above_data - 1 :], within=path[: above_data - 1])
-
-
-def too_deep(path: Sequence[PathPart], *, within: Sequence[PathPart] = ()) -> InvalidEvent:
-    """The refusal of an event whose ``path`` (from its top: `data` first) nests past MAX_DEPTH.
-
-    ``within`` leads to the event in its body (``["events", 3]`` in a batch).
-    """
-    if not path:
-        field = "`data`"  # not measured (deeper than the decoder goes): `data` is what may nest
-    elif isinstance(path[0], str):
-        field = f"`{format_key(path[0])}`"
-    else:
-        field = "the body"
-    where = f" (at {format_path([*within, *path])})" if path else ""
-    event = format_path(within)[1:].lstrip(".") + ": " if within else ""
-    return InvalidEvent(
-        f"{event}{field} nests deeper than {MAX_DEPTH} levels of objects and arrays, the limit{where}; "
-        "flatten it, or send the deep part as a JSON string",
-        reason=TOO_DEEP,
-    )
 
 
 _HTTP_SHAPE = 'expected {"event_type": str, "data": object, "source"?: str}'
@@ -202,6 +181,16 @@ def decode_batch(body: bytes, *, default_source: str) -> list[Draft]:
         except InvalidEvent as exc:
             raise InvalidEvent(f"events[{index}]: {exc}") from exc
     return drafts
+
+
+def decode_recorded_event(line: bytes) -> tuple[Draft, RecordedIn]:
+    """Decode one line of a recording; validate its event as a POSTed one is (source default `replay`)."""
+    recorded: RecordedIn = _convert(
+        _decode_json(line, above_data=1, what="Line"),
+        RecordedIn,
+        'expected an envelope {"type", "data", "id"?, "timestamp"?, "source"?} as `devbus record` writes',
+    )
+    return _draft(recorded.type, recorded.data, recorded.source, default_source="replay", at="type"), recorded
 
 
 def decode_wire_event(payload: bytes, *, default_source: str = "zmq", token: str | None = None) -> Draft:

@@ -7,8 +7,9 @@ from typing import Any
 
 import msgspec
 
-from devbus.envelope import MAX_SOURCE_LENGTH, TOO_DEEP, Draft, Event, check_name, decode_wire_event, encode_msgpack
+from devbus.envelope import MAX_SOURCE_LENGTH, Draft, Event, check_name, decode_wire_event, encode_msgpack
 from devbus.errors import InvalidEvent, MalformedInput, Unauthorized
+from devbus.nesting import TOO_DEEP
 
 __all__ = ["WireReject", "decode_event_frames", "decode_frames", "encode_event_frames", "encode_frames"]
 

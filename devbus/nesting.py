@@ -18,14 +18,18 @@ from typing import Any
 
 import msgspec
 
+from devbus.errors import InvalidEvent
+
 __all__ = [
     "MAX_DEPTH",
+    "TOO_DEEP",
     "deep_path",
     "format_key",
     "format_path",
     "json_deep_path",
     "json_nests_deeper",
     "msgpack_may_nest",
+    "too_deep",
 ]
 
 # Levels of objects and arrays in an event's `data`, `data` itself being level 1. Real app
@@ -36,6 +40,7 @@ __all__ = [
 MAX_DEPTH = 64
 
 PathPart = str | int
+TOO_DEEP = "too_deep"  # the reason of a refusal for nesting past MAX_DEPTH
 
 # Every byte but the ones JSON structure is made of, and curly brackets made square.
 _NOT_STRUCTURE = bytes(range(256)).translate(None, b'"[]{}')
@@ -143,3 +148,23 @@ def format_path(path: Sequence[PathPart]) -> str:
 def format_key(key: str) -> str:
     """``key`` as it is, if it is an identifier; else quoted, ASCII only (no key reaches a terminal raw)."""
     return key if _IDENTIFIER.match(key) else json.dumps(key[:40])
+
+
+def too_deep(path: Sequence[PathPart], *, within: Sequence[PathPart] = ()) -> InvalidEvent:
+    """The refusal of an event whose ``path`` (from its top: `data` first) nests past MAX_DEPTH.
+
+    ``within`` leads to the event in its body (``["events", 3]`` in a batch).
+    """
+    if not path:
+        field = "`data`"  # not measured (deeper than the decoder goes): `data` is what may nest
+    elif isinstance(path[0], str):
+        field = f"`{format_key(path[0])}`"
+    else:
+        field = "the body"
+    where = f" (at {format_path([*within, *path])})" if path else ""
+    event = format_path(within)[1:].lstrip(".") + ": " if within else ""
+    return InvalidEvent(
+        f"{event}{field} nests deeper than {MAX_DEPTH} levels of objects and arrays, the limit{where}; "
+        "flatten it, or send the deep part as a JSON string",
+        reason=TOO_DEEP,
+    )
