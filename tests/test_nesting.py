@@ -117,6 +117,8 @@ def test_http_refuses_data_nesting_past_the_limit_and_goes_on_serving(bus_proces
         assert depth_of(delivered["data"]) == MAX_DEPTH
     assert [event["type"] for event in fetch_history(bus)] == ["fine"]
     assert metric(bus, "devbus_rejected_total") == 41
+    with urllib.request.urlopen(f"{bus.url}/metrics", timeout=WAIT) as response:
+        assert 'devbus_rejected_total{reason="too_deep"} 41.0' in response.read().decode()
     status, _ = post(bus, "webhook", b'{"event_type": "after", "data": {}}')
     assert status == 200
     assert not [line for line in bus.lines if "Traceback" in line or "RecursionError" in line]
