@@ -12,7 +12,7 @@ import msgspec
 import pytest
 import zmq
 from blackbox import metric, sse_stream, wait_until
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from support import WAIT, BusProcess, fetch_history
 
@@ -25,7 +25,7 @@ Start = Callable[..., BusProcess]
 # Strings full of what the byte-level measure must see through: brackets, quotes, backslashes.
 tricky = st.text(alphabet='[]{}"\\ab,:/\u00e9', max_size=8)
 documents = st.recursive(
-    st.none() | st.booleans() | st.integers() | tricky,
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | tricky,
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(tricky, inner, max_size=3),
     max_leaves=40,
 )
@@ -46,6 +46,8 @@ def follow(document: Any, path: list[Any]) -> Any:
 
 
 @given(documents, st.integers(0, 8), st.booleans())
+@example("[", 0, True)  # brackets only in a string, and a limit of no levels at all
+@example([["]", "["], '\\"[{'], 1, False)  # brackets and escapes in strings inside a shallow array
 def test_the_byte_measure_of_json_is_exact(document: object, limit: int, ascii_only: bool) -> None:
     body = json.dumps(document, ensure_ascii=ascii_only).encode()
     too_deep = depth_of(document) > limit
