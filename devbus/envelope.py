@@ -11,7 +11,7 @@ from typing import Any
 import msgspec
 
 from devbus.errors import InvalidEvent, MalformedInput, Unauthorized
-from devbus.nesting import MAX_DEPTH, deep_path, json_deep_path, json_nests_deeper, msgpack_may_nest, too_deep
+from devbus.nesting import MAX_DEPTH, deep_path, json_deep_path, json_nests_deeper, too_deep
 
 __all__ = [
     "MAX_DEPTH",
@@ -212,14 +212,18 @@ def decode_wire_event(payload: bytes, *, default_source: str = "zmq", token: str
             "`token` field (devbus clients take it from DEVBUS_TOKEN)"
         )
     draft = _draft(incoming.type, incoming.data, incoming.source, default_source=default_source, at="type")
-    if msgpack_may_nest(payload, MAX_DEPTH) and (path := deep_path(draft.data, MAX_DEPTH)) is not None:
-        raise too_deep(["data", *path])
     try:
         # MessagePack can carry what JSON cannot (extension types, maps keyed by
         # null or bool); refuse it here rather than fail while fanning out.
         as_json = _json_encoder.encode(draft.data)
     except (TypeError, ValueError) as exc:
         raise InvalidEvent(f"`data` must hold only JSON values: {exc}") from exc
+    except RecursionError:
+        raise too_deep([]) from None
+    # Measured on the JSON just made: two byte counts for an ordinary event, where the
+    # MessagePack bytes would need a walk (any UTF-8 text holds map and array header bytes).
+    if json_nests_deeper(as_json, MAX_DEPTH):
+        raise too_deep(["data", *(deep_path(draft.data, MAX_DEPTH) or [])])
     # JSON encodes NaN and Infinity as null; HTTP input cannot carry them at all,
     # so refuse them here too. Only data with a null in it is walked.
     if b"null" in as_json and _has_non_finite(draft.data):
