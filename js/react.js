@@ -1,10 +1,10 @@
-"use client";
 // The React hook: subscribe a component to events for as long as it is mounted.
 //
 //   import { useDevbus } from "devbus/react";
 //   const state = useDevbus("agent.*", (event) => setAgents((agents) => [...agents, event.data]));
 //
-// Every component (and every tab) shares one stream; see devbus.js.
+// Every component (and every tab) shares one stream; see devbus.js. A hook needs no
+// "use client" of its own: the component that calls it is a client component already.
 
 import { useEffect, useRef, useState } from "react";
 import { createDevbus } from "./devbus.js";
