@@ -318,7 +318,11 @@ SLACK_S = 1.0
 
 
 def test_tabs_connect_on_their_own_without_web_locks(
-    context: BrowserContext, new_page: Callable[[], Page], bus: BusProcess, watch: SubscriberWatch, app_server: PageServer
+    context: BrowserContext,
+    new_page: Callable[[], Page],
+    bus: BusProcess,
+    watch: SubscriberWatch,
+    app_server: PageServer,
 ) -> None:
     context.add_init_script("Object.defineProperty(Navigator.prototype, 'locks', {get: () => undefined})")
     tabs = [open_tab(new_page, app_url(app_server, bus), opened=PACKAGE_OPEN) for _ in range(3)]
@@ -335,7 +339,8 @@ def test_the_react_hook_renders_events_in_every_tab(
     new_page: Callable[[], Page], bus: BusProcess, watch: SubscriberWatch, app_server: PageServer
 ) -> None:
     url = app_url(app_server, bus, react="1", types="agent.*")
-    tabs = [open_tab(new_page, url, opened="document.getElementById('state')?.textContent === 'open'") for _ in range(3)]
+    rendered_open = "document.getElementById('state')?.textContent === 'open'"
+    tabs = [open_tab(new_page, url, opened=rendered_open) for _ in range(3)]
     tabs[1].page.evaluate("devbus.createDevbus().send('rental.created', {id: 1})")
     tabs[1].page.evaluate("devbus.createDevbus().send('agent.created', {name: 'Ada'})")
     for tab in tabs:
