@@ -798,15 +798,13 @@ const sharedHubs = new Map();
  * The hub this tab uses for the bus at `config`: shared by every subscription of the tab
  * and, where the browser can, with the other tabs of the origin.
  * @param {Config} config
- * @param {string | undefined} since a subscription that resumes from its own id reads alone
+ * @param {string | undefined} since a subscription that resumes from its own id reads alone,
+ *   since the shared stream is at another position
  */
 function hubFor(config, since) {
-  const alone = Boolean(since) || !canShare();
   const key = `devbus ${config.api}${config.token ? ` ${tag(config.token)}` : ""}`;
-  if (!alone) {
-    const existing = sharedHubs.get(key);
-    if (existing) return existing;
-  }
+  const existing = since ? undefined : sharedHubs.get(key);
+  if (existing) return existing;
   /** @type {Share | null} */
   let share = null;
   const hub = new Hub(config, since || null, () => {
@@ -814,17 +812,20 @@ function hubFor(config, since) {
     else hub.letGo();
     if (sharedHubs.get(key) === hub) sharedHubs.delete(key);
   });
-  if (alone) {
+  if (since) {
     hub.hold();
     return hub;
   }
-  try {
-    share = new Share(hub, key);
-    sharedHubs.set(key, hub);
-  } catch (error) {
-    console.warn("devbus: cannot share the stream with other tabs; this tab connects on its own:", error);
-    hub.hold();
+  sharedHubs.set(key, hub);
+  if (canShare()) {
+    try {
+      share = new Share(hub, key);
+      return hub;
+    } catch (error) {
+      console.warn("devbus: cannot share the stream with other tabs; this tab connects on its own:", error);
+    }
   }
+  hub.hold(); // one stream for this tab's subscriptions
   return hub;
 }
 

@@ -326,6 +326,8 @@ def test_tabs_connect_on_their_own_without_web_locks(
 ) -> None:
     context.add_init_script("Object.defineProperty(Navigator.prototype, 'locks', {get: () => undefined})")
     tabs = [open_tab(new_page, app_url(app_server, bus), opened=PACKAGE_OPEN) for _ in range(3)]
+    # A tab's own subscriptions still share its one stream.
+    tabs[0].page.evaluate("() => { window.more = []; bus.subscribe('alone*', (event) => more.push(event)); }")
     assert [tab.streams for tab in tabs] == [1, 1, 1]
     watch.wait_for(3)
     kind = f"alone{uuid.uuid4().hex[:8]}"
@@ -333,6 +335,8 @@ def test_tabs_connect_on_their_own_without_web_locks(
     for tab in tabs:
         wait_for_events(tab, package_events, kind, 2)
         assert package_events(tab, kind) == sent
+    assert [(e["type"], e["data"]) for e in tabs[0].page.evaluate("more")] == sent
+    assert tabs[0].streams == 1
 
 
 def test_the_react_hook_renders_events_in_every_tab(
