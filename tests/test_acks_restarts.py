@@ -96,6 +96,11 @@ def wait_until(condition: Callable[[], bool], *, within: float = WAIT * 3) -> No
         time.sleep(0.05)  # polling the condition, bounded by the deadline
 
 
+def wait_taken(bus: BusProcess, count: int) -> None:
+    """Wait until this process of ``bus`` has taken ``count`` events."""
+    wait_until(lambda: stored_so_far(bus) >= count)
+
+
 def check(bus: BusProcess, report: dict[str, Any]) -> list[int]:
     """Every event not dropped is stored exactly once, in order; return what is stored."""
     stored = [event["data"]["n"] for event in fetch_history(bus, types="restart.tick", limit=1_000_000)]
@@ -118,11 +123,11 @@ def test_kill_9_of_a_sqlite_bus_ten_times_under_a_publisher_loses_nothing_uncoun
     emitter = Emitter(ingest, rate=5000, hold=100_000)
     try:
         for _ in range(10):
-            wait_until(lambda: stored_so_far(bus) >= 500)  # this bus has taken some of the stream
+            wait_taken(bus, 500)  # this bus has taken some of the stream
             os.kill(bus.proc.pid, signal.SIGKILL)
             assert bus.proc.wait(timeout=WAIT) == -signal.SIGKILL
             bus = bus_process(*store, "--ingest", ingest)
-        wait_until(lambda: stored_so_far(bus) >= 500)
+        wait_taken(bus, 500)
         report = emitter.finish(stop=True)
     finally:
         emitter.kill()
@@ -199,8 +204,7 @@ def test_kill_9_of_redis_mid_burst_three_times_stores_nothing_twice(
     poster = Poster(bus.url)
     try:
         for _ in range(3):
-            before = stored_so_far(bus)
-            wait_until(lambda: stored_so_far(bus) >= before + 5000)  # mid-burst
+            wait_taken(bus, stored_so_far(bus) + 5000)  # mid-burst
             redis_server.kill()
             redis_server.start()
         report = emitter.finish(stop=False)
