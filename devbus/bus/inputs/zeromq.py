@@ -25,7 +25,6 @@ commits what it read, acknowledges it, and closes.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 
@@ -136,9 +135,10 @@ class Ingest:
             # the ingest is gone.
             await asyncio.wait(list(self._committing))
         for task in list(self._hellos):
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            # Cancelled until it ends: a store call may swallow one cancellation (see store/redis_link.py).
+            while not task.done():
+                task.cancel()
+                await asyncio.wait([task], timeout=0.1)
         for peer in list(self._peers):
             peer.close()
 

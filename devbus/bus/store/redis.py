@@ -45,7 +45,15 @@ from devbus.bus.record import Deliver, Record
 from devbus.bus.store.base import Appended, Claim, Resume, Store
 from devbus.bus.store.redis_appends import Append, AppendTracker
 from devbus.bus.store.redis_codec import FORMAT, Entry, records_of
-from devbus.bus.store.redis_link import FAILURES, Link, StreamId, format_stream_id, id_before, parse_stream_id
+from devbus.bus.store.redis_link import (
+    FAILURES,
+    Link,
+    StreamId,
+    format_stream_id,
+    id_before,
+    parse_stream_id,
+    stop_task,
+)
 from devbus.bus.store.redis_reader import READ_COUNT, StreamReader
 from devbus.bus.store.redis_script import APPEND_SCRIPT, append_argument, parse_answer, script_args, script_keys
 from devbus.bus.store.redis_shared import SharedStream
@@ -174,9 +182,7 @@ class RedisStore(Store):
                     await asyncio.wait(waits)
         if self._writer is not None and not self._writer.done():
             # Still asking Redis what a call did: it may have stored it, or not.
-            self._writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._writer
+            await stop_task(self._writer)
             unknown = OutcomeUnknown(
                 f"The store {self.name} went away while storing the event(s) and did not come back before "
                 "the bus stopped: they may be stored; send them again only with the same Idempotency-Key"
