@@ -313,19 +313,19 @@ async def test_a_failed_transaction_forgets_what_it_claimed(
     open_store: OpenStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A seq or key whose commit failed is not stored: sent again, it must be stored, not skipped."""
-    from devbus.bus.store import sqlite
+    from devbus.bus.store.sqlite_claims import ClaimRows
 
     bus = await open_store()
     await append(bus, [1], produced("p", 1))
-    write = sqlite._ClaimRows.write
+    write = ClaimRows.write
 
     def fail(self: Any, db: sqlite3.Connection) -> None:
         raise sqlite3.OperationalError("disk I/O error")
 
-    monkeypatch.setattr(sqlite._ClaimRows, "write", fail)
+    monkeypatch.setattr(ClaimRows, "write", fail)
     with pytest.raises(StoreUnavailable):
         await append(bus, [2, 3], Claim(key="k", fingerprint=b"f", producer="p", seqs=(2, 3)))
-    monkeypatch.setattr(sqlite._ClaimRows, "write", write)
+    monkeypatch.setattr(ClaimRows, "write", write)
     assert await bus.store.producer_seq("p") == 1
     again = await append(bus, [2, 3], Claim(key="k", fingerprint=b"f", producer="p", seqs=(2, 3)))
     assert numbers(again) == [2, 3] and again.replayed is None

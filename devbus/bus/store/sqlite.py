@@ -12,7 +12,7 @@ in the ``events`` table; the run identity is kept in ``meta``, so ids continue
 across restarts and a client resumes after one with no gap.
 
 Idempotency: what a claim lets through is decided on the loop from the
-producers and keys held in memory (``claims.py``), which mirror the
+producers and keys held in memory (``sqlite_claims.py``), which mirror the
 ``producers`` and ``keys`` tables: each change is written in the transaction of
 the events it belongs to, and taken back in memory if that transaction fails.
 An append resolves with its transaction, also one that stores nothing (a repeat
@@ -24,16 +24,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-import time
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from devbus.bus.record import Deliver, Record
-from devbus.bus.store.base import KEY_WINDOW, MAX_KEYS, MAX_PRODUCERS, Appended, Claim, Resume, Store
-from devbus.bus.store.claims import Claims, KeyUse, Undo
+from devbus.bus.store.base import Appended, Claim, Resume, Store
 from devbus.bus.store.sequence import format_id, number, parse_id, resume
+from devbus.bus.store.sqlite_claims import ClaimRows, FileClaims, Transaction
 from devbus.bus.store.sqlite_file import connect, fetch_page, load
 from devbus.envelope import Draft
 from devbus.errors import ConfigError, KeyReused, StoreUnavailable
@@ -44,47 +43,6 @@ log = logging.getLogger(__name__)
 
 # Bytes committed between checkpoints of the WAL into the database file.
 CHECKPOINT_BYTES = 4 * 1024 * 1024
-
-
-class _Pending:
-    """Records numbered on the loop, and the claims they make, waiting for the writer's next transaction."""
-
-    __slots__ = ("futures", "keys", "producers", "records", "undo")
-
-    def __init__(self) -> None:
-        self.records: list[Record] = []
-        # Per append: its future, where its records start and how many, what it skipped, a key's first ids.
-        self.futures: list[tuple[asyncio.Future[Appended], int, int, int, list[str] | None]] = []
-        self.producers: dict[str, tuple[int, float]] = {}  # rows to write: id -> (seq, seen)
-        self.keys: list[tuple[str, bytes, int, int, float]] = []  # rows to write
-        self.undo: Undo = []  # what to take back in memory if the transaction fails
-
-
-class _ClaimRows:
-    """The rows of producers and keys one transaction writes, and how far it trims those tables."""
-
-    def __init__(self, pending: _Pending, trim: tuple[int, int]) -> None:
-        self.producers = [(producer, seq, seen) for producer, (seq, seen) in pending.producers.items()]
-        self.keys = pending.keys
-        self.trim = trim
-
-    def write(self, db: sqlite3.Connection) -> None:
-        """In the writer's transaction: write the rows, then trim what is past the bounds."""
-        if self.producers:
-            db.executemany("INSERT OR REPLACE INTO producers VALUES (?, ?, ?)", self.producers)
-        if self.keys:
-            db.executemany("INSERT OR REPLACE INTO keys VALUES (?, ?, ?, ?, ?)", self.keys)
-            db.execute("DELETE FROM keys WHERE created < ?", (time.time() - KEY_WINDOW,))
-        producers, keys = self.trim
-        if producers:
-            db.execute(
-                "DELETE FROM producers WHERE id NOT IN (SELECT id FROM producers ORDER BY seen DESC LIMIT ?)",
-                (producers,),
-            )
-        if keys:
-            db.execute(
-                "DELETE FROM keys WHERE key NOT IN (SELECT key FROM keys ORDER BY created DESC LIMIT ?)", (keys,)
-            )
 
 
 class SqliteStore(Store):
@@ -102,14 +60,13 @@ class SqliteStore(Store):
         self._sizes: deque[int] = deque()  # JSON sizes of the retained records, oldest first
         self._bytes = 0
         self._deliver: Deliver | None = None
-        self._pending = _Pending()
+        self._pending = Transaction()
         self._writing: asyncio.Future[None] | None = None
         self._scheduled = False
         self._unchecked = 0  # bytes committed since the last checkpoint
         self._checkpointing = False
         self._failed: str | None = None
-        self._claims = Claims()
-        self._claim_rows = [0, 0]  # rows in the producers and keys tables (as far as this store wrote them)
+        self._claims = FileClaims()
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="devbus-sqlite-writer")
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="devbus-sqlite-reader")
         self._write_db: sqlite3.Connection | None = None
@@ -163,18 +120,12 @@ class SqliteStore(Store):
             self._seq = self._delivered = loaded.sizes[-1][0]
             self._sizes.extend(size for _, size in loaded.sizes)
             self._bytes = sum(self._sizes)
-        run = self._run
-        keys = [
-            (key, KeyUse(fingerprint, [format_id(run, first + i) for i in range(count)], created))
-            for key, fingerprint, first, count, created in loaded.keys
-        ]
-        self._claims.load(loaded.producers, keys)
-        self._claim_rows = [len(loaded.producers), len(loaded.keys)]
+        self._claims.load_file(loaded)
         return loaded.db
 
     async def close(self) -> None:
         """Commit what is pending, then close the file."""
-        while self._writing is not None or self._pending.futures:
+        while self._writing is not None or self._pending.answers:
             if self._writing is None:
                 self._submit()
             writing = self._writing
@@ -206,37 +157,21 @@ class SqliteStore(Store):
                 drafts = ()
             elif skipped:
                 drafts = drafts[skipped:]
-        pending = self._pending
         records = number(self._run, self._seq + 1, drafts, timestamp)
-        pending.futures.append((future, len(pending.records), len(records), skipped, replayed))
-        pending.records.extend(records)
-        self._seq += len(records)
+        self._pending.add(future, records, skipped, replayed)
         if claim is not None and records:
-            self._claim(claim, records, pending)
+            self._claims.stored(claim, records, self._seq + 1, self._pending)
+        self._seq += len(records)
         if self._writing is None and not self._scheduled:
             # One loop turn later: appends made together share one transaction.
             self._scheduled = True
             loop.call_soon(self._submit)
         return future
 
-    def _claim(self, claim: Claim, records: list[Record], pending: _Pending) -> None:
-        """Remember what ``claim`` stored, and the rows that say so in the same transaction."""
-        before = len(self._claims.producers), len(self._claims.keys)
-        self._claims.record(claim, [record.id for record in records], pending.undo)
-        seen = time.time()
-        if claim.producer is not None:
-            pending.producers[claim.producer] = (self._claims.seq(claim.producer), seen)
-        if claim.key is not None:
-            first = self._seq - len(records) + 1
-            pending.keys.append((claim.key, claim.fingerprint, first, len(records), seen))
-        # New producers and keys add rows; the writer trims the tables past their bounds.
-        self._claim_rows[0] += max(0, len(self._claims.producers) - before[0])
-        self._claim_rows[1] += max(0, len(self._claims.keys) - before[1]) + (claim.key is not None)
-
     async def producer_seq(self, producer: str) -> int:
         """The last seq stored for ``producer``, once committed (kept across restarts)."""
         seq = self._claims.seq(producer)
-        if self._writing is not None or self._pending.futures:
+        if self._writing is not None or self._pending.answers:
             # It may be in a transaction still to commit: answer once everything numbered so far is.
             await self.append((), "")
         return seq
@@ -256,35 +191,22 @@ class SqliteStore(Store):
 
     def _submit(self) -> None:
         self._scheduled = False
-        if self._writing is not None or not self._pending.futures:
+        if self._writing is not None or not self._pending.answers:
             return
-        pending, self._pending = self._pending, _Pending()
+        pending, self._pending = self._pending, Transaction()
         if not pending.records:
-            # Only appends that store nothing (repeats): what they repeat is committed by now.
-            for future, _, _, skipped, replayed in pending.futures:
-                if not future.done():
-                    future.set_result(Appended(skipped=skipped, replayed=replayed))
+            pending.answer()  # only appends that store nothing (repeats): what they repeat is committed by now
             return
         start = self._delivered + 1
         rows = [(start + i, r.type, r.json) for i, r in enumerate(pending.records)]
         sizes = [len(r.json) for r in pending.records]
         keep_from = self._keep_from(sizes)
-        claims = _ClaimRows(pending, self._trim_claims())
+        claims = self._claims.rows(pending)
         loop = asyncio.get_running_loop()
         self._writing = writing = loop.run_in_executor(self._writer, self._write, rows, keep_from, claims)
         writing.add_done_callback(lambda done: self._write_done(done, pending, sizes, keep_from))
 
-    def _trim_claims(self) -> tuple[int, int]:
-        """How many rows of producers and keys to keep (0: no need to trim in this transaction)."""
-        trim = [0, 0]
-        for table, bound in enumerate((MAX_PRODUCERS, MAX_KEYS)):
-            # Past the bound by a tenth: one trim per thousand new rows, not one per transaction.
-            if self._claim_rows[table] > bound + bound // 10:
-                trim[table] = bound
-                self._claim_rows[table] = bound
-        return trim[0], trim[1]
-
-    def _write_done(self, done: asyncio.Future[None], pending: _Pending, sizes: list[int], keep_from: int) -> None:
+    def _write_done(self, done: asyncio.Future[None], pending: Transaction, sizes: list[int], keep_from: int) -> None:
         self._writing = None
         error = done.exception() if not done.cancelled() else StoreUnavailable("write cancelled")
         if error is not None:
@@ -292,7 +214,7 @@ class SqliteStore(Store):
         else:
             self._written(pending, sizes, keep_from)
 
-    def _write(self, rows: list[tuple[int, str, bytes]], keep_from: int, claims: _ClaimRows) -> None:
+    def _write(self, rows: list[tuple[int, str, bytes]], keep_from: int, claims: ClaimRows) -> None:
         db = self._write_db
         assert db is not None  # closed only after the last write
         db.execute("BEGIN IMMEDIATE")
@@ -305,7 +227,7 @@ class SqliteStore(Store):
             db.execute("ROLLBACK")
             raise
 
-    def _written(self, pending: _Pending, sizes: list[int], keep_from: int) -> None:
+    def _written(self, pending: Transaction, sizes: list[int], keep_from: int) -> None:
         self._failed = None
         self._sizes.extend(sizes)
         self._bytes += sum(sizes)
@@ -315,14 +237,11 @@ class SqliteStore(Store):
         self._delivered += len(pending.records)
         if self._deliver is not None and pending.records:
             self._deliver(pending.records)
-        for future, start, count, skipped, replayed in pending.futures:
-            if not future.done():
-                records = pending.records[start : start + count]
-                future.set_result(Appended(records, skipped=skipped, replayed=replayed))
+        pending.answer()
         self._unchecked += sum(sizes)
         if self._unchecked > CHECKPOINT_BYTES and not self._checkpointing:
             self._checkpoint()
-        if self._pending.futures:
+        if self._pending.answers:
             self._submit()
 
     def _checkpoint(self) -> None:
@@ -344,16 +263,15 @@ class SqliteStore(Store):
 
         checkpoint.add_done_callback(done)
 
-    def _fail(self, error: BaseException, pending: _Pending) -> None:
+    def _fail(self, error: BaseException, pending: Transaction) -> None:
         if self._failed is None:
             log.error("could not write to %s: %s", self.name, error)
         self._failed = str(error)
         failure = StoreUnavailable(f"The store {self.name} could not save the event(s): {error}")
         # Records numbered after the failed ones fail with them, so that seqs stay consecutive.
-        later, self._pending = self._pending, _Pending()
-        for future, *_ in pending.futures + later.futures:
-            if not future.done():
-                future.set_exception(failure)
+        later, self._pending = self._pending, Transaction()
+        pending.fail(failure)
+        later.fail(failure)
         self._seq = self._delivered
         # What they claimed was not committed: forget it, the newest first.
         self._claims.undo(pending.undo + later.undo)
