@@ -10,11 +10,9 @@ connection does whatever its role:
   theirs is read, because it depends on it (the ingest is a SUB to a PUB and a
   ROUTER to a DEALER). libzmq, and every ZMTP 3 peer, sends its READY without
   waiting for ours (``tests/test_zmtp_interop.py`` holds that);
-- deadlines: greeting and READY within HANDSHAKE_TIMEOUT, then each message
-  within ``message_timeout`` of the bus reading its first byte, counting only the
-  time the bus reads the connection (a message holds up to its size limit; a
-  sender the bus has paused is not late, and one that keeps sending whole
-  messages is never late);
+- deadlines (``deadline.py``): greeting and READY within HANDSHAKE_TIMEOUT,
+  then each message within ``message_timeout`` of its first byte, counting only
+  the time the bus reads the connection;
 - PING is answered with PONG; the peer's ERROR closes the connection;
 - refusals: a peer refused at READY, for its mechanism or for breaking the
   protocol after its greeting is sent an ERROR command saying why (ZMTP 3.1;
@@ -44,6 +42,7 @@ import os
 import socket
 from typing import ClassVar
 
+from devbus.bus.deadline import Deadline
 from devbus.bus.metrics import Metrics
 from devbus.zmtp import (
     GREETING,
@@ -113,9 +112,7 @@ class ZmtpPeer(asyncio.BufferedProtocol):
         self._read_buffer = read_buffer
         self._greeting = Greeting()
         self._paused = False
-        self._deadline: asyncio.TimerHandle | None = None  # for the handshake, then for a message in progress
-        self._budget = message_timeout  # what the message in progress has left while paused
-        self._timed_from = 0.0  # when its deadline was last (re)started
+        self._deadline = Deadline(self._too_slow, message_timeout=message_timeout)
         self._takes_subscriptions = self.SOCKET_TYPE in PUBLISHERS
 
     # -- hooks for the role ------------------------------------------------------
@@ -183,13 +180,12 @@ class ZmtpPeer(asyncio.BufferedProtocol):
         self._paused = paused
         if paused:
             self.transport.pause_reading()
-            if self.ready and self._deadline is not None:
-                self._budget -= asyncio.get_running_loop().time() - self._timed_from
-                self._stop_timer()
+            if self.ready:
+                self._deadline.pause()
         else:
             self.transport.resume_reading()
-            if self.ready and self.reader.in_progress:
-                self._start_timer(max(0.0, self._budget))
+            if self.ready:
+                self._deadline.resume(in_progress=self.reader.in_progress)
 
     def pause_writing(self) -> None:
         self.writing_paused = True
@@ -206,11 +202,11 @@ class ZmtpPeer(asyncio.BufferedProtocol):
         self._socket = transport.get_extra_info("socket")
         self.write(GREETING)
         self.on_connected()
-        self._start_timer(HANDSHAKE_TIMEOUT)
+        self._deadline.start(HANDSHAKE_TIMEOUT)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self.transport = None
-        self._stop_timer()
+        self._deadline.stop()
         if exc is not None:
             self._read_rest()
         self._socket = None
@@ -221,8 +217,9 @@ class ZmtpPeer(asyncio.BufferedProtocol):
 
         A write to a peer that closed fails with EPIPE or ECONNRESET while what it wrote
         before closing still waits in our socket; asyncio then aborts the transport without
-        reading it. The socket is still open while connection_lost runs (asyncio closes it
-        after): read a duplicate of it, without blocking, to its end.
+        reading it. The socket is still open while connection_lost runs (an asyncio detail:
+        _SelectorTransport closes it after; tests/test_hostile_zmq.py's sender that closes
+        before the bus writes catches a change): read a duplicate of it to its end.
         """
         sock = self._socket
         if sock is None:
@@ -242,17 +239,6 @@ class ZmtpPeer(asyncio.BufferedProtocol):
                     return
                 self.data_received(data)
 
-    def _start_timer(self, seconds: float) -> None:
-        self._stop_timer()
-        loop = asyncio.get_running_loop()
-        self._timed_from = loop.time()
-        self._deadline = loop.call_later(seconds, self._too_slow)
-
-    def _stop_timer(self) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
-
     def _too_slow(self) -> None:
         if self.ready:
             self.on_refused(
@@ -261,19 +247,6 @@ class ZmtpPeer(asyncio.BufferedProtocol):
         else:
             self.on_refused("handshake", f"closed a connection that sent no READY within {HANDSHAKE_TIMEOUT:g} s")
         self.close()
-
-    def _time_message(self, *, new: bool) -> None:
-        # A message in progress holds up to its size limit: it must finish in bounded time,
-        # counted from its own first byte (``new``: it began in this read), not the one before's.
-        if not self.ready or self.transport is None:
-            return
-        if not self.reader.in_progress:
-            self._stop_timer()
-            self._budget = self._message_timeout
-        elif new:
-            self._budget = self._message_timeout
-            if not self._paused:
-                self._start_timer(self._budget)
 
     # -- reading -----------------------------------------------------------------
 
@@ -309,7 +282,8 @@ class ZmtpPeer(asyncio.BufferedProtocol):
                         self._subscription(frames[0])
             elif items:
                 self.on_messages(items)
-            self._time_message(new=finished or not was_in_progress)
+            if self.ready and self.transport is not None:
+                self._deadline.read(in_progress=self.reader.in_progress, new=finished or not was_in_progress)
         except HandshakeError as exc:
             self._refuse(exc)
 
@@ -319,7 +293,7 @@ class ZmtpPeer(asyncio.BufferedProtocol):
             self.peer_type = check_ready(body, allowed=self.ACCEPTS, role=self.ROLE)
             self.write(ready(self.socket_type_for(self.peer_type)))
             self.ready = True
-            self._stop_timer()
+            self._deadline.stop()
             self.on_ready()
         elif name == b"PING":
             self.write(pong(body))

@@ -32,9 +32,10 @@ from devbus.bus.dispatcher import Dispatcher
 from devbus.bus.endpoints import Listening, listen
 from devbus.bus.inputs.acks import Batch, Producer
 from devbus.bus.inputs.burst import BurstGate, Readers
+from devbus.bus.inputs.sender import Sender
 from devbus.bus.metrics import Metrics
 from devbus.bus.store.base import Appended, Claim
-from devbus.bus.zmtp_peer import PUBLISHERS, Item, Refusals, ZmtpPeer
+from devbus.bus.zmtp_peer import Item, Refusals
 from devbus.envelope import Draft
 from devbus.errors import StoreUnavailable
 from devbus.frames import WireReject, decode_frames, encode_ack
@@ -57,10 +58,6 @@ DRAIN_QUIET = 0.1
 # delays (doubling); that sender is not read meanwhile.
 HOLD_FIRST = 0.05
 HOLD_MAX = 1.0
-
-FRAMES = 2  # [type, MessagePack body]
-ACKED_FRAMES = 3  # [type, MessagePack body, seq] from a DEALER
-DEALER = b"DEALER"
 
 # Called with what a batch stored once it is committed (an acknowledged sender's ack).
 Then = Callable[[Appended], None]
@@ -86,7 +83,7 @@ class Ingest:
         self.token = token
         self.loop = asyncio.get_running_loop()
         self._listening: Listening | None = None
-        self._peers: set[_Sender] = set()
+        self._peers: set[Sender] = set()
         self.read_buffer = memoryview(bytearray(READ_SIZE))  # shared by every sender's reads
         # Every sender waits while the subscribers that keep up catch up.
         self.gate = BurstGate(readers, on_change=self._update_peers)
@@ -103,8 +100,8 @@ class Ingest:
         self._listening = await listen(endpoint, self._peer, role="ingest", option="--ingest")
         return self._listening.address
 
-    def _peer(self) -> _Sender:
-        return _Sender(
+    def _peer(self) -> Sender:
+        return Sender(
             self, max_message=self.max_size, message_timeout=self._message_timeout, read_buffer=self.read_buffer
         )
 
@@ -142,13 +139,18 @@ class Ingest:
         for peer in list(self._peers):
             peer.close()
 
-    def reads(self, peer: _Sender) -> bool:
+    @property
+    def gate_closed(self) -> bool:
+        """Whether every sender waits for subscribers to catch up."""
+        return self.gate.closed
+
+    def reads(self, peer: Sender) -> bool:
         """Whether ``peer`` may be read now (not while stopping, except PUB senders until drained)."""
         return not self._closing or (peer.producer is None and not self._drained)
 
     # -- per message -------------------------------------------------------------
 
-    def accept(self, peer: _Sender, items: list[Item]) -> None:
+    def accept(self, peer: Sender, items: list[Item]) -> None:
         """Validate and publish the messages one read of a PUB ``peer`` brought; count what was refused."""
         drafts: list[Draft] = []
         for item in items:
@@ -162,7 +164,7 @@ class Ingest:
         if drafts:
             self.store(peer, drafts, None, None)
 
-    def accept_acknowledged(self, peer: _Sender, producer: Producer, items: list[Item]) -> None:
+    def accept_acknowledged(self, peer: Sender, producer: Producer, items: list[Item]) -> None:
         """Take one read of an acknowledged ``peer``: answer its hello, or store its events and acknowledge them."""
         try:
             batch = producer.take(items)
@@ -182,7 +184,7 @@ class Ingest:
         elif batch is not None and batch.answered:
             self._acknowledge(peer, batch)
 
-    async def _welcome(self, peer: _Sender, producer: Producer) -> None:
+    async def _welcome(self, peer: Sender, producer: Producer) -> None:
         """Answer a producer's hello with its last stored seq (asking the store until it answers)."""
         assert producer.hello is not None
         delay = HOLD_FIRST
@@ -198,16 +200,16 @@ class Ingest:
         peer.welcoming = None
         peer.update()
 
-    def _acknowledge(self, peer: _Sender, batch: Batch) -> None:
+    def _acknowledge(self, peer: Sender, batch: Batch) -> None:
         # Through the peer's one write path; a peer that reads none of its acks is read no more
-        # once its socket backs up (see _Sender.update), so what waits for it stays bounded.
+        # once its socket backs up (see Sender.update), so what waits for it stays bounded.
         peer.write(message(encode_ack(batch.ack())))
 
-    def store(self, peer: _Sender, drafts: list[Draft], claim: Claim | None, then: Then | None) -> None:
+    def store(self, peer: Sender, drafts: list[Draft], claim: Claim | None, then: Then | None) -> None:
         """Hand ``drafts`` to the store; they are taken (``then`` called, ``peer`` read again) once it has them."""
         self._store(peer, drafts, claim, then, HOLD_FIRST)
 
-    def _store(self, peer: _Sender, drafts: list[Draft], claim: Claim | None, then: Then | None, delay: float) -> None:
+    def _store(self, peer: Sender, drafts: list[Draft], claim: Claim | None, then: Then | None, delay: float) -> None:
         try:
             committed = self._dispatcher.publish(drafts, claim)
         except Exception:
@@ -229,7 +231,7 @@ class Ingest:
     def _committed(
         self,
         committed: asyncio.Future[Appended],
-        peer: _Sender,
+        peer: Sender,
         drafts: list[Draft],
         claim: Claim | None,
         then: Then | None,
@@ -257,7 +259,7 @@ class Ingest:
         peer.update()
         self.gate.check()
 
-    def _flushed(self, peer: _Sender, committed: asyncio.Future[Appended], then: Then | None) -> None:
+    def _flushed(self, peer: Sender, committed: asyncio.Future[Appended], then: Then | None) -> None:
         if then is not None:
             then(committed.result())
         self.gate.check()
@@ -265,7 +267,7 @@ class Ingest:
         peer.update()
 
     def _store_again(
-        self, peer: _Sender, drafts: list[Draft], claim: Claim | None, then: Then | None, delay: float
+        self, peer: Sender, drafts: list[Draft], claim: Claim | None, then: Then | None, delay: float
     ) -> None:
         peer.committing -= 1
         if self._closing:
@@ -280,76 +282,15 @@ class Ingest:
         for peer in self._peers:
             peer.update()
 
-    def joined(self, peer: _Sender) -> None:
+    def joined(self, peer: Sender) -> None:
         """Track a sender's connection."""
         self._peers.add(peer)
         peer.update()
 
-    def left(self, peer: _Sender) -> None:
+    def left(self, peer: Sender) -> None:
         """Forget a sender whose connection closed."""
         self._peers.discard(peer)
 
     def repeated(self, count: int) -> None:
         """Count events an acknowledged sender sent again after they were taken."""
         self._metrics.repeats.inc(count)
-
-
-class _Sender(ZmtpPeer):
-    """One sender's connection: a PUB or XPUB socket, or an acknowledged DEALER; read at most READ_SIZE at a time."""
-
-    SOCKET_TYPE = b"SUB"
-    ACCEPTS = PUBLISHERS | {DEALER}
-    ROLE = "ingest"
-
-    def __init__(self, ingest: Ingest, *, max_message: int, message_timeout: float, read_buffer: memoryview) -> None:
-        super().__init__(
-            max_message=max_message, max_frames=FRAMES, message_timeout=message_timeout, read_buffer=read_buffer
-        )
-        self.ingest = ingest
-        self.committing = 0  # batches read from this sender not committed yet
-        self.producer: Producer | None = None  # for an acknowledged sender
-        self.welcoming: asyncio.Task[None] | None = None  # answering its hello
-
-    def update(self) -> None:
-        """Read while no batch of ours is being committed, the burst gate is open, and, for an acknowledged
-        sender, its hello is answered and its socket takes our acks."""
-        ingest = self.ingest
-        paused = bool(self.committing) or ingest.gate.closed or not ingest.reads(self)
-        if self.producer is not None:
-            paused = paused or self.producer.waiting or self.writing_paused
-        self.pause_reading(paused)
-
-    def socket_type_for(self, peer_type: bytes) -> bytes:
-        return b"ROUTER" if peer_type == DEALER else self.SOCKET_TYPE
-
-    def on_connected(self) -> None:
-        self.ingest.joined(self)
-
-    def on_lost(self) -> None:
-        self.ingest.left(self)
-
-    def on_ready(self) -> None:
-        if self.peer_type == DEALER:
-            ingest = self.ingest
-            self.producer = Producer(
-                max_size=ingest.max_size, token=ingest.token, reject=ingest.reject, repeated=ingest.repeated
-            )
-            self.reader.max_frames = ACKED_FRAMES
-            self.update()
-        else:
-            self.subscribe()  # every topic: the bus takes every event
-
-    def on_read(self) -> None:
-        self.ingest.last_read = self.ingest.loop.time()
-
-    def on_messages(self, items: list[Item]) -> None:
-        if self.producer is not None:
-            self.ingest.accept_acknowledged(self, self.producer, items)
-        else:
-            self.ingest.accept(self, items)
-
-    def on_drained(self) -> None:
-        self.update()
-
-    def on_refused(self, kind: str, text: str) -> None:
-        self.ingest.reject(f"zmq_{kind}", text)

@@ -18,8 +18,8 @@ Redis without sharing events use different keys):
     What makes appends idempotent, checked and written in the append's own Lua
     call: see ``redis_script``.
 
-A bus answers an append only once Redis has it (the batch in one Lua call: one
-round trip, contiguous in the stream, all or nothing) and its own reader
+A bus answers an append only once Redis has it (``redis_writer``: the batch in
+one Lua call, one round trip, contiguous in the stream, all or nothing) and its own reader
 (``redis_reader``) has delivered it (``redis_appends``), so the answer can say
 whom the events reached and a read of this bus right after sees them. A call
 whose answer was lost (Redis went away after it was sent) is sent again, with
@@ -35,31 +35,20 @@ import logging
 import os
 import secrets
 import socket
-import time
 from collections.abc import Sequence
 from typing import Any, cast
 
-from redis.exceptions import ResponseError
-
 from devbus.bus.record import Deliver, Record
 from devbus.bus.store.base import Appended, Claim, Resume, Store
-from devbus.bus.store.redis_appends import Append, AppendTracker
+from devbus.bus.store.redis_appends import AppendTracker
 from devbus.bus.store.redis_codec import FORMAT, Entry, records_of
-from devbus.bus.store.redis_link import (
-    FAILURES,
-    Link,
-    StreamId,
-    format_stream_id,
-    id_before,
-    parse_stream_id,
-    stop_task,
-)
+from devbus.bus.store.redis_link import FAILURES, Link, StreamId, format_stream_id, id_before, parse_stream_id
 from devbus.bus.store.redis_reader import READ_COUNT, StreamReader
-from devbus.bus.store.redis_script import APPEND_SCRIPT, append_argument, parse_answer, script_args, script_keys
 from devbus.bus.store.redis_shared import SharedStream
+from devbus.bus.store.redis_writer import AppendWriter
 from devbus.bus.store.sequence import new_run
 from devbus.envelope import Draft
-from devbus.errors import ConfigError, OutcomeUnknown
+from devbus.errors import ConfigError
 
 __all__ = ["DEFAULT_KEY", "RedisStore"]
 
@@ -67,7 +56,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_KEY = "devbus"
 MIN_VERSION = (6, 2)  # XAUTOCLAIM, exclusive XRANGE bounds
-SCRIPT_EVENTS = 5000  # appends joined into one Lua call (a larger single batch still goes whole)
 CLOSE_TIMEOUT = 2.0
 
 
@@ -87,15 +75,13 @@ class RedisStore(Store):
         self.consumer = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self._history = history
         self._run = ""
-        self._queue: list[Append] = []
-        self._calling: list[Append] = []  # the batch of the call in flight
-        self._writer: asyncio.Task[None] | None = None
         self._appends = AppendTracker(lambda: self._reader.position)
         self._reader = StreamReader(
             self._link, self._stream, history=history, tracker=self._appends, reconnected=self._meta_values
         )
-        self._append_script = self._link.redis.register_script(APPEND_SCRIPT)
-        self._script_keys = script_keys(key)
+        self._writer = AppendWriter(
+            self._link, self._reader, self._appends, key=key, history=history, bus=self.consumer
+        )
         self._producers = f"{key}:producers"
 
     @property
@@ -175,24 +161,11 @@ class RedisStore(Store):
     async def close(self) -> None:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(CLOSE_TIMEOUT):
-                if self._writer is not None:
-                    await asyncio.shield(self._writer)
+                await self._writer.drain()
                 waits = self._appends.futures()
                 if waits:
                     await asyncio.wait(waits)
-        if self._writer is not None and not self._writer.done():
-            # Still asking Redis what a call did: it may have stored it, or not.
-            await stop_task(self._writer)
-            unknown = OutcomeUnknown(
-                f"The store {self.name} went away while storing the event(s) and did not come back before "
-                "the bus stopped: they may be stored; send them again only with the same Idempotency-Key"
-            )
-            for append in self._calling:
-                if not append.future.done():
-                    append.future.set_exception(unknown)
-        for append in self._queue:
-            append.future.set_exception(self._link.unavailable())
-        self._queue.clear()
+        await self._writer.close()
         self._appends.settle_all()
         await self._reader.stop()
         await self._link.close()
@@ -200,15 +173,7 @@ class RedisStore(Store):
     # Appending --------------------------------------------------------------
 
     def append(self, drafts: Sequence[Draft], timestamp: str, claim: Claim | None = None) -> asyncio.Future[Appended]:
-        append = Append(drafts, timestamp, claim)
-        if not self._link.up:
-            # Refuse at once while the reader reconnects, instead of one timeout per sender.
-            append.future.set_exception(self._link.unavailable())
-            return append.future
-        self._queue.append(append)
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.create_task(self._write(), name=f"write {self.name}")
-        return append.future
+        return self._writer.append(drafts, timestamp, claim)
 
     async def producer_seq(self, producer: str) -> int:
         """The last seq stored for ``producer`` by any bus on the stream."""
@@ -217,58 +182,6 @@ class RedisStore(Store):
         except FAILURES as exc:
             raise self._reader.failed(exc) from exc
         return int(seq or 0)
-
-    async def _write(self) -> None:
-        # One call in flight at a time: calls stay in order, what arrives meanwhile goes
-        # in the next one, and the bus's last call is the only one it may ask again.
-        while self._queue:
-            batch: list[Append] = []
-            size = 0
-            while self._queue and (not batch or size + len(self._queue[0]) <= SCRIPT_EVENTS):
-                append = self._queue.pop(0)
-                batch.append(append)
-                size += len(append)
-            self._calling = batch
-            argument = append_argument([(append.claim, append.types, append.tails) for append in batch])
-            token = secrets.token_hex(8)
-            while True:
-                self._appends.writing()
-                try:
-                    args = script_args(
-                        history=self._history,
-                        now_ms=int(time.time() * 1000),
-                        token=token,
-                        bus=self.consumer,
-                        batch=argument,
-                    )
-                    answer = await self._append_script(keys=self._script_keys, args=args)
-                except ResponseError as exc:
-                    # Redis ran the script and refused it (out of memory, a bug): nothing was stored.
-                    self._appends.written(batch, None)
-                    self._calling = []
-                    self._fail(batch, self._reader.failed(exc))
-                    return
-                except FAILURES as exc:
-                    # The call may have run before the connection broke: ask again, with the same
-                    # token, once Redis answers. What waits behind it is refused: it was never sent.
-                    self._appends.written(batch, None)
-                    error = self._reader.failed(exc)
-                    self._fail([], error)
-                    await asyncio.shield(self._reader.recovering())
-                    continue
-                except BaseException:
-                    self._appends.written(batch, None)
-                    raise
-                break
-            self._appends.written(batch, parse_answer(answer, [len(append) for append in batch]))
-            self._calling = []
-
-    def _fail(self, batch: list[Append], error: Exception) -> None:
-        """Fail ``batch`` and everything queued behind it with ``error``: none of it was stored."""
-        for append in batch + self._queue:
-            if not append.future.done():
-                append.future.set_exception(error)
-        self._queue.clear()
 
     # Cursors ------------------------------------------------------------------
 
