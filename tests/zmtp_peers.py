@@ -4,7 +4,8 @@
 - ``RawPeer``: a ZMTP peer over a plain socket, sending exactly the bytes a test gives it.
 - ``Tap``: a relay between a ZeroMQ library and the bus that forwards every byte unchanged
   and notes the commands each side sends, so a test sees PING and PONG really flow.
-- ``rejected``, ``shorten_handshake``: what the bus counted, and its deadlines made short.
+- ``publish``, ``rejected``, ``shorten_handshake``: events into the bus, what it counted, its
+  deadlines made short.
 """
 
 from __future__ import annotations
@@ -286,6 +287,15 @@ async def rejected(client: TestClient[Any, Any], reason: str) -> float:
             if sample.name == "devbus_rejected_total" and sample.labels.get("reason") == reason:
                 return float(sample.value)
     return 0.0
+
+
+async def publish(client: TestClient[Any, Any], events: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    """POST ``(type, data)`` pairs to the bus as one batch; return their ids."""
+    body = {"events": [{"event_type": event_type, "data": data} for event_type, data in events]}
+    response = await client.post("/api/dev/batch", json=body)
+    assert response.status == 200, await response.text()
+    ids: list[str] = (await response.json())["ids"]
+    return ids
 
 
 def shorten_handshake(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:

@@ -9,7 +9,8 @@
  *   queue waits instead of dropping), then sends every stdin line.
  * - sub: subscribes to PREFIX and prints every message it receives.
  * Every role stops at the end of stdin, closing its socket with a linger so nothing queued is lost.
- * ZMTP heartbeats are on: a PING every HEARTBEAT_MS, a TTL of ten and a timeout of three intervals.
+ * ZMTP heartbeats are on: a PING every HEARTBEAT_MS, a TTL of thirty and a timeout of ten intervals
+ * (generous, for a busy machine: a bus that never answers still fails in one second).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -119,7 +120,7 @@ int main(int argc, char **argv) {
     }
     const char *role = argv[1];
     int type = !strcmp(role, "pub") ? ZMQ_PUB : !strcmp(role, "xpub") ? ZMQ_XPUB : ZMQ_SUB;
-    int heartbeat = atoi(argv[3]), ttl = heartbeat * 10, timeout = heartbeat * 3, on = 1;
+    int heartbeat = atoi(argv[3]), ttl = heartbeat * 30, timeout = heartbeat * 10, on = 1;
     int linger = type == ZMQ_SUB ? 0 : 10000; /* a publisher flushes what it queued; a SUB has nothing to */
     void *context = zmq_ctx_new();
     void *socket = zmq_socket(context, type);

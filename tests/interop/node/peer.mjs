@@ -10,7 +10,8 @@
 //   then sends every stdin line.
 // - sub: subscribes to PREFIX and prints every message it receives.
 // Every role stops at the end of stdin, closing its socket with a linger so nothing queued is lost.
-// ZMTP heartbeats are on: a PING every HEARTBEAT_MS, a TTL of ten and a timeout of three intervals.
+// ZMTP heartbeats are on: a PING every HEARTBEAT_MS, a TTL of thirty and a timeout of ten intervals
+// (generous, for a busy machine: a bus that never answers still fails in one second).
 import { createInterface } from "node:readline";
 import { Publisher, Subscriber, XPublisher } from "zeromq";
 
@@ -22,8 +23,8 @@ const heartbeat = Number(heartbeatText);
 const options = {
   linger: role === "sub" ? 0 : 10000, // a publisher flushes what it queued
   heartbeatInterval: heartbeat,
-  heartbeatTimeToLive: heartbeat * 10,
-  heartbeatTimeout: heartbeat * 3,
+  heartbeatTimeToLive: heartbeat * 30,
+  heartbeatTimeout: heartbeat * 10,
 };
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 const frames = (line) => line.split(" ").filter(Boolean).map((word) => Buffer.from(word, "hex"));
