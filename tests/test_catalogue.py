@@ -9,7 +9,7 @@ from aiohttp.test_utils import TestClient
 from support import BusFactory
 
 from devbus.bus.metrics import Metrics
-from devbus.bus.outputs.catalogue import SHAPES_PER_SECOND, Catalogue
+from devbus.bus.outputs.catalogue.catalogue import SHAPES_PER_SECOND, Catalogue
 from devbus.envelope import Event
 
 

@@ -10,7 +10,7 @@ from aiohttp.test_utils import TestClient
 from rawhttp import exchange, request_bytes
 from support import WAIT, BusFactory, open_stream
 
-from devbus.bus.guard import check_allowlists
+from devbus.bus.allowlists import check_allowlists
 from devbus.bus.settings import Settings
 from devbus.errors import ConfigError
 
