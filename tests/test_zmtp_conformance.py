@@ -145,7 +145,7 @@ class Refusal:
     name: str
     wire: Callable[[Side], bytes]
     says: str  # in the log line and, where ZMTP lets the bus say why, in its ERROR
-    told: bool = False  # whether the bus can answer with an ERROR command before closing
+    told: bool = False  # whether the peer speaks ZMTP 3, so that an ERROR command can tell it why
 
 
 def mechanism(name: bytes) -> bytes:
@@ -164,6 +164,7 @@ REFUSALS = [
         "oversize-command",
         lambda side: GREETING + ready(side.peer_type) + raw_frame(b"", size=1 << 40, command=True, long=True),
         "over the limit",
+        told=True,
     ),
 ]
 refusals = pytest.mark.parametrize("refusal", REFUSALS, ids=[refusal.name for refusal in REFUSALS])
@@ -187,15 +188,8 @@ async def test_a_peer_that_breaks_the_protocol_is_closed_at_once_and_the_others_
 
 @refusals
 async def test_a_refused_peer_is_counted(
-    peers: Peers,
-    side: Side,
-    refusal: Refusal,
-    client: TestClient[Any, Any],
-    monkeypatch: pytest.MonkeyPatch,
-    request: pytest.FixtureRequest,
+    peers: Peers, side: Side, refusal: Refusal, client: TestClient[Any, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if side is EGRESS:
-        request.applymarker(pytest.mark.xfail(strict=True, reason="the egress does not count the listeners it refuses"))
     shorten_handshake(monkeypatch, 3600.0)
     peer = await peers(side)
     peer.send(refusal.wire(side))
@@ -203,7 +197,6 @@ async def test_a_refused_peer_is_counted(
     assert await rejected(client, "zmq_handshake") == 1
 
 
-@pytest.mark.xfail(strict=True, reason="the bus does not send ERROR yet")
 @pytest.mark.parametrize("refusal", [refusal for refusal in REFUSALS if refusal.told], ids=lambda refusal: refusal.name)
 async def test_a_peer_refused_at_its_handshake_is_told_why_with_an_error_command(
     peers: Peers, side: Side, refusal: Refusal
@@ -225,12 +218,21 @@ async def test_a_peer_refused_at_its_handshake_is_told_why_with_an_error_command
     assert named.get(refusal.name, "") in reason.decode()
 
 
-@pytest.mark.xfail(strict=True, reason="the bus ignores an incoming ERROR command")
-@pytest.mark.parametrize("after_ready", [True, False], ids=["after-ready", "instead-of-ready"])
-async def test_a_peer_that_sends_error_is_closed(
-    peers: Peers, side: Side, after_ready: bool, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("refusal", [refusal for refusal in REFUSALS if not refusal.told], ids=lambda r: r.name)
+async def test_a_peer_that_does_not_speak_zmtp_3_is_closed_without_an_error_it_could_not_read(
+    peers: Peers, side: Side, refusal: Refusal
 ) -> None:
-    """ZMTP 3: a peer that sends ERROR closes; the bus closes its side at once, not at a deadline."""
+    peer = await peers(side)
+    peer.send(refusal.wire(side))
+    items = await peer.closed()
+    assert not any(isinstance(item, tuple) and item[0] == b"ERROR" for item in items), items
+
+
+@pytest.mark.parametrize("after_ready", [True, False], ids=["after-ready", "instead-of-ready"])
+async def test_a_peer_that_sends_error_is_closed_and_counted(
+    peers: Peers, side: Side, after_ready: bool, client: TestClient[Any, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ZMTP 3: a peer that sends ERROR closes; the bus closes its side at once (not at a deadline), unanswered."""
     shorten_handshake(monkeypatch, 3600.0)
     if after_ready:
         peer = await ready_peer(peers, side)
@@ -238,7 +240,9 @@ async def test_a_peer_that_sends_error_is_closed(
     else:
         peer = await peers(side)
         peer.send(GREETING + error(b"no thanks"))
-    await peer.closed(within=2.0)
+    items = await peer.closed(within=2.0)
+    assert not any(isinstance(item, tuple) and item[0] == b"ERROR" for item in items), items
+    assert await rejected(client, "zmq_error") == 1
 
 
 # -- deadlines ---------------------------------------------------------------------------------

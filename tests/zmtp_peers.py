@@ -23,8 +23,7 @@ from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from support import WAIT
 
-from devbus.bus.inputs import zeromq as ingest_module
-from devbus.bus.outputs import egress as egress_module
+from devbus.bus import zmtp_peer
 from devbus.zmtp import GREETING, FrameReader, Greeting, HandshakeError, Rejected, command, ready
 
 Item = list[bytes] | tuple[bytes, bytes] | str  # a message, a command (name, body), or a refusal's reason
@@ -300,5 +299,4 @@ async def publish(client: TestClient[Any, Any], events: list[tuple[str, dict[str
 
 def shorten_handshake(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
     """Give ZeroMQ peers of an in-process bus ``seconds`` to greet and say READY (10 s in production)."""
-    for module in (ingest_module, egress_module):
-        monkeypatch.setattr(module, "HANDSHAKE_TIMEOUT", seconds)
+    monkeypatch.setattr(zmtp_peer, "HANDSHAKE_TIMEOUT", seconds)
