@@ -5,7 +5,7 @@ sends or is sent is bounded in bytes. :class:`ZmtpPeer` is everything a
 connection does whatever its role:
 
 - the greeting exchange: ours goes out whole as the connection opens; theirs is
-  checked once whole (ZMTP 3, NULL mechanism);
+  checked as it arrives (ZMTP 3, NULL mechanism);
 - READY: the peer's socket type must be one the role accepts; ours goes out once
   theirs is read, because it depends on it (the ingest is a SUB to a PUB and a
   ROUTER to a DEALER). libzmq, and every ZMTP 3 peer, sends its READY without
