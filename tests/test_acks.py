@@ -11,9 +11,13 @@ import pytest
 import zmq
 import zmq.asyncio
 from aiohttp.test_utils import TestClient
-from support import WAIT, BusFactory, RedisServer, history
+from support import WAIT, BusFactory, RedisServer, eventually, history
 
+from devbus.bus.dispatcher import Dispatcher
+from devbus.bus.inputs.zeromq import Ingest
 from devbus.bus.keys import DISPATCHER, ENDPOINTS
+from devbus.bus.metrics import Metrics
+from devbus.bus.store.memory import MemoryStore
 from devbus.frames import Ack, decode_ack, encode_frames, encode_hello, seq_frame
 from devbus.zmtp import GREETING, FrameReader, message, ready
 
@@ -227,3 +231,44 @@ async def test_a_hello_without_a_usable_producer_is_refused_with_error(
     name, body = items[-1]  # type: ignore[misc]
     assert name == b"ERROR" and b"producer" in body
     assert await metric(client, 'devbus_rejected_total{reason="zmq_shape"}') == "1.0"
+
+
+class NobodyBehind:
+    """The burst gate's readers: none ever behind."""
+
+    behind = 0
+
+    def when_moved(self, callback: Callable[[], None]) -> Callable[[], None]:
+        return lambda: None
+
+
+async def test_a_sender_whose_socket_backs_up_with_acks_is_read_no_more_until_it_takes_them() -> None:
+    """What waits for a sender is bounded: once asyncio says its socket is backed up (the write
+    buffer past its high-water mark, after the kernel's), the bus reads nothing more from it, so
+    it makes no more acks for it, and reads on once the socket drains."""
+    dispatcher = Dispatcher(MemoryStore(history=1000), metrics=Metrics())
+    await dispatcher.start()
+    ingest = Ingest(dispatcher=dispatcher, readers=NobodyBehind(), metrics=dispatcher.metrics, max_size=1 << 20)
+    host, _, port = (await ingest.bind("tcp://127.0.0.1:*")).removeprefix("tcp://").rpartition(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(GREETING + ready(b"DEALER") + message(encode_hello("slow-reader", 1)))
+        welcome = (
+            GREETING + ready(b"ROUTER") + message([b"devbus.ack", msgspec.msgpack.encode({"seq": 0, "resend": True})])
+        )
+        async with asyncio.timeout(WAIT):
+            assert await reader.readexactly(len(welcome)) == welcome
+        writer.write(message(event(1)))
+        await eventually(lambda: asyncio.sleep(0, result=dispatcher.total == 1))
+        [sender] = ingest._peers
+        assert sender.transport is not None and sender.transport.is_reading()
+        sender.pause_writing()  # what asyncio calls at the write buffer's high-water mark
+        assert not sender.transport.is_reading()
+        sender.resume_writing()  # ... and once it drained below the low-water mark
+        assert sender.transport.is_reading()
+        writer.write(message(event(2)))
+        await eventually(lambda: asyncio.sleep(0, result=dispatcher.total == 2))
+    finally:
+        writer.close()
+        await ingest.close()
+        await dispatcher.stop()

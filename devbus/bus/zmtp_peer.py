@@ -141,8 +141,8 @@ class ZmtpPeer(asyncio.BufferedProtocol):
     def on_refused(self, kind: str, text: str) -> None:
         """The connection is closed for ``kind`` ("handshake", "timeout" or "error", the peer's ERROR)."""
 
-    def on_drained(self) -> None:
-        """The peer's socket took what was backed up (``writing_paused`` is False again)."""
+    def on_backed_up(self) -> None:
+        """``writing_paused`` changed: the peer's socket backed up, or took what was waiting."""
 
     def socket_type_for(self, peer_type: bytes) -> bytes:
         """Our socket type for a peer of ``peer_type`` (one of ACCEPTS)."""
@@ -189,10 +189,11 @@ class ZmtpPeer(asyncio.BufferedProtocol):
 
     def pause_writing(self) -> None:
         self.writing_paused = True
+        self.on_backed_up()
 
     def resume_writing(self) -> None:
         self.writing_paused = False
-        self.on_drained()
+        self.on_backed_up()
 
     # -- the connection ----------------------------------------------------------
 

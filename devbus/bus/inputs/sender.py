@@ -113,7 +113,7 @@ class Sender(ZmtpPeer):
         else:
             self.ingest.accept(self, items)
 
-    def on_drained(self) -> None:
+    def on_backed_up(self) -> None:
         self.update()
 
     def on_refused(self, kind: str, text: str) -> None:
