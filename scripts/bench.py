@@ -360,7 +360,11 @@ async def scenario_ingest(sizes: Sizes) -> dict[str, Any]:
 
 async def scenario_restart(sizes: Sizes) -> dict[str, Any]:
     count, kills = sizes.restart
-    return await restarts.scenario_restart(count, kills, lambda endpoint, n: publish_acked(endpoint, n, numbered=True))
+    # The publisher holds the whole stream, so that it is still sending at every kill
+    # (with 10,000 it would drop most of the rest, counted, while the bus restarts).
+    return await restarts.scenario_restart(
+        count, kills, lambda endpoint, n: publish_acked(endpoint, n, numbered=True, hold=n)
+    )
 
 
 async def get_json(server: Devbus, path: str) -> dict[str, Any]:

@@ -470,13 +470,19 @@ def zmq_publish(
 
 
 def publisher_publish(
-    endpoint: str, count: int, *, numbered: bool = False, report: Any = None, timeout: float = 10.0
+    endpoint: str,
+    count: int,
+    *,
+    numbered: bool = False,
+    hold: int = 10_000,
+    report: Any = None,
+    timeout: float = 10.0,
 ) -> dict[str, Any]:
     """Send ``count`` events through ``devbus.Publisher`` (acknowledged; in a child process); return timings.
 
     ``finished`` is when the last ``emit`` returned, ``acknowledged`` when ``close`` had
     every event acknowledged. With ``numbered``, event i carries ``{"n": i}`` and the
-    result lists the numbers ``emit`` dropped (the bus away past ``hold``).
+    result lists the numbers ``emit`` dropped (the bus away past ``hold`` events).
     """
     import logging
 
@@ -484,7 +490,7 @@ def publisher_publish(
 
     # What it drops while the bus is away is counted in the result; its warnings would only clutter the table.
     logging.getLogger("devbus").setLevel(logging.ERROR)
-    publisher = devbus.Publisher(ingest=endpoint, timeout=timeout, linger=WAIT_ACKS)
+    publisher = devbus.Publisher(ingest=endpoint, timeout=timeout, linger=WAIT_ACKS, hold=hold)
     publisher.wait_for_bus()
     emit = publisher.emit
     dropped: list[int] = []

@@ -4,7 +4,8 @@ The publisher (a child process) numbers its events and notes which ones ``emit``
 dropped (the bus away longer than ``hold`` events). The bus is killed with SIGKILL
 each time it has taken a share of the stream, and started again on the same file
 and ingest address. At the end the store must hold every event not dropped exactly
-once, in order: lost and duplicated both 0.
+once, in order: lost and duplicated both 0. The rate is what the store holds over
+the whole run, restarts included.
 """
 
 from __future__ import annotations
