@@ -29,10 +29,12 @@ from devbus.nesting import TOO_DEEP
 __all__ = [
     "ACK",
     "HELLO",
+    "SEQ_SIZE",
     "Ack",
     "Hello",
     "WireReject",
     "decode_ack",
+    "decode_event",
     "decode_event_frames",
     "decode_frames",
     "decode_hello",
@@ -41,7 +43,6 @@ __all__ = [
     "encode_frames",
     "encode_hello",
     "seq_frame",
-    "seq_of",
 ]
 
 HELLO = b"devbus.hello"
@@ -97,7 +98,11 @@ def decode_frames(frames: Sequence[bytes], *, max_size: int, token: str | None =
     """Validate one ingest message; raise WireReject saying which rule it broke."""
     if len(frames) != 2:
         raise WireReject(f"expected 2 frames [type, MessagePack body], got {len(frames)}", reason="zmq_frames")
-    head, body = frames
+    return decode_event(frames[0], frames[1], max_size=max_size, token=token)
+
+
+def decode_event(head: bytes, body: bytes, *, max_size: int, token: str | None = None) -> Draft:
+    """Validate an ingest message's type frame and body; raise WireReject saying which rule they broke."""
     if len(head) + len(body) > max_size:
         raise WireReject(
             f"message of {len(head) + len(body)} bytes is over the limit of {max_size} (--max-message)",
@@ -181,10 +186,3 @@ def decode_ack(body: bytes) -> Ack:
 def seq_frame(seq: int) -> bytes:
     """An event's seq as its third frame."""
     return seq.to_bytes(SEQ_SIZE, "big")
-
-
-def seq_of(frames: Sequence[bytes]) -> int | None:
-    """The seq of an acknowledged sender's event (its third frame), or None if it has none that is valid."""
-    if len(frames) != 3 or len(frames[2]) != SEQ_SIZE:
-        return None
-    return int.from_bytes(frames[2], "big") or None

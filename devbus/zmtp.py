@@ -246,14 +246,13 @@ class FrameReader:
                 out.append((body[1 : 1 + name_size], body[1 + name_size :]))
                 continue
             more = flags & MORE
-            if not self._skipping:
-                rejected = self._check(size)
-                if rejected is not None:
-                    # Counted now, not at its last frame: that may never come.
-                    out.append(rejected)
-                    self._skipping = True
-                    self._message = []
-                    self._size = 0
+            # (Both bounds checked inline: this runs for every frame of every message.)
+            if not self._skipping and (self._size + size > self.max_message or len(self._message) >= self.max_frames):
+                # Counted now, not at its last frame: that may never come.
+                out.append(self._refusal(size))
+                self._skipping = True
+                self._message = []
+                self._size = 0
             if self._skipping:
                 # Throw the frame away as it arrives, never holding it.
                 at = start
@@ -274,12 +273,11 @@ class FrameReader:
             self._buffer = bytearray(data[at:])
         return out
 
-    def _check(self, size: int) -> Rejected | None:
+    def _refusal(self, size: int) -> Rejected:
+        """Why a frame of ``size`` bytes ends the message in progress (it is over one of the bounds)."""
         if self._size + size > self.max_message:
             return self._oversize(self._size + size)
-        if len(self._message) >= self.max_frames:
-            return Rejected("zmq_frames", f"expected {self.max_frames} frames [type, MessagePack body], got more")
-        return None
+        return Rejected("zmq_frames", f"expected {self.max_frames} frames [type, MessagePack body], got more")
 
     def _oversize(self, size: int) -> Rejected:
         return Rejected(

@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from devbus.envelope import Draft
-from devbus.frames import HELLO, Ack, Hello, WireReject, decode_frames, decode_hello, seq_of
+from devbus.frames import HELLO, SEQ_SIZE, Ack, Hello, WireReject, decode_event, decode_hello
 from devbus.zmtp import Rejected
 
 __all__ = ["Batch", "Producer"]
@@ -105,45 +105,51 @@ class Producer:
                 self._take_hello(items)
             return None  # events before the hello is answered are resent after it
         batch = Batch()
+        drafts, seqs = batch.drafts, batch.seqs
+        max_size, token = self._max_size, self._token
+        # Locals, written back at the end: this loop runs for every event of the stream.
+        expected, resending = self.expected, self._resending
         for item in items:
-            if isinstance(item, Rejected):
-                # Refused by the reader (too large, too many frames) before its seq could be
-                # read: in order, it is the one expected; out of order, it is resent later.
-                if not self._resending:
-                    self._settle(batch, item.reason, item.text)
+            if isinstance(item, Rejected):  # by the reader (too large, too many frames), before its seq
+                # could be read: in order, it is the one expected; out of order, it is resent later.
+                if not resending:
+                    self._settle(batch, expected, item.reason, item.text)
+                    expected += 1
                 continue
-            if item[0] == HELLO:
+            if len(item) == 3 and len(item[2]) == SEQ_SIZE:
+                seq = int.from_bytes(item[2], "big")
+            elif item[0] == HELLO:
                 continue  # one hello per connection: a second one changes nothing
-            seq = seq_of(item)
-            if seq is None:
-                if not self._resending:
-                    self._settle(batch, "zmq_frames", NOT_SEQUENCED)
-                continue
-            if seq < self.expected:
-                batch.repeats += 1
-            elif seq > self.expected:
-                if not self._resending:
-                    self._resending = batch.resend = True
             else:
-                self._resending = False
-                try:
-                    draft = decode_frames(item[:2], max_size=self._max_size, token=self._token)
-                except WireReject as exc:
-                    self._settle(batch, exc.reason, str(exc))
-                else:
-                    batch.drafts.append(draft)
-                    batch.seqs.append(seq)
-                    self.expected += 1
+                if not resending:
+                    self._settle(batch, expected, "zmq_frames", NOT_SEQUENCED)
+                    expected += 1
+                continue
+            if seq != expected:
+                if seq < expected:
+                    batch.repeats += 1
+                elif not resending:
+                    resending = batch.resend = True
+                continue
+            resending = False
+            try:
+                draft = decode_event(item[0], item[1], max_size=max_size, token=token)
+            except WireReject as exc:
+                self._settle(batch, seq, exc.reason, str(exc))
+            else:
+                drafts.append(draft)
+                seqs.append(seq)
+            expected += 1
+        self.expected, self._resending = expected, resending
         if batch.repeats:
             self._repeated(batch.repeats)
-        batch.settled = self.expected - 1
+        batch.settled = expected - 1
         return batch
 
-    def _settle(self, batch: Batch, reason: str, text: str) -> None:
-        """Refuse the expected seq for good: counted here, reported in the ack, never taken again."""
+    def _settle(self, batch: Batch, seq: int, reason: str, text: str) -> None:
+        """Refuse ``seq`` for good: counted here, reported in the ack, never taken again."""
         self._reject(reason, text)
-        batch.rejected.append((self.expected, reason, text))
-        self.expected += 1
+        batch.rejected.append((seq, reason, text))
 
     def _take_hello(self, items: list[list[bytes] | Rejected]) -> None:
         for item in items:
