@@ -72,7 +72,7 @@ def headline(name: str, result: dict[str, Any]) -> str:
     if name == "ingest":
         return (
             f"{result['events_per_s']:,} events/s acknowledged, {result['fire_and_forget_per_s']:,} "
-            f"fire-and-forget ({result['ratio']}x); {complete}"
+            f"fire-and-forget ({result['ratio']}x), {result['publisher_per_s']:,} from a Publisher; {complete}"
         )
     if name == "restart":
         return (

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from support import ROOT, bus_env
 
-SCENARIOS = ["burst", "http-fanout", "latency", "idle", "slow", "ingest", "replay", "filters"]
+SCENARIOS = ["burst", "http-fanout", "latency", "idle", "slow", "ingest", "replay", "filters", "restart"]
 # With the SQLite store: the scenarios that say most about a store (speed and replay).
 SQLITE_SCENARIOS = ["latency", "ingest", "replay"]
 

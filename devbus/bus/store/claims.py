@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
+from devbus.bus.record import Record
 from devbus.bus.store.base import KEY_WINDOW, MAX_KEYS, MAX_PRODUCERS, Claim
 from devbus.errors import KeyReused
 
@@ -87,15 +88,15 @@ class Claims:
             skipped += 1
         return skipped, None
 
-    def record(self, claim: Claim, ids: list[str], undo: Undo) -> None:
-        """Remember that ``claim`` stored ``ids`` (noting in ``undo`` what it replaced)."""
+    def record(self, claim: Claim, records: Sequence[Record], undo: Undo) -> None:
+        """Remember that ``claim`` stored ``records`` (noting in ``undo`` what it replaced)."""
         if claim.producer is not None and claim.seqs:
             previous = self.producers.pop(claim.producer, None)
             undo.append(("producers", claim.producer, previous))
             self.producers[claim.producer] = max(claim.seqs[-1], previous or 0)
         if claim.key is not None:
             undo.append(("keys", claim.key, self.keys.pop(claim.key, None)))
-            self.keys[claim.key] = KeyUse(claim.fingerprint, ids, self._clock())
+            self.keys[claim.key] = KeyUse(claim.fingerprint, [record.id for record in records], self._clock())
         self._trim()
 
     def undo(self, undo: Undo) -> None:

@@ -80,7 +80,7 @@ class MemoryStore(Store):
             drafts = drafts[skipped:]
         records = number(self._run, self._seq + 1, drafts, timestamp)
         if claim is not None and records:
-            self._claims.record(claim, [record.id for record in records], [])
+            self._claims.record(claim, records, [])
         self._seq += len(records)
         retained = self._records
         retained.extend(records)

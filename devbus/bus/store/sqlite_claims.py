@@ -104,7 +104,7 @@ class FileClaims(Claims):
     def stored(self, claim: Claim, records: Sequence[Record], first: int, transaction: Transaction) -> None:
         """Remember what ``claim`` stored (seqs from ``first``), and the rows that say so in ``transaction``."""
         before = len(self.producers), len(self.keys)
-        self.record(claim, [record.id for record in records], transaction.undo)
+        self.record(claim, records, transaction.undo)
         seen = time.time()
         if claim.producer is not None:
             transaction.producers[claim.producer] = (self.seq(claim.producer), seen)
