@@ -9,7 +9,8 @@ from devbus.errors import (
     InvalidEvent,
 )
 
-__version__ = "0.1.0"
+# The one place the version is written: pyproject.toml reads it from here.
+__version__ = "0.3.0.dev0"
 
 __all__ = [
     "AsyncPublisher",
