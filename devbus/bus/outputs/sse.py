@@ -87,7 +87,7 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
     named = request.query.get("named", "").lower() in TRUE_VALUES
     since = _resume_id(request)
     outlet = fanout.subscribe(type_filter, named=named)
-    response = HeartbeatResponse(ping_interval=settings.heartbeat, sep="\n")
+    response = HeartbeatResponse(interval=settings.heartbeat)
     try:
         connected = encode_json(
             {
@@ -120,6 +120,5 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
         log.debug("subscriber went away")
     finally:
         fanout.release(outlet)
-        if response.is_connected():
-            response.stop_streaming()
+        await response.stop()
     return response
