@@ -12,9 +12,8 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient
 from click.testing import CliRunner
-from support import WAIT, BusFactory, eventually, open_stream
+from support import WAIT, BusFactory, Client, eventually, open_stream, post, post_batch
 
 from devbus.bus.outputs.forward import FORWARDED_HEADER, parse_target
 from devbus.cli import main
@@ -49,23 +48,12 @@ def down_target() -> Iterator[Callable[[], Reserved]]:
         reserved.release()
 
 
-async def post(client: TestClient[Any, Any], event_type: str, **extra: Any) -> None:
-    response = await client.post("/api/dev/webhook", json={"event_type": event_type, "data": {}, **extra})
-    assert response.status == 200, await response.text()
-
-
-async def post_batch(client: TestClient[Any, Any], types: list[str]) -> None:
-    events = [{"event_type": t, "data": {"n": i}} for i, t in enumerate(types)]
-    response = await client.post("/api/dev/batch", json={"events": events})
-    assert response.status == 200, await response.text()
-
-
-async def forward_state(client: TestClient[Any, Any]) -> list[dict[str, Any]]:
+async def forward_state(client: Client) -> list[dict[str, Any]]:
     health = await (await client.get("/api/dev/health")).json()
     return list(health["forward"])
 
 
-async def metric(client: TestClient[Any, Any], name: str) -> float:
+async def metric(client: Client, name: str) -> float:
     text = await (await client.get("/metrics")).text()
     match = re.search(rf"^{name}\{{[^}}]*\}} (\S+)$", text, re.MULTILINE)
     return float(match.group(1)) if match else 0.0
@@ -75,10 +63,10 @@ async def test_forwards_each_envelope_in_order(make_bus: BusFactory, receivers: 
     receiver = await receivers()
     client = await make_bus(forward=(receiver.url,))
     types = [f"agent.created.{i}" for i in range(200)]
-    await post_batch(client, types[:100])
+    await post_batch(client, [(t, {}) for t in types[:100]])
     for event_type in types[100:110]:
         await post(client, event_type)
-    await post_batch(client, types[110:])
+    await post_batch(client, [(t, {}) for t in types[110:]])
 
     assert await receiver.wait_accepted(200) == types
     history = await (await client.get("/api/dev/history", params={"limit": "1000"})).json()
@@ -92,7 +80,7 @@ async def test_forwards_each_envelope_in_order(make_bus: BusFactory, receivers: 
 async def test_forward_types_limit_what_is_sent(make_bus: BusFactory, receivers: Any) -> None:
     receiver = await receivers()
     client = await make_bus(forward=(receiver.url,), forward_types=("agent.*,done",))
-    await post_batch(client, ["agent.created", "rental.created", "agent.deleted", "done"])
+    await post_batch(client, [(t, {}) for t in ["agent.created", "rental.created", "agent.deleted", "done"]])
     assert await receiver.wait_accepted(3) == ["agent.created", "agent.deleted", "done"]
 
 
@@ -115,7 +103,7 @@ async def test_client_errors_drop_that_event_and_count_it(
 ) -> None:
     receiver = await receivers(statuses=[422])
     client = await make_bus(forward=(receiver.url,))
-    await post_batch(client, ["bad.shape", "good.shape"])
+    await post_batch(client, [(t, {}) for t in ["bad.shape", "good.shape"]])
 
     assert await receiver.wait_accepted(1) == ["good.shape"]
     assert len(receiver.attempts) == 2
@@ -131,20 +119,20 @@ async def test_target_that_comes_back_gets_everything_queued_in_order(
     target = down_target()
     client = await make_bus(forward=(target.url,))
     types = [f"step.{i}" for i in range(30)]
-    await post_batch(client, types[:10])
+    await post_batch(client, [(t, {}) for t in types[:10]])
 
     async def down() -> bool:
         [state] = await forward_state(client)
         return bool(state["state"] == "down")
 
     await eventually(down)
-    await post_batch(client, types[10:20])
+    await post_batch(client, [(t, {}) for t in types[10:20]])
     [state] = await forward_state(client)
     assert state["queued"] == 20
     assert await metric(client, "devbus_forward_up") == 0
 
     receiver = await receivers(target.release())
-    await post_batch(client, types[20:])
+    await post_batch(client, [(t, {}) for t in types[20:]])
     assert await receiver.wait_accepted(30) == types
     [state] = await forward_state(client)
     assert (state["state"], state["queued"], state["dropped"]) == ("up", 0, 0)
@@ -157,7 +145,7 @@ async def test_overflow_drops_the_oldest_and_says_so(
 ) -> None:
     target = down_target()
     client = await make_bus(forward=(target.url,), forward_queue=3)
-    await post_batch(client, [f"n.{i}" for i in range(10)])
+    await post_batch(client, [(t, {}) for t in [f"n.{i}" for i in range(10)]])
 
     [state] = await forward_state(client)
     assert (state["queued"], state["dropped"]) == (3, 7)
@@ -170,7 +158,7 @@ async def test_overflow_drops_the_oldest_and_says_so(
 
 async def test_events_a_target_posts_back_are_not_sent_back_to_it(make_bus: BusFactory, receivers: Any) -> None:
     """A backend that reacts to an event by posting one must not receive its own post."""
-    bus: list[TestClient[Any, Any]] = []
+    bus: list[Client] = []
 
     async def react(request: web.Request, event: dict[str, Any]) -> None:
         if event["type"] == "order.placed":
@@ -251,7 +239,7 @@ async def test_devbus_run_forward_option(bus_process: Any, receivers: Any) -> No
     bus = await asyncio.to_thread(bus_process, "--forward", receiver.url, "--forward-types", "cli.*", "--quiet")
     async with aiohttp.ClientSession() as session:
         for event_type in ("cli.one", "other", "cli.two"):
-            body = {"event_type": event_type, "data": {}}
+            body: dict[str, Any] = {"event_type": event_type, "data": {}}
             async with session.post(f"{bus.url}/api/dev/webhook", json=body) as response:
                 assert response.status == 200
         async with session.get(f"{bus.url}/api/dev/health") as response:

@@ -6,12 +6,11 @@ import json
 import random
 import shutil
 import subprocess
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support import ROOT, BusProcess, assert_agent_types, devbus_cli, post_batch, require_file
+from support import ROOT, BusProcess, assert_agent_types, devbus_cli, require_file
 
 from devbus.client.typescript import to_json_schema, to_typescript
 
@@ -30,10 +29,10 @@ PAYLOADS: list[tuple[str, dict[str, Any]]] = [
 
 
 @pytest.fixture
-def bus(bus_process: Callable[..., BusProcess]) -> BusProcess:
-    bus = bus_process("--quiet")
-    post_batch(bus.url, PAYLOADS)
-    return bus
+def bus(running_bus: BusProcess) -> BusProcess:
+    """A real bus that has seen the payloads."""
+    running_bus.post_batch(PAYLOADS)
+    return running_bus
 
 
 def require_tsc() -> None:
@@ -48,6 +47,7 @@ def compile_ts(folder: Path, source: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 def test_generated_types_compile_strictly_and_refuse_a_wrong_field(bus: BusProcess, tmp_path: Path) -> None:
     require_tsc()
     written = devbus_cli(bus, "types", "--ts", "--out", str(tmp_path / "devbus-events.ts"))
