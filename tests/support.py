@@ -72,9 +72,8 @@ class SSEReader:
                 return fields
 
 
-# Strings: aiohttp's TestClient takes type arguments only from 3.11 on, and the tests run on 3.10 too.
-Client: TypeAlias = "TestClient[Any, Any]"
-BusFactory: TypeAlias = Callable[..., Awaitable["TestClient[Any, Any]"]]
+Client: TypeAlias = TestClient[Any, Any]
+BusFactory: TypeAlias = Callable[..., Awaitable[Client]]
 
 
 def wait_until(condition: Callable[[], bool], *, within: float = WAIT, what: str = "the condition") -> float:

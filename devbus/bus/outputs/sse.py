@@ -72,6 +72,7 @@ class SocketWriter:
         transport = self._transport
         # A paused protocol means the buffer is over its high-water mark: then the
         # stream's task writes through aiohttp instead, which waits for it to drain.
+        # (writing_paused: aiohttp >= 3.11; without it every SSE test fails, test_sse.py first.)
         if transport is None or transport.is_closing() or self._protocol.writing_paused:
             return False
         transport.write(_frame_chunk(chunk) if self._chunked else chunk)
