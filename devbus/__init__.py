@@ -8,9 +8,7 @@ from devbus.errors import (
     DevbusError,
     InvalidEvent,
 )
-
-# The one place the version is written: pyproject.toml reads it from here.
-__version__ = "0.3.0.dev0"
+from devbus.version import __version__
 
 __all__ = [
     "AsyncPublisher",

@@ -24,7 +24,6 @@ __all__ = [
     "decode_wire_event",
     "encode_json",
     "encode_msgpack",
-    "sse_comment",
     "sse_frame",
 ]
 
@@ -78,8 +77,8 @@ class BatchIn(msgspec.Struct, frozen=True):
     events: list[HttpEventIn]
 
 
-class WireEventIn(msgspec.Struct, frozen=True):
-    """The MessagePack body of a ZeroMQ ingest message."""
+class WireEventIn(msgspec.Struct, frozen=True, omit_defaults=True):
+    """The MessagePack body of a ZeroMQ ingest message (senders encode it, the bus decodes it)."""
 
     type: str
     data: dict[str, Any] | None = None
@@ -231,8 +230,3 @@ def sse_frame(
     if name is not None:
         head += b"event: " + name.encode() + b"\n"
     return head + b"data: " + data + b"\n\n"
-
-
-def sse_comment(text: str) -> bytes:
-    """Frame an SSE comment line, which EventSource ignores (used as heartbeat)."""
-    return b": " + text.encode() + b"\n\n"

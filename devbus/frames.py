@@ -7,7 +7,15 @@ from typing import Any
 
 import msgspec
 
-from devbus.envelope import MAX_SOURCE_LENGTH, Draft, Event, check_name, decode_wire_event, encode_msgpack
+from devbus.envelope import (
+    MAX_SOURCE_LENGTH,
+    Draft,
+    Event,
+    WireEventIn,
+    check_name,
+    decode_wire_event,
+    encode_msgpack,
+)
 from devbus.errors import InvalidEvent, MalformedInput, Unauthorized
 
 __all__ = ["WireReject", "decode_event_frames", "decode_frames", "encode_event_frames", "encode_frames"]
@@ -15,13 +23,6 @@ __all__ = ["WireReject", "decode_event_frames", "decode_frames", "encode_event_f
 
 class WireReject(InvalidEvent):
     """An ingest message refused; ``reason`` is the metrics label (``zmq_<kind>``)."""
-
-
-class _WireIn(msgspec.Struct, frozen=True, omit_defaults=True):
-    type: str
-    data: dict[str, Any]
-    source: str | None = None
-    token: str | None = None
 
 
 _event_decoder = msgspec.msgpack.Decoder(Event)
@@ -37,7 +38,7 @@ def encode_frames(
     if data is not None and not isinstance(data, dict):
         raise InvalidEvent(f"`data` must be a dict (a JSON object), got {type(data).__name__}")
     try:
-        body = encode_msgpack(_WireIn(type_, data if data is not None else {}, source, token))
+        body = encode_msgpack(WireEventIn(type_, data if data is not None else {}, source, token))
     except (TypeError, msgspec.EncodeError) as exc:
         raise InvalidEvent(f"`data` cannot be encoded as MessagePack: {exc}") from exc
     return [type_.encode(), body]

@@ -1,4 +1,4 @@
-"""ZMTP 3.0 (the ZeroMQ wire protocol), the part a bus needs to be a SUB peer of PUB senders.
+"""ZMTP 3.0 (the ZeroMQ wire protocol): the codec the bus speaks to ZeroMQ sockets with (see bus/zmtp_peer.py).
 
 libzmq bounds a frame (ZMQ_MAXMSGSIZE) but not a message: it keeps every frame of
 an unfinished multipart message until the last one arrives, so a peer that never
@@ -14,7 +14,6 @@ Spec: https://rfc.zeromq.org/spec/23/ (ZMTP 3.0) and /spec/37/ (3.1 commands).
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 
 __all__ = [
     "GREETING",
@@ -26,6 +25,7 @@ __all__ = [
     "check_greeting",
     "check_ready",
     "command",
+    "error",
     "message",
     "parse_ready",
     "pong",
@@ -44,15 +44,23 @@ _U32 = struct.Struct(">I")
 
 
 class HandshakeError(Exception):
-    """A peer that does not speak ZMTP 3 with the NULL mechanism as a publisher."""
+    """A peer that does not speak ZMTP 3 with the NULL mechanism as a publisher.
+
+    ``tell`` is False when the peer does not speak ZMTP 3 at all, so that an ERROR
+    command telling it why would mean nothing to it.
+    """
+
+    def __init__(self, message: str, *, tell: bool = True) -> None:
+        super().__init__(message)
+        self.tell = tell
 
 
 def check_greeting(greeting: bytes) -> None:
     """Accept a peer's 64-byte greeting, or raise HandshakeError saying why not."""
     if greeting[0] != 0xFF or greeting[9] & 0x01 != 0x01:
-        raise HandshakeError("not a ZeroMQ peer (bad signature)")
+        raise HandshakeError("not a ZeroMQ peer (bad signature)", tell=False)
     if greeting[10] < 3:
-        raise HandshakeError(f"ZMTP {greeting[10]}.x is too old; devbus speaks ZMTP 3 (libzmq 4 and later)")
+        raise HandshakeError(f"ZMTP {greeting[10]}.x is too old; devbus speaks ZMTP 3 (libzmq 4 and later)", tell=False)
     if greeting[12:32].rstrip(b"\x00") != b"NULL":
         raise HandshakeError(f"security mechanism {greeting[12:32].rstrip(bytes(1))!r} is not supported (NULL only)")
 
@@ -86,6 +94,12 @@ def check_ready(body: bytes, *, allowed: frozenset[bytes], role: str) -> None:
 def pong(body: bytes) -> bytes:
     """The answer to a ZMTP 3.1 PING: a PONG with the context it carries (after its 2-byte TTL)."""
     return command(b"PONG", body[2:])
+
+
+def error(reason: str) -> bytes:
+    """The ZMTP 3.1 ERROR command that tells a peer why it is closed: printable ASCII, at most 255 bytes."""
+    text = "".join(char if " " <= char <= "~" else "?" for char in reason)[:255].encode()
+    return command(b"ERROR", bytes([len(text)]) + text)
 
 
 def command(name: bytes, body: bytes = b"") -> bytes:
@@ -141,12 +155,6 @@ class Rejected:
     def __init__(self, reason: str, text: str) -> None:
         self.reason = reason
         self.text = text
-
-
-@dataclass(slots=True)
-class _Partial:
-    frames: list[bytes]
-    size: int
 
 
 class FrameReader:

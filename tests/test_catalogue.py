@@ -8,7 +8,7 @@ from typing import Any
 from support import BusFactory, Client, post
 
 from devbus.bus.metrics import Metrics
-from devbus.bus.outputs.catalogue import SHAPES_PER_SECOND, Catalogue
+from devbus.bus.outputs.catalogue.catalogue import SHAPES_PER_SECOND, Catalogue
 from devbus.envelope import Event
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from support import BusFactory, Client
 
 from devbus.bus.keys import DISPATCHER
-from devbus.bus.outputs.sse_replay import PAGE_EVENTS
+from devbus.bus.pages import PAGE_EVENTS
 from devbus.envelope import Draft
 
 EVENTS = PAGE_EVENTS * 2 + 500  # the answers below span pages

@@ -8,7 +8,7 @@ import pytest
 from rawhttp import exchange, request_bytes
 from support import WAIT, BusFactory, Client, open_stream
 
-from devbus.bus.guard import check_allowlists
+from devbus.bus.allowlists import check_allowlists
 from devbus.bus.settings import Settings
 from devbus.errors import ConfigError
 

@@ -24,7 +24,9 @@ class Metrics:
         self.evictions = Counter(
             "devbus_evictions", "Subscribers disconnected for falling behind.", registry=self.registry
         )
-        self.rejected = Counter("devbus_rejected", "Inputs refused, by reason.", ["reason"], registry=self.registry)
+        self.rejected = Counter(
+            "devbus_rejected", "Inputs and ZeroMQ connections refused, by reason.", ["reason"], registry=self.registry
+        )
         self.egress_dropped = Counter(
             "devbus_egress_dropped",
             "Events not sent to a ZeroMQ egress listener that fell --egress-buffer bytes behind.",

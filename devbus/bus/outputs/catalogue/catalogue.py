@@ -22,13 +22,14 @@ from typing import Any
 
 import msgspec
 from aiohttp import web
-from genson import SchemaBuilder
 
 from devbus.bus.metrics import Metrics
-from devbus.bus.store.base import Record, Store
+from devbus.bus.outputs.catalogue.schema import Rate, merged_schema, shape
+from devbus.bus.record import Record
+from devbus.bus.store.base import Store
 from devbus.envelope import Event
 
-__all__ = ["Catalogue"]
+__all__ = ["SHAPES_PER_SECOND", "Catalogue"]
 
 MAX_TYPES = 500
 MAX_SCHEMA_BYTES = 16 * 1024
@@ -44,9 +45,6 @@ MAX_SOURCES = 16
 # burst) every payload is looked at; past it an evenly spaced sample of each batch, plus the
 # first event of every new type, so that 100,000 events a second cost a few milliseconds.
 SHAPES_PER_SECOND = 2000
-# A list's shape is taken from its first and last items only: the shape is a cache key,
-# and every item is still read by genson when the payload is merged.
-LIST_ENDS = 8
 # Seeding reads the store's history in pages of this size.
 SEED_PAGE = 1000
 SEED_PAGE_BYTES = 4 * 1024 * 1024
@@ -62,72 +60,6 @@ def _same(event: Event) -> Event:
 _encode = msgspec.json.Encoder(order="sorted").encode
 _decode = msgspec.json.decode
 _encode_plain = msgspec.json.Encoder().encode  # keeps the order given: "type" first
-
-
-def _shape(value: Any) -> Any:
-    """A hashable summary of ``value``'s structure (keys and value types, not values)."""
-    kind = type(value)
-    if kind is dict:
-        return (dict, tuple([(key, _shape(item)) for key, item in value.items()]))
-    if kind is list:
-        ends = value if len(value) <= 2 * LIST_ENDS else value[:LIST_ENDS] + value[-LIST_ENDS:]
-        return (list, frozenset([_shape(item) for item in ends]))
-    return kind
-
-
-def _with_required(node: Any, *, empty: bool = True) -> Any:
-    """``node`` with an empty ``required`` on every object schema that has none (or without any).
-
-    genson reads a schema without ``required`` as "not known yet", so a field once optional
-    would turn required again when a stored schema is read back: it is given one to read,
-    and stored (and shown) without the empty ones.
-    """
-    if isinstance(node, dict):
-        kind = node.get("type")
-        if kind == "object" or (isinstance(kind, list) and "object" in kind):
-            if empty:
-                node.setdefault("required", [])
-            elif node.get("required") == []:
-                del node["required"]
-        for value in node.values():
-            _with_required(value, empty=empty)
-    elif isinstance(node, list):
-        for item in node:
-            _with_required(item, empty=empty)
-    return node
-
-
-class _Rate:
-    """A token bucket: ``per_second`` tokens a second, holding at most ``burst``."""
-
-    __slots__ = ("_burst", "_per_second", "_refilled", "_tokens")
-
-    def __init__(self, per_second: float, *, burst: float) -> None:
-        self._per_second = per_second
-        self._burst = burst
-        self._tokens = burst
-        self._refilled = time.monotonic()
-
-    def _refill(self) -> None:
-        now = time.monotonic()
-        self._tokens = min(self._burst, self._tokens + (now - self._refilled) * self._per_second)
-        self._refilled = now
-
-    def take(self, wanted: int) -> int:
-        """Take up to ``wanted`` whole tokens; return how many were taken."""
-        self._refill()
-        taken = min(wanted, max(0, int(self._tokens)))
-        self._tokens -= taken
-        return taken
-
-    def available(self) -> bool:
-        """Whether any token is left."""
-        self._refill()
-        return self._tokens > 0
-
-    def spend(self, amount: float) -> None:
-        """Take ``amount`` after the fact (the bucket may go below zero and must refill first)."""
-        self._tokens -= amount
 
 
 class _Entry:
@@ -162,8 +94,8 @@ class Catalogue:
         self._metrics = metrics
         self._max_types = max_types
         self._max_schema_bytes = max_schema_bytes
-        self._shapes = _Rate(SHAPES_PER_SECOND, burst=SHAPES_PER_SECOND)
-        self._merge_time = _Rate(MERGE_CPU_SHARE, burst=MERGE_CPU_BURST_S)
+        self._shapes = Rate(SHAPES_PER_SECOND, burst=SHAPES_PER_SECOND)
+        self._merge_time = Rate(MERGE_CPU_SHARE, burst=MERGE_CPU_BURST_S)
         metrics.watch(metrics.catalogue_types, lambda: len(self._entries))
 
     def __len__(self) -> int:
@@ -249,8 +181,8 @@ class Catalogue:
                 entry.sources.add(event.source)
             if not entry.complete:
                 continue
-            shape = hash(_shape(event.data))
-            if shape in entry.shapes:
+            seen = hash(shape(event.data))
+            if seen in entry.shapes:
                 continue
             if not self._merge_time.available():
                 continue  # not remembered: merged when it is seen again
@@ -262,7 +194,7 @@ class Catalogue:
                 entry.complete = False
                 self._metrics.catalogue_skipped.labels("shapes").inc()
             else:
-                entry.shapes.add(shape)
+                entry.shapes.add(seen)
 
     @staticmethod
     def _first_of(events: Sequence[Any], types: list[str]) -> list[Any]:
@@ -278,10 +210,7 @@ class Catalogue:
         return found
 
     def _merge(self, entry: _Entry, data: dict[str, Any]) -> None:
-        builder = SchemaBuilder(schema_uri=None)
-        builder.add_schema(_with_required(_decode(entry.schema)))
-        builder.add_object(data)
-        schema = _encode(_with_required(builder.to_schema(), empty=False))
+        schema = merged_schema(entry.schema, data)
         if len(schema) > self._max_schema_bytes:
             # Keep the last schema that fitted, and stop learning this type.
             entry.complete = False
