@@ -103,7 +103,7 @@ async def post_batch(client: Client, events: list[tuple[str, dict[str, Any]]]) -
     return ids
 
 
-async def open_stream(client: TestClient[Any, Any], path: str = "/api/dev/events", **kwargs: Any) -> SSEReader:
+async def open_stream(client: Client, path: str = "/api/dev/events", **kwargs: Any) -> SSEReader:
     """Open an SSE stream and consume its connected frame."""
     response = await client.get(path, **kwargs)
     assert response.status == 200, await response.text()
@@ -302,7 +302,7 @@ async def eventually(check: Callable[[], Awaitable[bool]], *, within: float = WA
             await asyncio.sleep(0.02)
 
 
-async def wait_for_total(client: TestClient[Any, Any], count: int, *, within: float = WAIT) -> None:
+async def wait_for_total(client: Client, count: int, *, within: float = WAIT) -> None:
     """Return once the bus has accepted ``count`` events in all; fail after ``within`` seconds."""
     dispatcher = client.app[DISPATCHER]
     reached = asyncio.Event()
@@ -320,7 +320,7 @@ async def wait_for_total(client: TestClient[Any, Any], count: int, *, within: fl
         remove()
 
 
-async def history(client: TestClient[Any, Any], *, count: int, token: str | None = None) -> list[dict[str, Any]]:
+async def history(client: Client, *, count: int, token: str | None = None) -> list[dict[str, Any]]:
     """Wait until the bus has ``count`` events, then return its history (up to 10,000)."""
     await wait_for_total(client, count)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
