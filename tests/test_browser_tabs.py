@@ -25,7 +25,8 @@ from browser_fixtures import PageServer
 from playwright.sync_api import BrowserContext, Page
 from support import ROOT, BusProcess, require_file
 
-pytestmark = pytest.mark.browser
+# Slow: Vite bundles the app once, and a test opens up to twenty tabs (14-34 s on a loaded machine).
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 APP = ROOT / "tests" / "app"
 VITE = APP / "node_modules" / ".bin" / "vite"

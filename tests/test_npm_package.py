@@ -22,6 +22,9 @@ from devbus.typefilter import TypeFilter, parse_patterns
 JS = ROOT / "js"
 TSC = JS / "node_modules" / ".bin" / "tsc"
 NODE_WAIT = 300.0  # npm and tsc take seconds on an idle machine, much longer on a busy one
+# Slow: every test runs npm, node or tsc (15-35 s each on a loaded machine).
+pytestmark = pytest.mark.slow
+
 SHIPPED = ["README.md", "devbus.d.ts", "devbus.js", "package.json", "react.d.ts", "react.js"]
 
 
