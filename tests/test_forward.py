@@ -6,7 +6,9 @@ import asyncio
 import json
 import re
 import socket
+import urllib.request
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -14,9 +16,11 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 from click.testing import CliRunner
-from support import WAIT, BusFactory, eventually, open_stream
+from support import ROOT, WAIT, BusFactory, BusProcess, eventually, open_stream
+from support import post_batch as post_to_bus
+from test_fastapi_example import Uvicorn
 
-from devbus.bus.outputs.forward import FORWARDED_HEADER, parse_target
+from devbus.bus.outputs.forward import EPOCH_HEADER, FORWARDED_HEADER, IDEMPOTENCY_HEADER, parse_target
 from devbus.cli import main
 from devbus.errors import ConfigError
 
@@ -85,6 +89,9 @@ async def test_forwards_each_envelope_in_order(make_bus: BusFactory, receivers: 
     assert receiver.accepted == history["events"]
     assert receiver.headers[0]["Content-Type"] == "application/json"
     assert receiver.headers[0][FORWARDED_HEADER] == f"127.0.0.1:{receiver.port}"
+    # A receiver can drop a repeat by its key; the lease's epoch is a cluster's alone.
+    assert [h[IDEMPOTENCY_HEADER] for h in receiver.headers] == [e["id"] for e in receiver.accepted]
+    assert not any(EPOCH_HEADER in h for h in receiver.headers)
     assert len(receiver.attempts) == 200
     assert await metric(client, "devbus_forwarded_total") == 200
 
@@ -259,3 +266,34 @@ async def test_devbus_run_forward_option(bus_process: Any, receivers: Any) -> No
     assert await receiver.wait_accepted(2) == ["cli.one", "cli.two"]
     assert health["forward"][0]["url"] == receiver.url
     assert await asyncio.to_thread(bus.stop) == 0
+
+
+RECEIVER = re.compile(r"```python\n(# FastAPI receiver that takes each forwarded event once\n.*?)```", re.DOTALL)
+
+
+def test_the_readme_receiver_takes_each_event_once_in_order(
+    tmp_path: Path, bus_process: Callable[..., BusProcess]
+) -> None:
+    """The README's receiver, verbatim under uvicorn, behind a real bus; a repeat is answered and dropped."""
+    [snippet] = RECEIVER.findall((ROOT / "README.md").read_text())
+    (tmp_path / "app.py").write_text(snippet)
+    server = Uvicorn(tmp_path, ingest="")
+    try:
+        server.output.wait_for_line("Application startup complete")
+        bus = bus_process("--forward", f"{server.url}/dev/events", "--quiet")
+        ids = post_to_bus(bus.url, [(f"step.{n}", {"n": n}) for n in range(20)])
+        server.output.wait_for_line(rf"took {ids[-1]} step\.19")
+        # The same event again, as a bus sends it after a lost answer: 2xx, and not handled twice.
+        repeat = urllib.request.Request(
+            f"{server.url}/dev/events",
+            data=json.dumps({"id": ids[3], "type": "step.3", "data": {"n": 3}}).encode(),
+            headers={"Content-Type": "application/json", IDEMPOTENCY_HEADER: ids[3]},
+        )
+        with urllib.request.urlopen(repeat, timeout=WAIT) as answer:
+            assert answer.status == 200
+        [last] = post_to_bus(bus.url, [("step.last", {})])
+        server.output.wait_for_line(rf"took {last} step\.last")
+        took = [line.split()[1] for line in server.output.lines if line.startswith("took ")]
+        assert took == [*ids, last]
+    finally:
+        server.output.close()
