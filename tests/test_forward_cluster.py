@@ -19,7 +19,8 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
-from support import WAIT, BusFactory, BusProcess, Receiver, RedisServer, fetch_history
+from support import WAIT, BusFactory, BusProcess, Receiver, RedisServer, eventually, fetch_history
+from test_forward import Reserved
 
 pytestmark = pytest.mark.slow
 
@@ -199,3 +200,29 @@ async def test_a_target_fed_by_a_consumer_group_goes_on_where_the_group_stood(
         assert await redis.xinfo_groups(stream) == [], "the group is gone"
     finally:
         await redis.aclose()
+
+
+async def test_a_target_down_longer_than_the_history_gets_what_is_left_and_the_bus_says_so(
+    make_bus: BusFactory,
+    redis_server: RedisServer,
+    receivers: Receivers,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    target = Reserved()  # a port that refuses connections until a receiver takes it
+    try:
+        bus = await make_bus(store=redis_server.url, history=10, forward=(target.url,))
+        first = (await post(bus, "first"))["id"]
+
+        async def down() -> bool:
+            [state] = (await (await bus.get("/api/dev/health")).json())["forward"]
+            return bool(state["state"] == "down")
+
+        await eventually(down)
+        for n in range(30):
+            await post(bus, f"later.{n}")
+        receiver = await receivers(target.release())
+        assert await receiver.wait_accepted(11) == ["first"] + [f"later.{n}" for n in range(20, 30)]
+        assert receiver.accepted[0]["id"] == first
+        assert sum("fell behind the stream's history" in r.getMessage() for r in caplog.records) == 1
+    finally:
+        target.release()
