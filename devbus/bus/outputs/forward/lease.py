@@ -65,6 +65,8 @@ end
 
 # Take the lease if it is free (a new epoch), or keep it if it still holds ``previous``
 # (this bus's own, after an error on its side); answer the token and the cursor, or nil.
+# A missing epoch starts at Redis's clock in milliseconds, so that epochs keep growing
+# even across a Redis that lost its data (a receiver may refuse a lower one).
 # KEYS: lease, epoch, cursor, stream. ARGV: bus, lease ms, previous token or "", group.
 _ACQUIRE = (
     _START
@@ -74,6 +76,10 @@ if current and current ~= ARGV[3] then return false end
 if current then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
 else
+  if redis.call('EXISTS', KEYS[2]) == 0 then
+    local now = redis.call('TIME')
+    redis.call('SET', KEYS[2], now[1] .. string.format('%03d', math.floor(now[2] / 1000)))
+  end
   current = redis.call('INCR', KEYS[2]) .. ' ' .. ARGV[1]
   redis.call('SET', KEYS[1], current, 'PX', ARGV[2])
 end
