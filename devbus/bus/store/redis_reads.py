@@ -19,6 +19,7 @@ from devbus.bus.store.base import Resume
 from devbus.bus.store.redis_codec import Entry, records_of
 from devbus.bus.store.redis_link import FAILURES, Link, StreamId, format_stream_id, id_before, parse_stream_id
 from devbus.bus.store.redis_reader import READ_COUNT, StreamReader
+from devbus.errors import StoreUnavailable
 
 __all__ = ["READ_TIMEOUT", "StreamReads"]
 
@@ -67,7 +68,7 @@ class StreamReads:
             if await self._reader.reached(wanted):
                 return Resume(after=event_id, gap=False)
             if not self._link.up:
-                raise self._link.unavailable()
+                raise self._unavailable()
         return Resume(after=format_stream_id(id_before(first)), gap=True)
 
     async def read_after(self, after: str, *, limit: int, max_bytes: int) -> list[Record]:
@@ -123,11 +124,19 @@ class StreamReads:
     async def _ask(self, read: Callable[[], Awaitable[T]]) -> T:
         """One read: refused at once while Redis is away, and bounded while it hangs."""
         if not self._link.up:
-            raise self._link.unavailable()
+            raise self._unavailable()
         try:
             async with asyncio.timeout(READ_TIMEOUT):
                 return await read()
         except TimeoutError as exc:
-            raise self._reader.failed(TimeoutError(f"no answer within {READ_TIMEOUT:g}s")) from exc
+            self._reader.failed(TimeoutError(f"no answer within {READ_TIMEOUT:g}s"))
+            raise self._unavailable() from exc
         except FAILURES as exc:
-            raise self._reader.failed(exc) from exc
+            self._reader.failed(exc)
+            raise self._unavailable() from exc
+
+    def _unavailable(self) -> StoreUnavailable:
+        return StoreUnavailable(
+            f"The store {self._link.name} is unreachable ({self._link.error}); "
+            "history cannot be read until it is back, so try again in a moment"
+        )
