@@ -52,7 +52,7 @@ def test_generated_types_compile_strictly_and_refuse_a_wrong_field(bus: BusProce
     require_tsc()
     written = devbus_cli(bus, "types", "--ts", "--out", str(tmp_path / "devbus-events.ts"))
     assert written.exit_code == 0, written.output
-    shutil.copy(ROOT / "devbus" / "static" / "devbus.d.ts", tmp_path)
+    shutil.copy(ROOT / "js" / "devbus.d.ts", tmp_path)
     for name in ("uses_events.ts", "wrong_field.ts"):
         shutil.copy(TS_DIR / name, tmp_path)
 
