@@ -15,8 +15,8 @@ cursor, which only moves past taken events. So the first arrival of each event
 comes after the first arrival of the one before it, whichever bus sent either,
 and a receiver that drops a repeated ``Idempotency-Key`` takes each event once,
 in order. Repeats come only after the lease changes hands: the events the old
-holder sent after its last cursor write (usually one or two, at most a page),
-and at most one request it had already started when it was paused.
+holder sent after its last cursor write (those of about the last 50 ms, at most
+a page), and at most one request it had already started when it was paused.
 """
 
 from __future__ import annotations
@@ -177,6 +177,7 @@ class ClusterFeed:
         progress = Progress(lease)
         try:
             await self._pages(target, lease, after, progress)
+            await progress.flush()  # stopping: hand over with the cursor where the target stands
         finally:
             progress.cancel()
 
@@ -196,14 +197,14 @@ class ClusterFeed:
             records = {record.id: record for record in self._shared.records(entries)}
             for entry_id, _ in entries:
                 if self._stopping.is_set():
-                    break
+                    return
+                if progress.unwritten >= count:
+                    await progress.flush()  # a new holder repeats at most a page
                 record = records.get(entry_id.decode())
                 if record is not None and self._forwarder.wants(target, record):
                     await _post(target, lease, record)
                 after = entry_id.decode()
                 progress.note(after)
-            # At most a page goes unrecorded: the next one is read once this one is.
-            await progress.flush()
 
     def _check_behind(self, target: Target, after: str, first: bytes, oldest: list[Any]) -> None:
         """Say so (once per episode) when the cursor was trimmed away: what lay after it is gone."""
