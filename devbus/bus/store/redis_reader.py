@@ -59,7 +59,7 @@ class StreamReader:
         self._watchers: list[tuple[StreamId, asyncio.Future[None]]] = []
         self._task: asyncio.Task[None] | None = None
         self._recovering: asyncio.Task[None] | None = None
-        # Only the reader sends XREAD on this client (forward groups use XREADGROUP).
+        # Only the reader sends XREAD on this client (forwarding reads with Lua calls, cursors with XRANGE).
         link.redis.set_response_callback("XREAD", raw_reply)
 
     def start(self, deliver: Deliver, *, head: str | None, length: int) -> None:
