@@ -48,7 +48,7 @@ __all__ = ["DEFAULT_KEY", "RedisStore"]
 log = logging.getLogger(__name__)
 
 DEFAULT_KEY = "devbus"
-MIN_VERSION = (6, 2)  # exclusive XRANGE bounds
+MIN_VERSION = (6, 2)  # XAUTOCLAIM, exclusive XRANGE bounds
 SCRIPT_EVENTS = 5000  # appends joined into one Lua call (a larger single batch still goes whole)
 CLOSE_TIMEOUT = 2.0
 
