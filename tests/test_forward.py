@@ -17,7 +17,6 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from click.testing import CliRunner
 from support import ROOT, WAIT, BusFactory, BusProcess, eventually, open_stream
-from support import post_batch as post_to_bus
 from test_fastapi_example import Uvicorn
 
 from devbus.bus.outputs.forward import EPOCH_HEADER, FORWARDED_HEADER, IDEMPOTENCY_HEADER, parse_target
@@ -271,6 +270,16 @@ async def test_devbus_run_forward_option(bus_process: Any, receivers: Any) -> No
 RECEIVER = re.compile(r"```python\n(# FastAPI receiver that takes each forwarded event once\n.*?)```", re.DOTALL)
 
 
+def post_json(url: str, body: dict[str, Any], headers: dict[str, str] | None = None) -> Any:
+    """POST ``body`` as JSON; return the decoded answer, which must be a 200."""
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json", **(headers or {})}
+    )
+    with urllib.request.urlopen(request, timeout=WAIT) as answer:
+        assert answer.status == 200
+        return json.load(answer)
+
+
 def test_the_readme_receiver_takes_each_event_once_in_order(
     tmp_path: Path, bus_process: Callable[..., BusProcess]
 ) -> None:
@@ -281,17 +290,13 @@ def test_the_readme_receiver_takes_each_event_once_in_order(
     try:
         server.output.wait_for_line("Application startup complete")
         bus = bus_process("--forward", f"{server.url}/dev/events", "--quiet")
-        ids = post_to_bus(bus.url, [(f"step.{n}", {"n": n}) for n in range(20)])
+        events = [{"event_type": f"step.{n}", "data": {"n": n}} for n in range(20)]
+        ids = post_json(f"{bus.url}/api/dev/batch", {"events": events})["ids"]
         server.output.wait_for_line(rf"took {ids[-1]} step\.19")
         # The same event again, as a bus sends it after a lost answer: 2xx, and not handled twice.
-        repeat = urllib.request.Request(
-            f"{server.url}/dev/events",
-            data=json.dumps({"id": ids[3], "type": "step.3", "data": {"n": 3}}).encode(),
-            headers={"Content-Type": "application/json", IDEMPOTENCY_HEADER: ids[3]},
-        )
-        with urllib.request.urlopen(repeat, timeout=WAIT) as answer:
-            assert answer.status == 200
-        [last] = post_to_bus(bus.url, [("step.last", {})])
+        again = {"id": ids[3], "type": "step.3", "data": {"n": 3}}
+        post_json(f"{server.url}/dev/events", again, {IDEMPOTENCY_HEADER: ids[3]})
+        last = post_json(f"{bus.url}/api/dev/webhook", {"event_type": "step.last"})["id"]
         server.output.wait_for_line(rf"took {last} step\.last")
         took = [line.split()[1] for line in server.output.lines if line.startswith("took ")]
         assert took == [*ids, last]
