@@ -17,6 +17,7 @@ from devbus.envelope import (
     encode_msgpack,
 )
 from devbus.errors import InvalidEvent, MalformedInput, Unauthorized
+from devbus.nesting import TOO_DEEP
 
 __all__ = ["WireReject", "decode_event_frames", "decode_frames", "encode_event_frames", "encode_frames"]
 
@@ -61,6 +62,8 @@ def decode_frames(frames: Sequence[bytes], *, max_size: int, token: str | None =
     except MalformedInput as exc:
         raise WireReject(str(exc), reason="zmq_msgpack") from exc
     except InvalidEvent as exc:
+        if exc.reason == TOO_DEEP:
+            raise WireReject(str(exc), reason="zmq_depth") from exc
         # msgspec's ValidationError (and an encoder's TypeError for data JSON
         # cannot carry) mean the map has the wrong shape; anything else is a
         # name that breaks the type or source rules.

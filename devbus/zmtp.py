@@ -56,17 +56,23 @@ class HandshakeError(Exception):
 
 
 def check_greeting(greeting: bytes) -> None:
-    """Accept a peer's 64-byte greeting, or raise HandshakeError saying why not."""
-    if greeting[0] != 0xFF or greeting[9] & 0x01 != 0x01:
+    """Accept a peer's greeting, whole or as far as it has arrived, or raise HandshakeError saying why not.
+
+    Each field is judged as soon as it is in: a peer of an older ZMTP (or not ZeroMQ at
+    all) sends fewer than 64 bytes and waits for an answer, so waiting for all of them
+    would only refuse it at the handshake deadline, and for the wrong reason.
+    """
+    if greeting[:1] not in (b"", b"\xff") or (len(greeting) > 9 and greeting[9] & 0x01 != 0x01):
         raise HandshakeError("not a ZeroMQ peer (bad signature)", tell=False)
-    if greeting[10] < 3:
-        raise HandshakeError(f"ZMTP {greeting[10]}.x is too old; devbus speaks ZMTP 3 (libzmq 4 and later)", tell=False)
-    if greeting[12:32].rstrip(b"\x00") != b"NULL":
+    if len(greeting) > 10 and greeting[10] < 3:
+        version = "2.0 (libzmq 3.x)" if greeting[10] == 1 else f"revision {greeting[10]}"
+        raise HandshakeError(f"ZMTP {version} is too old; devbus speaks ZMTP 3 (libzmq 4 and later)", tell=False)
+    if len(greeting) >= 32 and greeting[12:32].rstrip(b"\x00") != b"NULL":
         raise HandshakeError(f"security mechanism {greeting[12:32].rstrip(bytes(1))!r} is not supported (NULL only)")
 
 
 class Greeting:
-    """A peer's 64-byte greeting, collected across reads and checked once whole."""
+    """A peer's 64-byte greeting, collected across reads and checked as it arrives."""
 
     def __init__(self) -> None:
         self._received = b""
@@ -77,9 +83,9 @@ class Greeting:
             return data
         needed = GREETING_SIZE - len(self._received)
         self._received += data[:needed]
+        check_greeting(self._received)
         if len(self._received) < GREETING_SIZE:
             return None
-        check_greeting(self._received)
         return data[needed:]
 
 
@@ -164,6 +170,7 @@ class FrameReader:
     one read brings: a message is refused as soon as its frames together pass the
     limit or there are more than ``max_frames`` of them, and the rest of it is read
     and thrown away. The messages after it on the same connection are unaffected.
+    A command between two frames of a message counts towards that message's limit.
     """
 
     def __init__(self, *, max_message: int, max_frames: int) -> None:
@@ -221,6 +228,14 @@ class FrameReader:
             if flags & COMMAND:
                 if size > self.max_message:
                     raise HandshakeError(f"command of {size} bytes is over the limit")
+                if self._size + size > self.max_message and not self._skipping:
+                    # Between two frames of a message (where libzmq may put a heartbeat PING)
+                    # a command is held beside the message's frames: past the bound, the
+                    # message is refused alone and the command still read.
+                    out.append(self._oversize(self._size + size))
+                    self._skipping = True
+                    self._message = []
+                    self._size = 0
                 if end - start < size:
                     self._need = start - at + size
                     break
@@ -260,11 +275,13 @@ class FrameReader:
 
     def _check(self, size: int) -> Rejected | None:
         if self._size + size > self.max_message:
-            return Rejected(
-                "zmq_oversize",
-                f"message of more than {self._size + size} bytes is over the limit of {self.max_message} "
-                "(--max-message)",
-            )
+            return self._oversize(self._size + size)
         if len(self._message) >= self.max_frames:
             return Rejected("zmq_frames", f"expected {self.max_frames} frames [type, MessagePack body], got more")
         return None
+
+    def _oversize(self, size: int) -> Rejected:
+        return Rejected(
+            "zmq_oversize",
+            f"message of more than {size} bytes is over the limit of {self.max_message} (--max-message)",
+        )

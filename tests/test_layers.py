@@ -6,8 +6,9 @@ in one layer below. A module may import only from the layers its own layer lists
 module that no layer names fails the test until it is placed.
 
 shared
-    The modules at the top of ``devbus/`` that both sides use: envelopes, frames,
-    errors, the ZMTP codec, type filters, addresses, logging, defaults, the version.
+    The modules at the top of ``devbus/`` that both sides use: envelopes, the nesting
+    limit, frames, errors, the ZMTP codec, type filters, addresses, logging, defaults,
+    the version.
     They import only each other: never ``devbus.bus``, ``devbus.client``,
     ``devbus.cli``, ``devbus.watch`` or the package's ``__init__``.
 bus base
@@ -74,6 +75,7 @@ SHARED_MODULES = {
     "devbus.errors",
     "devbus.frames",
     "devbus.logs",
+    "devbus.nesting",
     "devbus.typefilter",
     "devbus.version",
     "devbus.zmtp",

@@ -43,7 +43,8 @@ class Metrics:
         self.catalogue_skipped = Counter(
             "devbus_catalogue_skipped",
             "What the catalogue's bounds left out: events of types past the type cap (types), "
-            "schemas that stopped learning at the size cap (schema) or shape cap (shapes).",
+            "schemas that stopped learning at the size cap (schema), the shape cap (shapes), at a payload "
+            "nesting too deep (depth) or one it could not infer a schema for (error).",
             ["reason"],
             registry=self.registry,
         )

@@ -5,7 +5,7 @@ sends or is sent is bounded in bytes. :class:`ZmtpPeer` is everything a
 connection does whatever its role:
 
 - the greeting exchange: ours goes out whole with our READY as the connection
-  opens; theirs is checked once whole (ZMTP 3, NULL mechanism);
+  opens; theirs is checked as it arrives (ZMTP 3, NULL mechanism);
 - READY: the peer's socket type must be one the role accepts;
 - deadlines: greeting and READY within HANDSHAKE_TIMEOUT, then any message in
   progress within ``message_timeout`` (a message holds up to its size limit);

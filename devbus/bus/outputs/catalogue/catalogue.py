@@ -9,11 +9,17 @@ Memory is bounded: at most ``max_types`` types (later ones are counted, not cata
 schema of at most ``max_schema_bytes`` (past it the type's schema stops learning), at most
 ``MAX_SHAPES`` remembered shapes and ``MAX_SOURCES`` sources per type, and an example payload
 of at most ``MAX_EXAMPLE_BYTES``.
+
+It never raises: the inputs refuse data nesting past ``MAX_DEPTH``, but a store can hold
+older data, so a payload nesting deeper stops its type's schema from learning, as does any
+failure to infer one; each is counted, and logged once (a traceback per event would be
+hundreds of kilobytes of log).
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
 import operator
 import time
 from collections import Counter
@@ -24,12 +30,15 @@ import msgspec
 from aiohttp import web
 
 from devbus.bus.metrics import Metrics
-from devbus.bus.outputs.catalogue.schema import Rate, merged_schema, shape
+from devbus.bus.outputs.catalogue.schema import Rate, TooDeep, merged_schema, shape
 from devbus.bus.record import Record
 from devbus.bus.store.base import Store
 from devbus.envelope import Event
+from devbus.nesting import format_key
 
 __all__ = ["SHAPES_PER_SECOND", "Catalogue"]
+
+log = logging.getLogger(__name__)
 
 MAX_TYPES = 500
 MAX_SCHEMA_BYTES = 16 * 1024
@@ -96,6 +105,7 @@ class Catalogue:
         self._max_schema_bytes = max_schema_bytes
         self._shapes = Rate(SHAPES_PER_SECOND, burst=SHAPES_PER_SECOND)
         self._merge_time = Rate(MERGE_CPU_SHARE, burst=MERGE_CPU_BURST_S)
+        self._logged: set[str] = set()  # the reasons a schema stopped learning that were logged
         metrics.watch(metrics.catalogue_types, lambda: len(self._entries))
 
     def __len__(self) -> int:
@@ -181,20 +191,43 @@ class Catalogue:
                 entry.sources.add(event.source)
             if not entry.complete:
                 continue
-            seen = hash(shape(event.data))
-            if seen in entry.shapes:
-                continue
-            if not self._merge_time.available():
-                continue  # not remembered: merged when it is seen again
-            started = time.perf_counter()
-            self._merge(entry, event.data)
-            self._merge_time.spend(time.perf_counter() - started)
-            if len(entry.shapes) >= MAX_SHAPES:
-                # So many shapes is a map keyed by ids or the like: stop learning it.
-                entry.complete = False
-                self._metrics.catalogue_skipped.labels("shapes").inc()
-            else:
-                entry.shapes.add(seen)
+            try:
+                self._learn_shape(entry, event.data)
+            except TooDeep as exc:
+                self._stop_learning(entry, event.type, "depth", str(exc))
+            except Exception as exc:  # whatever the payload, the catalogue carries on
+                self._stop_learning(entry, event.type, "error", f"{type(exc).__name__}: {exc}")
+
+    def _learn_shape(self, entry: _Entry, data: dict[str, Any]) -> None:
+        seen = hash(shape(data))
+        if seen in entry.shapes:
+            return
+        if not self._merge_time.available():
+            return  # not remembered: merged when it is seen again
+        started = time.perf_counter()
+        self._merge(entry, data)
+        self._merge_time.spend(time.perf_counter() - started)
+        if len(entry.shapes) >= MAX_SHAPES:
+            # So many shapes is a map keyed by ids or the like: stop learning it.
+            entry.complete = False
+            self._metrics.catalogue_skipped.labels("shapes").inc()
+        else:
+            entry.shapes.add(seen)
+
+    def _stop_learning(self, entry: _Entry, event_type: str, reason: str, why: str) -> None:
+        """Keep ``entry``'s schema as it is, marked incomplete; count it, and log the first of each reason."""
+        entry.complete = False
+        entry.shapes.clear()
+        self._metrics.catalogue_skipped.labels(reason).inc()
+        if reason not in self._logged:
+            self._logged.add(reason)
+            log.warning(
+                "the schema of %s stopped learning: %s (further ones are counted in "
+                'devbus_catalogue_skipped_total{reason="%s"}, not logged)',
+                format_key(event_type),
+                why[:200],
+                reason,
+            )
 
     @staticmethod
     def _first_of(events: Sequence[Any], types: list[str]) -> list[Any]:

@@ -11,7 +11,9 @@ from typing import Any
 import msgspec
 from genson import SchemaBuilder
 
-__all__ = ["Rate", "merged_schema", "shape"]
+from devbus.nesting import MAX_DEPTH
+
+__all__ = ["Rate", "TooDeep", "merged_schema", "shape"]
 
 # A list's shape is taken from its first and last items only: the shape is a cache key,
 # and every item is still read by genson when the payload is merged.
@@ -21,14 +23,23 @@ _encode = msgspec.json.Encoder(order="sorted").encode
 _decode = msgspec.json.decode
 
 
-def shape(value: Any) -> Any:
-    """A hashable summary of ``value``'s structure (keys and value types, not values)."""
+class TooDeep(Exception):
+    """A payload nesting past MAX_DEPTH: its schema would nest past what is read back safely."""
+
+
+def shape(value: Any, depth: int = 1) -> Any:
+    """A hashable summary of ``value``'s structure (keys and value types, not values).
+
+    Raises TooDeep, rather than recursing on, past MAX_DEPTH levels (``value`` is level 1).
+    """
     kind = type(value)
-    if kind is dict:
-        return (dict, tuple([(key, shape(item)) for key, item in value.items()]))
-    if kind is list:
+    if kind is dict or kind is list:
+        if depth > MAX_DEPTH:
+            raise TooDeep(f"its data nests deeper than {MAX_DEPTH} levels")
+        if kind is dict:
+            return (dict, tuple([(key, shape(item, depth + 1)) for key, item in value.items()]))
         ends = value if len(value) <= 2 * LIST_ENDS else value[:LIST_ENDS] + value[-LIST_ENDS:]
-        return (list, frozenset([shape(item) for item in ends]))
+        return (list, frozenset([shape(item, depth + 1) for item in ends]))
     return kind
 
 
