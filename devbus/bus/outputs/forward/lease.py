@@ -120,7 +120,8 @@ class Lease:
     def __init__(self, redis: Redis, *, prefix: str, stream: str, holder: str, group: str) -> None:
         self.holder = holder
         self.token: str | None = None
-        self._keys = {name: f"{prefix}{suffix}" for name, suffix in (("lease", ""), ("epoch", ":epoch"))}
+        self._lease = prefix
+        self._epoch = f"{prefix}:epoch"
         self._cursor = f"{prefix}:cursor"
         self._stream = stream
         self._group = group
@@ -150,7 +151,7 @@ class Lease:
         """Take the lease if it is free (or still this bus's); return the id the target stands at, else None."""
         sent = time.monotonic()
         reply = await self._acquire(
-            keys=[self._keys["lease"], self._keys["epoch"], self._cursor, self._stream],
+            keys=[self._lease, self._epoch, self._cursor, self._stream],
             args=[self.holder, self._ms, self.token or "", self._group],
         )
         if not reply:
@@ -164,22 +165,22 @@ class Lease:
 
     async def renew(self) -> None:
         """Prove and extend the lease; LeaseLost if another bus holds it."""
-        await self._fenced(self._renew, [self._keys["lease"]], [])
+        await self._fenced(self._renew, [self._lease], [])
 
     async def read(self, after: str, count: int) -> tuple[list[Any], list[Any]]:
         """Under the lease: up to ``count`` raw entries after ``after``, and the stream's oldest entry."""
-        page, oldest = await self._fenced(self._read, [self._keys["lease"], self._stream], [after, count])
+        page, oldest = await self._fenced(self._read, [self._lease, self._stream], [after, count])
         return page, oldest
 
     async def commit(self, entry_id: str) -> None:
         """Under the lease: record that the target stands at ``entry_id`` (every event up to it taken)."""
-        await self._fenced(self._commit, [self._keys["lease"], self._cursor], [entry_id])
+        await self._fenced(self._commit, [self._lease, self._cursor], [entry_id])
 
     async def release(self) -> None:
         """Give the lease back at once (rather than after it expires), if this bus still holds it."""
         token, self.token = self.token, None
         if token is not None:
-            await self._release(keys=[self._keys["lease"]], args=[token])
+            await self._release(keys=[self._lease], args=[token])
 
     async def _fenced(self, script: Any, keys: list[str], args: list[Any]) -> Any:
         if self.token is None:
