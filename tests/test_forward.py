@@ -6,16 +6,19 @@ import asyncio
 import json
 import re
 import socket
+import urllib.request
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
 from click.testing import CliRunner
-from support import WAIT, BusFactory, Client, eventually, open_stream, post, post_batch
+from support import ROOT, WAIT, BusFactory, BusProcess, Client, eventually, open_stream, post, post_batch
+from test_fastapi_example import Uvicorn
 
-from devbus.bus.outputs.forward import FORWARDED_HEADER, parse_target
+from devbus.bus.outputs.forward import EPOCH_HEADER, FORWARDED_HEADER, IDEMPOTENCY_HEADER, parse_target
 from devbus.cli import main
 from devbus.errors import ConfigError
 
@@ -73,6 +76,9 @@ async def test_forwards_each_envelope_in_order(make_bus: BusFactory, receivers: 
     assert receiver.accepted == history["events"]
     assert receiver.headers[0]["Content-Type"] == "application/json"
     assert receiver.headers[0][FORWARDED_HEADER] == f"127.0.0.1:{receiver.port}"
+    # A receiver can drop a repeat by its key; the lease's epoch is a cluster's alone.
+    assert [h[IDEMPOTENCY_HEADER] for h in receiver.headers] == [e["id"] for e in receiver.accepted]
+    assert not any(EPOCH_HEADER in h for h in receiver.headers)
     assert len(receiver.attempts) == 200
     assert await metric(client, "devbus_forwarded_total") == 200
 
@@ -247,3 +253,40 @@ async def test_devbus_run_forward_option(bus_process: Any, receivers: Any) -> No
     assert await receiver.wait_accepted(2) == ["cli.one", "cli.two"]
     assert health["forward"][0]["url"] == receiver.url
     assert await asyncio.to_thread(bus.stop) == 0
+
+
+RECEIVER = re.compile(r"```python\n(# FastAPI receiver that takes each forwarded event once\n.*?)```", re.DOTALL)
+
+
+def post_json(url: str, body: dict[str, Any], headers: dict[str, str] | None = None) -> Any:
+    """POST ``body`` as JSON; return the decoded answer, which must be a 200."""
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json", **(headers or {})}
+    )
+    with urllib.request.urlopen(request, timeout=WAIT) as answer:
+        assert answer.status == 200
+        return json.load(answer)
+
+
+def test_the_readme_receiver_takes_each_event_once_in_order(
+    tmp_path: Path, bus_process: Callable[..., BusProcess]
+) -> None:
+    """The README's receiver, verbatim under uvicorn, behind a real bus; a repeat is answered and dropped."""
+    [snippet] = RECEIVER.findall((ROOT / "README.md").read_text())
+    (tmp_path / "app.py").write_text(snippet)
+    server = Uvicorn(tmp_path, ingest="")
+    try:
+        server.output.wait_for_line("Application startup complete")
+        bus = bus_process("--forward", f"{server.url}/dev/events", "--quiet")
+        events = [{"event_type": f"step.{n}", "data": {"n": n}} for n in range(20)]
+        ids = post_json(f"{bus.url}/api/dev/batch", {"events": events})["ids"]
+        server.output.wait_for_line(rf"took {ids[-1]} step\.19")
+        # The same event again, as a bus sends it after a lost answer: 2xx, and not handled twice.
+        again = {"id": ids[3], "type": "step.3", "data": {"n": 3}}
+        post_json(f"{server.url}/dev/events", again, {IDEMPOTENCY_HEADER: ids[3]})
+        last = post_json(f"{bus.url}/api/dev/webhook", {"event_type": "step.last"})["id"]
+        server.output.wait_for_line(rf"took {last} step\.last")
+        took = [line.split()[1] for line in server.output.lines if line.startswith("took ")]
+        assert took == [*ids, last]
+    finally:
+        server.output.close()

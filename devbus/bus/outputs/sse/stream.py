@@ -102,6 +102,8 @@ class EventStream:
         type_filter = TypeFilter(parse_patterns(request.query.getall("types", [])))
         named = request.query.get("named", "").lower() in TRUE_VALUES
         since = _resume_id(request)
+        # Where to resume is known before the 200 goes out: a store that is away is a plain 503.
+        resume = await self._store.resolve(since) if since is not None else None
         outlet = fanout.subscribe(type_filter, named=named)
         response = HeartbeatResponse(interval=self._heartbeat)
         try:
@@ -115,18 +117,18 @@ class EventStream:
                 }
             )
             outlet.preload(sse_frame(connected, retry_ms=self._retry_ms))
-            if since is None:
+            if resume is None:
                 fanout.join(outlet)
             await response.prepare(request)
             transport = request.transport
             if transport is None:
                 return response
             outlet.on_abort(transport.abort)
-            if since is not None:
+            if since is not None and resume is not None:
                 replay = Replay(
                     self._store, fanout, now=self._now, response=response, transport=transport, outlet=outlet
                 )
-                await replay.run(since)
+                await replay.run(since, resume)
                 if outlet.evicted:
                     return response
             outlet.write_now = SocketWriter(request, response)
