@@ -88,6 +88,12 @@ def test_the_banner_shows_forward_targets_without_secrets_and_columns_stay_align
     assert not any("s3cret" in line or "pw@" in line for line in bus.lines)
 
 
+def test_the_banner_shows_a_named_forward_target_by_its_name(bus_process: Callable[..., BusProcess]) -> None:
+    """`--forward NAME=URL` was shown as `://backend=http://…`: the name was read as part of the URL."""
+    bus = bus_process("--forward", "backend=http://127.0.0.1:9/hook?token=s3cret")
+    assert bus.wait_for_line(r"^  forward +(.*)$").group(1) == "backend=http://127.0.0.1:9/hook?…"
+
+
 @pytest.mark.parametrize(
     ("option", "value", "message"),
     [
