@@ -32,6 +32,8 @@ from devbus.bus.keys import DISPATCHER
 
 ROOT = Path(__file__).resolve().parent.parent
 WAIT = 10.0  # seconds any single wait in a test may take before it fails
+# Seconds a `devbus run` may take to print its banner: imports alone take seconds on a loaded machine.
+STARTUP = 30.0
 
 
 class SSEReader:
@@ -259,7 +261,11 @@ def start_bus(*args: str, env: dict[str, str] | None = None, open_files: int | N
     )
     bus = BusProcess(proc)
     threading.Thread(target=bus._pump, daemon=True).start()
-    bus.wait_for_line(r"^ready")
+    try:
+        bus.wait_for_line(r"^ready", timeout=STARTUP)
+    except BaseException:
+        bus.close()  # a bus that never said ready must not outlive the test
+        raise
     bus.url = bus.wait_for_line(r"^devbus \S+ on (http://\S+)").group(1)
     for line in bus.lines:
         if (row := re.match(r"^  (\w+)\s+(\S+)", line)) is not None:
