@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import ROOT, WAIT, BusProcess, RedisServer, bus_env, bus_health, fetch_history
+from support import ROOT, WAIT, BusProcess, RedisServer, bus_env, fetch_history
 
 pytestmark = pytest.mark.slow
 
@@ -86,7 +86,7 @@ class Emitter:
 
 
 def stored_so_far(bus: BusProcess) -> int:
-    return int(bus_health(bus.url)["events"])
+    return int(bus.health()["events"])
 
 
 def wait_until(condition: Callable[[], bool], *, within: float = WAIT * 3) -> None:

@@ -41,9 +41,10 @@ from typing import Any, cast
 from devbus.bus.record import Deliver, Record
 from devbus.bus.store.base import Appended, Claim, Resume, Store
 from devbus.bus.store.redis_appends import AppendTracker
-from devbus.bus.store.redis_codec import FORMAT, Entry, records_of
-from devbus.bus.store.redis_link import FAILURES, Link, StreamId, format_stream_id, id_before, parse_stream_id
-from devbus.bus.store.redis_reader import READ_COUNT, StreamReader
+from devbus.bus.store.redis_codec import FORMAT, Entry
+from devbus.bus.store.redis_link import FAILURES, Link, parse_stream_id
+from devbus.bus.store.redis_reader import StreamReader
+from devbus.bus.store.redis_reads import StreamReads
 from devbus.bus.store.redis_shared import SharedStream
 from devbus.bus.store.redis_writer import AppendWriter
 from devbus.bus.store.sequence import new_run
@@ -57,10 +58,6 @@ log = logging.getLogger(__name__)
 DEFAULT_KEY = "devbus"
 MIN_VERSION = (6, 2)  # XAUTOCLAIM, exclusive XRANGE bounds
 CLOSE_TIMEOUT = 2.0
-
-
-def _first_id(entries: list[Entry]) -> StreamId | None:
-    return parse_stream_id(entries[0][0].decode()) if entries else None
 
 
 class RedisStore(Store):
@@ -83,6 +80,7 @@ class RedisStore(Store):
             self._link, self._reader, self._appends, key=key, history=history, bus=self.consumer
         )
         self._producers = f"{key}:producers"
+        self._reads = StreamReads(self._link, self._stream, reader=self._reader)
 
     @property
     def run(self) -> str:
@@ -186,71 +184,10 @@ class RedisStore(Store):
     # Cursors ------------------------------------------------------------------
 
     async def resolve(self, event_id: str) -> Resume:
-        wanted = parse_stream_id(event_id)
-        try:
-            first = _first_id(cast(list[Entry], await self._link.redis.xrange(self._stream, count=1)))
-            last = _first_id(cast(list[Entry], await self._link.redis.xrevrange(self._stream, count=1)))
-        except FAILURES as exc:
-            raise self._reader.failed(exc) from exc
-        if first is None or last is None:
-            return Resume(after=self._reader.head or "0-0", gap=True)
-        # From the entry before the oldest retained one (nothing between them is
-        # missing) to the newest, the client misses nothing.
-        if wanted is not None and id_before(first) <= wanted <= last and await self._reader.reached(wanted):
-            return Resume(after=event_id, gap=False)
-        return Resume(after=format_stream_id(id_before(first)), gap=True)
+        return await self._reads.resolve(event_id)
 
     async def read_after(self, after: str, *, limit: int, max_bytes: int) -> list[Record]:
-        # Never past what this bus has delivered: the rest reaches a cursor live.
-        head = self._reader.head
-        start = parse_stream_id(after)
-        if head is None or start is None or start >= (parse_stream_id(head) or (0, 0)):
-            # Nothing delivered past ``after``: no need to ask Redis, but yield like a read that
-            # does, so that a caller polling for new records lets the reader deliver them.
-            await asyncio.sleep(0)
-            return []
-        return await self._page(f"({after}", head, limit=limit, max_bytes=max_bytes, newest_first=False)
+        return await self._reads.read_after(after, limit=limit, max_bytes=max_bytes)
 
     async def read_before(self, before: str | None, *, limit: int, max_bytes: int) -> list[Record]:
-        head = self._reader.head
-        if head is None:
-            await asyncio.sleep(0)  # as in read_after
-            return []
-        end = head
-        if before is not None:
-            bound = parse_stream_id(before)
-            if bound is None:
-                return []
-            if bound <= (parse_stream_id(head) or (0, 0)):
-                end = f"({before}"
-        page = await self._page(end, "-", limit=limit, max_bytes=max_bytes, newest_first=True)
-        page.reverse()
-        return page
-
-    async def _page(self, start: str, end: str, *, limit: int, max_bytes: int, newest_first: bool) -> list[Record]:
-        """Read up to ``limit`` records or ``max_bytes`` of JSON, a few at a time so large events cost little."""
-        redis = self._link.redis
-        page: list[Record] = []
-        size = 0
-        while len(page) < limit:
-            count = max(1, min(limit - len(page), (max_bytes - size) // self._reader.record_size + 1, READ_COUNT))
-            try:
-                if newest_first:
-                    reply = await redis.xrevrange(self._stream, start, end, count=count)
-                else:
-                    reply = await redis.xrange(self._stream, start, end, count=count)
-            except FAILURES as exc:
-                raise self._reader.failed(exc) from exc
-            entries = cast(list[Entry], reply)
-            for record in records_of(entries):
-                size += len(record.json)
-                if page and size > max_bytes:
-                    return page
-                page.append(record)
-                if len(page) >= limit:
-                    return page
-            if len(entries) < count:
-                return page
-            # Go on past the last entry read: ``start`` is where reading starts, either way.
-            start = f"({entries[-1][0].decode()}"
-        return page
+        return await self._reads.read_before(before, limit=limit, max_bytes=max_bytes)
