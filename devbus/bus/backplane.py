@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from devbus.bus.inputs.zeromq import Ingest
-from devbus.bus.keys import DISPATCHER, ENDPOINTS, FANOUT, METRICS, SETTINGS
+from devbus.bus.keys import CONNECTIONS, DISPATCHER, ENDPOINTS, FANOUT, METRICS, SETTINGS
 from devbus.bus.outputs.egress import Egress
 
 __all__ = ["backplane"]
@@ -28,11 +28,15 @@ async def backplane(app: web.Application) -> AsyncIterator[None]:
                 max_size=settings.max_message,
                 token=settings.token,
                 message_timeout=settings.body_timeout,
+                connections=app[CONNECTIONS],
             )
             app[ENDPOINTS]["ingest"] = await ingest.bind(settings.ingest)
         if settings.egress:
             egress = Egress(
-                metrics=app[METRICS], listener_buffer=settings.egress_buffer, message_timeout=settings.body_timeout
+                metrics=app[METRICS],
+                listener_buffer=settings.egress_buffer,
+                message_timeout=settings.body_timeout,
+                connections=app[CONNECTIONS],
             )
             app[ENDPOINTS]["egress"] = await egress.bind(settings.egress)
             remove_output = app[DISPATCHER].add_output(egress)
@@ -45,3 +49,4 @@ async def backplane(app: web.Application) -> AsyncIterator[None]:
             remove_output()
         if egress is not None:
             egress.close()
+        app[CONNECTIONS].close()

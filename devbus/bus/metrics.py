@@ -42,6 +42,17 @@ class Metrics:
             "devbus_egress_listeners", "ZeroMQ egress listeners with a subscription.", registry=self.registry
         )
         self.subscribers = Gauge("devbus_subscribers", "Connected SSE subscribers.", registry=self.registry)
+        self.connections = Gauge(
+            "devbus_connections",
+            "Connections holding a seat in the connection budget (--max-connections), by kind (http, zmq).",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.connection_limit = Gauge(
+            "devbus_connection_limit",
+            "Seats in the connection budget, HTTP and ZeroMQ together (--max-connections).",
+            registry=self.registry,
+        )
         self.history = Gauge("devbus_history_events", "Events retained for replay.", registry=self.registry)
         self._sources: set[str] = set()
         # The event catalogue (GET /types) and what its bounds left out.

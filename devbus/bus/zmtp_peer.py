@@ -17,7 +17,14 @@ connection does whatever its role:
 - refusals: a peer refused at READY, for its mechanism or for breaking the
   protocol after its greeting is sent an ERROR command saying why (ZMTP 3.1;
   libzmq reports it as a failed handshake) before the connection closes, and
-  every refusal is counted and logged through :class:`Refusals`;
+  every refusal is counted by reason and logged through :class:`Refusals`,
+  once per reason a minute. A peer that hangs up during its handshake is one
+  too (``hangup``): libzmq set up for CURVE or PLAIN, or speaking ZMTP 2, sends
+  its 10-byte signature, reads our greeting, and resets the connection;
+- a seat in the connection budget (``connection_budget.py``): taken before the
+  connection is made, given up when it closes; every read and every write
+  tells the budget the peer is active, so that only a quiet one is closed as
+  idle or displaced (:meth:`ZmtpPeer.expire`);
 - subscriptions, for the PUB end: ZMTP 3.0 subscription messages and ZMTP 3.1
   SUBSCRIBE/CANCEL commands, both handed to the role as :meth:`on_subscribe`
   and :meth:`on_cancel`;
@@ -42,10 +49,12 @@ import os
 import socket
 from typing import ClassVar
 
+from devbus.bus.connection_budget import ConnectionBudget
 from devbus.bus.deadline import Deadline
-from devbus.bus.metrics import Metrics
+from devbus.bus.refusals import Refusals
 from devbus.zmtp import (
     GREETING,
+    GREETING_SIZE,
     FrameReader,
     Greeting,
     HandshakeError,
@@ -57,6 +66,7 @@ from devbus.zmtp import (
     ready,
 )
 
+# Refusals is re-exported: the roles count what they refuse through it.
 __all__ = ["HANDSHAKE_TIMEOUT", "Item", "Refusals", "ZmtpPeer"]
 
 log = logging.getLogger(__name__)
@@ -67,24 +77,6 @@ REST_READ = 64 * 1024  # bytes read at a time from a connection lost to a write 
 
 # What one read brings a role, in the order it came: whole messages, and those the reader refused.
 Item = list[bytes] | Rejected
-
-
-class Refusals:
-    """Refusals of one listener (messages or connections): each counted by reason, the first of each logged."""
-
-    def __init__(self, metrics: Metrics, *, what: str) -> None:
-        self._metrics = metrics
-        self._what = what
-        self._logged: set[str] = set()
-
-    def __call__(self, reason: str, text: str) -> None:
-        """Count one refusal for ``reason`` (a metrics label); log it if it is the first of its kind."""
-        self._metrics.reject(reason)
-        if reason not in self._logged:
-            self._logged.add(reason)
-            log.warning("refused %s (%s): %s; further ones are only counted", self._what, reason, text)
-        else:
-            log.debug("refused %s (%s): %s", self._what, reason, text)
 
 
 class ZmtpPeer(asyncio.BufferedProtocol):
@@ -101,7 +93,15 @@ class ZmtpPeer(asyncio.BufferedProtocol):
     #: What this end is called when a peer is told it cannot connect ("ingest", "egress").
     ROLE: ClassVar[str]
 
-    def __init__(self, *, max_message: int, max_frames: int, message_timeout: float, read_buffer: memoryview) -> None:
+    def __init__(
+        self,
+        *,
+        max_message: int,
+        max_frames: int,
+        message_timeout: float,
+        read_buffer: memoryview,
+        connections: ConnectionBudget,
+    ) -> None:
         self.reader = FrameReader(max_message=max_message, max_frames=max_frames)
         self.transport: asyncio.Transport | None = None
         self.ready = False  # the peer's READY was accepted
@@ -112,6 +112,8 @@ class ZmtpPeer(asyncio.BufferedProtocol):
         self._read_buffer = read_buffer
         self._greeting = Greeting()
         self._paused = False
+        self._connections = connections
+        self._closing = False  # the bus closes the connection: it is not the peer hanging up
         self._deadline = Deadline(self._too_slow, message_timeout=message_timeout)
         self._takes_subscriptions = self.SOCKET_TYPE in PUBLISHERS
 
@@ -139,7 +141,8 @@ class ZmtpPeer(asyncio.BufferedProtocol):
         """The peer cancelled its subscription to ``prefix`` (a PUB end only)."""
 
     def on_refused(self, kind: str, text: str) -> None:
-        """The connection is closed for ``kind`` ("handshake", "timeout" or "error", the peer's ERROR)."""
+        """The connection is closed for ``kind``: a HandshakeError's reason, "hangup" (during the handshake),
+        "timeout", "error" (the peer's ERROR), "displaced" or "idle" (by the connection budget)."""
 
     def on_backed_up(self) -> None:
         """``writing_paused`` changed: the peer's socket backed up, or took what was waiting."""
@@ -155,6 +158,7 @@ class ZmtpPeer(asyncio.BufferedProtocol):
         transport = self.transport
         if transport is not None and not transport.is_closing():
             transport.write(data)
+            self._connections.touch(self)
 
     @property
     def unsent(self) -> int:
@@ -167,8 +171,19 @@ class ZmtpPeer(asyncio.BufferedProtocol):
 
     def close(self) -> None:
         """Close the connection (what is written still goes out first)."""
+        self._closing = True
         if self.transport is not None:
             self.transport.close()
+
+    def expire(self, kind: str, text: str) -> None:
+        """Close the connection for the connection budget (``displaced``, ``idle``), counted and logged."""
+        self.on_refused(kind, text)
+        self.close()
+
+    @property
+    def held(self) -> bool:
+        """Whether the bus has stopped reading the peer (see :meth:`pause_reading`)."""
+        return self._paused
 
     def pause_reading(self, paused: bool) -> None:
         """Stop reading the peer (it then waits, its socket's queue full), or read it again.
@@ -200,6 +215,9 @@ class ZmtpPeer(asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        if self._closing:  # given up its seat while the transport was being made
+            transport.close()
+            return
         self._socket = transport.get_extra_info("socket")
         self.write(GREETING)
         self.on_connected()
@@ -211,7 +229,20 @@ class ZmtpPeer(asyncio.BufferedProtocol):
         if exc is not None:
             self._read_rest()
         self._socket = None
+        self._connections.release(self)
+        if not self.ready and not self._closing and self._greeting.taken:
+            self.on_refused("hangup", self._hung_up())
         self.on_lost()
+
+    def _hung_up(self) -> str:
+        taken = self._greeting.taken
+        if taken < GREETING_SIZE:
+            return (
+                f"the peer hung up after {taken} bytes of its {GREETING_SIZE}-byte greeting: a ZeroMQ socket does "
+                "so when it reads a greeting it cannot accept, e.g. one set up for CURVE or PLAIN security, or "
+                "one speaking ZMTP 2 (libzmq 3.x); devbus speaks ZMTP 3 with the NULL mechanism only"
+            )
+        return "the peer hung up during its handshake, before its READY was accepted"
 
     def _read_rest(self) -> None:
         """Hand on what the peer sent before the connection failed (asyncio drops what it did not read).
@@ -259,6 +290,7 @@ class ZmtpPeer(asyncio.BufferedProtocol):
 
     def data_received(self, data: bytes) -> None:
         """Take bytes from the peer: its greeting, then commands and messages."""
+        self._connections.touch(self)
         self.on_read()
         try:
             rest = self._greeting.take(data)
@@ -324,5 +356,5 @@ class ZmtpPeer(asyncio.BufferedProtocol):
             # The peer speaks ZMTP 3: tell it why before closing (its greeting may not have
             # been accepted, for a mechanism other than NULL, but it has one of ours).
             self.write(error(str(exc)))
-        self.on_refused("handshake", f"closed a connection: {exc}")
+        self.on_refused(exc.reason, f"closed a connection: {exc}")
         self.close()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 from typing import Protocol
 
+from devbus.bus.connection_budget import ConnectionBudget
 from devbus.bus.inputs.acks import Producer
 from devbus.bus.zmtp_peer import PUBLISHERS, Item, ZmtpPeer
 
@@ -51,7 +52,10 @@ class IngestSide(Protocol):
         """Take one read of an acknowledged sender."""
 
     def reject(self, reason: str, text: str) -> None:
-        """Count (and log once per reason) something refused."""
+        """Count (and log once per reason a minute) a message refused."""
+
+    def refused(self, reason: str, text: str) -> None:
+        """Count (and log once per reason a minute) a connection refused or closed."""
 
     def repeated(self, count: int) -> None:
         """Count events an acknowledged sender sent again."""
@@ -65,10 +69,20 @@ class Sender(ZmtpPeer):
     ROLE = "ingest"
 
     def __init__(
-        self, ingest: IngestSide, *, max_message: int, message_timeout: float, read_buffer: memoryview
+        self,
+        ingest: IngestSide,
+        *,
+        max_message: int,
+        message_timeout: float,
+        read_buffer: memoryview,
+        connections: ConnectionBudget,
     ) -> None:
         super().__init__(
-            max_message=max_message, max_frames=FRAMES, message_timeout=message_timeout, read_buffer=read_buffer
+            max_message=max_message,
+            max_frames=FRAMES,
+            message_timeout=message_timeout,
+            read_buffer=read_buffer,
+            connections=connections,
         )
         self.ingest = ingest
         self.committing = 0  # batches read from this sender not committed yet
@@ -117,4 +131,4 @@ class Sender(ZmtpPeer):
         self.update()
 
     def on_refused(self, kind: str, text: str) -> None:
-        self.ingest.reject(f"zmq_{kind}", text)
+        self.ingest.refused(f"zmq_{kind}", text)

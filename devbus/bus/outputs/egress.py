@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
+from devbus.bus.connection_budget import ConnectionBudget
 from devbus.bus.endpoints import Listening, listen
 from devbus.bus.metrics import Metrics
 from devbus.bus.record import Record
@@ -35,8 +36,11 @@ class Egress:
     listeners; while nobody listens (the usual case) records are not even encoded.
     """
 
-    def __init__(self, *, metrics: Metrics, listener_buffer: int, message_timeout: float) -> None:
+    def __init__(
+        self, *, metrics: Metrics, listener_buffer: int, message_timeout: float, connections: ConnectionBudget
+    ) -> None:
         self.listener_buffer = listener_buffer
+        self._connections = connections
         self._message_timeout = message_timeout
         self._metrics = metrics
         self._listening: Listening | None = None
@@ -47,11 +51,20 @@ class Egress:
 
     async def bind(self, endpoint: str) -> str:
         """Listen on ``endpoint`` (tcp:// or ipc://); return the address listeners should use."""
-        self._listening = await listen(endpoint, self._listener, role="egress", option="--egress")
+        self._listening = await listen(
+            endpoint,
+            self._listener,
+            role="egress",
+            option="--egress",
+            connections=self._connections,
+            refused=self.refused,
+        )
         return self._listening.address
 
     def _listener(self) -> _Listener:
-        return _Listener(self, message_timeout=self._message_timeout, read_buffer=self._read_buffer)
+        return _Listener(
+            self, message_timeout=self._message_timeout, read_buffer=self._read_buffer, connections=self._connections
+        )
 
     def close(self) -> None:
         """Stop accepting listeners and close the connected ones."""
@@ -83,9 +96,15 @@ class _Listener(ZmtpPeer):
     ACCEPTS = LISTENERS
     ROLE = "egress"
 
-    def __init__(self, egress: Egress, *, message_timeout: float, read_buffer: memoryview) -> None:
+    def __init__(
+        self, egress: Egress, *, message_timeout: float, read_buffer: memoryview, connections: ConnectionBudget
+    ) -> None:
         super().__init__(
-            max_message=MAX_SUBSCRIPTION, max_frames=1, message_timeout=message_timeout, read_buffer=read_buffer
+            max_message=MAX_SUBSCRIPTION,
+            max_frames=1,
+            message_timeout=message_timeout,
+            read_buffer=read_buffer,
+            connections=connections,
         )
         self.egress = egress
         self.prefixes: set[bytes] = set()
