@@ -2,9 +2,12 @@
 
 Connections are accepted through an :class:`~devbus.bus.acceptor.Acceptor` and
 each takes a seat in the bus's connection budget (``connection_budget.py``) before
-its protocol sees a byte; one given no seat is sent our greeting and an ERROR
-saying why (a ZeroMQ library reports a failed handshake and tries again later),
-counted and logged as ``zmq_connections``, and closed.
+its protocol sees a byte; one given no seat is counted and logged as
+``zmq_connections`` and closed at once, without a word: libzmq reconnects after a
+closed connection (with its reconnect interval), but takes an ERROR command as a
+protocol error and never connects that socket again (its session_base_t
+terminates), and a devbus Publisher refused once would then deliver nothing.
+(tests/test_connection_budget.py's publisher after a flood catches a change.)
 
 An ipc:// endpoint is a socket file: one that a live process serves is refused
 (binding over it would silently take its senders away), one that a dead bus
@@ -27,7 +30,6 @@ from devbus.bus.acceptor import Acceptor, listening_socket
 from devbus.bus.connection_budget import ConnectionBudget, Seated
 from devbus.bus.zmtp_peer import ZmtpPeer
 from devbus.errors import ConfigError
-from devbus.zmtp import GREETING, error
 
 __all__ = ["BACKLOG", "Listening", "listen"]
 
@@ -67,7 +69,6 @@ class Listening:
     ) -> None:
         """Accept on ``listeners``: each connection seated in ``connections`` and served by a new ``factory()``."""
         loop = asyncio.get_running_loop()
-        farewell = GREETING + error("devbus has too many connections (--max-connections); try again later")
 
         def take(conn: socket.socket) -> None:
             peer = factory()
@@ -77,7 +78,7 @@ class Listening:
                     f"refused a connection: no seat left of {connections.limit} (--max-connections), "
                     "and no ZeroMQ peer quiet enough to give one up",
                 )
-                connections.turn_away(conn, farewell)
+                conn.close()
                 return
             conn.setblocking(False)
             task = loop.create_task(loop.connect_accepted_socket(lambda: peer, conn))
