@@ -15,15 +15,73 @@ import urllib.request
 from collections.abc import Callable
 
 import aiohttp
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from support import WAIT, BusProcess, SSEReader, address, rss
 from zmtp_peers import RawPeer, ping
 
 import devbus
+from devbus.bus import connection_budget
+from devbus.bus.connection_budget import ConnectionBudget
+from devbus.bus.metrics import Metrics
 from devbus.zmtp import GREETING, message, ready
 
 Start = Callable[..., BusProcess]
 MIB = 1024 * 1024
+
+
+class Peer:
+    """A ZeroMQ connection as the budget sees it."""
+
+    def __init__(self, *, held: bool = False) -> None:
+        self.held = held
+        self.expired: list[str] = []
+
+    def expire(self, kind: str, text: str) -> None:
+        self.expired.append(kind)
+
+
+async def test_http_may_take_every_seat_and_zeromq_all_but_the_last_sixteen() -> None:
+    budget = ConnectionBudget(100, idle_timeout=300.0, metrics=Metrics())
+    peers = [Peer() for _ in range(100)]
+    assert [budget.seat(peer) for peer in peers].count(True) == 84
+    assert [budget.take_http() for _ in range(20)].count(True) == 16
+    assert budget.status() == {"limit": 100, "http": 16, "zmq": 84, "zmq_idle_timeout_s": 300.0}
+    budget.close()
+
+
+async def test_a_newcomer_displaces_only_a_peer_quiet_long_enough_and_never_one_the_bus_holds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(connection_budget, "DISPLACE_QUIET", 0.2)
+    budget = ConnectionBudget(8, idle_timeout=300.0, metrics=Metrics())  # 6 seats for ZeroMQ
+    held, quiet, busy = Peer(held=True), Peer(), Peer()
+    for peer in (held, quiet, busy, Peer(), Peer(), Peer()):
+        assert budget.seat(peer)
+    assert not budget.seat(Peer())  # nobody has been quiet for 0.2 s yet
+    deadline = time.monotonic() + WAIT
+    while not budget.seat(newcomer := Peer()):
+        budget.touch(busy)
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)  # quiet time passing, polled
+    assert (held.expired, quiet.expired, busy.expired) == ([], ["displaced"], [])
+    assert newcomer.expired == []
+    budget.close()
+
+
+async def test_a_peer_the_bus_holds_is_not_idle() -> None:
+    """The bus stops reading a sender while the store commits or subscribers catch up: its quiet is not its own."""
+    budget = ConnectionBudget(100, idle_timeout=0.2, metrics=Metrics())
+    held, idle = Peer(held=True), Peer()
+    budget.seat(held)
+    budget.seat(idle)
+    deadline = time.monotonic() + WAIT
+    while not idle.expired:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)  # the idle timeout passing, polled
+    assert (idle.expired, held.expired) == (["idle"], [])
+    assert budget.status()["zmq"] == 1
+    budget.close()
 
 
 def metric(bus: BusProcess, name: str, **labels: str) -> float:

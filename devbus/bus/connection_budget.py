@@ -12,13 +12,14 @@ counted). So every connection the bus accepts takes a seat in one budget,
   has sent nothing and been sent nothing for DISPLACE_QUIET (an HTTP connection
   first displaces one that has not sent a request yet, see ``connections.py``),
   so that a pile of forgotten sockets cannot lock a new publisher out; else it
-  is refused at once (HTTP 503; ZeroMQ our greeting and an ERROR saying why);
+  is refused at once (HTTP 503 through :meth:`ConnectionBudget.turn_away`; ZeroMQ
+  closed without a word, see ``endpoints.py``);
 - a ZeroMQ peer that sends nothing (events, PINGs, subscriptions) and is sent
   nothing for ``idle_timeout`` (``--zmq-idle-timeout``) is closed. One the bus
   does not read meanwhile (it waits for the store, or for subscribers) is not
   idle: its quiet is the bus's doing.
 
-A refused connection is given REFUSAL_GRACE to read its refusal, at most
+A refused HTTP connection is given REFUSAL_GRACE to read its 503, at most
 REFUSING of them at a time (the rest are closed at once), so refusals cost a
 bounded number of descriptors too, within FD_RESERVE.
 """
@@ -54,7 +55,7 @@ FD_RESERVE = 64
 HTTP_ROOM = 16  # seats ZeroMQ peers never take: /health and a few HTTP clients always get in
 DISPLACE_QUIET = 1.0  # seconds a ZeroMQ peer must have been quiet before a newcomer may displace it
 DISPLACE_SCAN = 64  # peers looked at for one displacement (those the bus holds are skipped)
-REFUSAL_GRACE = 0.5  # seconds a refused peer has to read its refusal
+REFUSAL_GRACE = 0.5  # seconds a refused HTTP peer has to read its 503
 REFUSING = 16  # refused connections held open for their grace at a time
 MIN_SWEEP = 0.05  # seconds between two looks for idle peers, at the shortest
 MAX_SWEEP = 10.0  # and at the longest (an idle peer is closed at most this late)
