@@ -182,8 +182,12 @@ class ZmtpPeer(asyncio.BufferedProtocol):
 
     @property
     def held(self) -> bool:
-        """Whether the bus has stopped reading the peer (see :meth:`pause_reading`)."""
-        return self._paused
+        """Whether the bus has stopped reading the peer for its own reasons (see :meth:`pause_reading`).
+
+        Not while the peer's socket is backed up: a peer that reads nothing the bus sends it
+        (its acks) is quiet by its own doing, and may be closed as idle or displaced.
+        """
+        return self._paused and not self.writing_paused
 
     def pause_reading(self, paused: bool) -> None:
         """Stop reading the peer (it then waits, its socket's queue full), or read it again.
