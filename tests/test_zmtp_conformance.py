@@ -118,13 +118,66 @@ async def test_a_ping_is_answered_by_a_pong_echoing_its_context(
     assert peer.received[before:] == b"\x04" + bytes([5 + len(context)]) + b"\x04PONG" + context
 
 
-@pytest.mark.xfail(strict=True, reason="the bus ignores a PING's TTL: a peer that goes silent after it stays connected")
+async def test_a_pong_echoes_at_most_16_bytes_of_context_as_libzmq_does(peers: Peers, side: Side) -> None:
+    """Regression: a PONG echoed the whole context, so every PING of 1 MiB made the bus write 1 MiB."""
+    peer = await ready_peer(peers, side)
+    peer.send(ping(bytes(range(100))))
+    assert await peer.command() == (b"PONG", bytes(range(16)))
+
+
 async def test_a_peer_silent_past_the_ttl_of_its_ping_is_closed(peers: Peers, side: Side) -> None:
     """ZMTP 3.1: a PING's TTL tells the other side to drop the connection if nothing more arrives in that time."""
     peer = await ready_peer(peers, side)
     peer.send(ping(b"ttl", ttl=0.1))
     assert await peer.command() == (b"PONG", b"ttl")
     await peer.closed(within=2.0)
+
+
+async def test_a_peer_that_goes_on_talking_after_a_ping_with_a_ttl_stays(peers: Peers, side: Side) -> None:
+    """Anything received meets the TTL; only the first PING after that sets it again, as in libzmq."""
+    peer = await ready_peer(peers, side)
+    peer.send(ping(b"ttl", ttl=0.3))
+    for n in range(12):  # 0.6 s in all, twice the TTL, never 0.3 s silent
+        await asyncio.sleep(0.05)  # the peer's pace: what is tested is that it is never silent long
+        peer.send(ping(b"%d" % n, ttl=0.3 if n % 2 else 0.0))
+    for n in range(-1, 12):
+        assert (await peer.command())[0] == b"PONG", n
+    peer.send(ping(b"still"))
+    assert await peer.command() == (b"PONG", b"still")
+
+
+def flood_until_stalled(endpoint: str, greeting: bytes, wire: bytes, *, limit: int) -> int:
+    """Greet, then send ``wire`` over and over, reading nothing; return the bytes sent once a send waits 1 s.
+
+    Gives up (and returns what it sent) after ``limit`` bytes: the bus never stopped reading.
+    """
+    host, _, port = endpoint.removeprefix("tcp://").rpartition(":")
+    with socket.socket() as peer:
+        peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        peer.connect((host, int(port)))
+        peer.sendall(greeting)
+        peer.settimeout(1.0)
+        sent = 0
+        with contextlib.suppress(TimeoutError):
+            while sent < limit:
+                peer.sendall(wire)
+                sent += len(wire)
+        return sent
+
+
+async def test_a_peer_that_reads_no_pong_is_read_no_more_and_holds_bounded_memory(client: Client, side: Side) -> None:
+    """Regression: every PING was answered whether or not the peer read its PONGs: +270 MB/s of PONGs.
+
+    A PONG goes through the connection's flow control like any write: once the peer's socket
+    is backed up the bus reads nothing more from it, so what waits for it stays at the
+    high-water mark, and the peer's own sends wait.
+    """
+    wire = ping(bytes(16)) * 4096  # 100 KiB of the PINGs whose PONGs are largest for their size
+    limit = 256 * MIB
+    sent = await asyncio.to_thread(
+        flood_until_stalled, client.app[ENDPOINTS][side.name], GREETING + ready(side.peer_type), wire, limit=limit
+    )
+    assert sent < limit, "the bus read PINGs from a peer that read none of its PONGs, for ever"
 
 
 async def test_unknown_commands_are_ignored(peers: Peers, side: Side) -> None:
