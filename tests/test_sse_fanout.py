@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from devbus.bus.budget import MemoryBudget
 from devbus.bus.metrics import Metrics
 from devbus.bus.outputs.sse.fanout import Fanout
 from devbus.bus.record import Record
@@ -13,10 +14,12 @@ def record(n: int, event_type: str) -> Record:
 
 
 def fanout(**options: int) -> Fanout:
+    metrics = Metrics()
     return Fanout(
         subscriber_buffer=options.get("buffer", 1 << 20),
         max_subscribers=options.get("max", 100),
-        metrics=Metrics(),
+        metrics=metrics,
+        budget=MemoryBudget(options.get("budget", 1 << 30), metrics=metrics),
     )
 
 

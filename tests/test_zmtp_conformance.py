@@ -24,7 +24,7 @@ import pytest
 from support import WAIT, BusFactory, BusProcess, Client, post_batch, rss
 from zmtp_peers import RawPeer, error, ping, raw_frame, ready_body, rejected, shorten_handshake
 
-from devbus.bus.keys import ENDPOINTS
+from devbus.bus.keys import BUDGET, ENDPOINTS
 from devbus.zmtp import GREETING, command, message, ready
 
 ANY_PORT = "tcp://127.0.0.1:*"
@@ -179,6 +179,8 @@ async def test_a_peer_that_reads_no_pong_is_read_no_more_and_holds_bounded_memor
         flood_until_stalled, client.app[ENDPOINTS][side.name], GREETING + ready(side.peer_type), wire, limit=limit
     )
     assert sent < limit, "the bus read PINGs from a peer that read none of its PONGs, for ever"
+    held = client.app[BUDGET].held()
+    assert held <= 256 * 1024, f"{held} bytes held for one peer"
 
 
 async def test_unknown_commands_are_ignored(peers: Peers, side: Side) -> None:

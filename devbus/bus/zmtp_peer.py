@@ -24,7 +24,8 @@ connection does whatever its role:
   and :meth:`on_cancel`;
 - one write path, :meth:`ZmtpPeer.write`, for every byte sent to the peer
   (greeting, READY, subscriptions, PONG, ERROR, acks, events), so that one flow
-  control holds them all. While the peer's socket is backed up (``writing_paused``,
+  control and one memory budget (``budget.py``, charged with every byte written
+  or read) hold them all. While the peer's socket is backed up (``writing_paused``,
   asyncio's high-water mark) the peer is not read, whatever its role, and a PING
   then gets no PONG (what waits for the peer is traffic enough): a PING flood
   that reads nothing holds the high-water mark, not 270 MB/s. A role that writes
@@ -45,6 +46,7 @@ import os
 import socket
 from typing import ClassVar
 
+from devbus.bus.budget import MemoryBudget
 from devbus.bus.deadline import Deadline, Silence
 from devbus.bus.metrics import Metrics
 from devbus.zmtp import (
@@ -104,7 +106,15 @@ class ZmtpPeer(asyncio.BufferedProtocol):
     #: What this end is called when a peer is told it cannot connect ("ingest", "egress").
     ROLE: ClassVar[str]
 
-    def __init__(self, *, max_message: int, max_frames: int, message_timeout: float, read_buffer: memoryview) -> None:
+    def __init__(
+        self,
+        *,
+        max_message: int,
+        max_frames: int,
+        message_timeout: float,
+        read_buffer: memoryview,
+        budget: MemoryBudget,
+    ) -> None:
         self.reader = FrameReader(max_message=max_message, max_frames=max_frames)
         self.transport: asyncio.Transport | None = None
         self.ready = False  # the peer's READY was accepted
@@ -114,6 +124,7 @@ class ZmtpPeer(asyncio.BufferedProtocol):
         self._message_timeout = message_timeout
         self._read_buffer = read_buffer
         self._greeting = Greeting()
+        self._budget = budget
         self._paused = False  # not reading the peer now
         self._held_back = False  # the role does not want the peer read now
         self._deadline = Deadline(self._too_slow, message_timeout=message_timeout)
@@ -153,10 +164,26 @@ class ZmtpPeer(asyncio.BufferedProtocol):
     # -- writing -----------------------------------------------------------------
 
     def write(self, data: bytes) -> None:
-        """Send ``data`` to the peer: the one path every byte sent takes."""
+        """Send ``data`` to the peer: the one path every byte sent takes, charged to the memory budget."""
         transport = self.transport
         if transport is not None and not transport.is_closing():
             transport.write(data)
+            self._budget.charge(len(data))
+
+    @property
+    def kind(self) -> str:
+        """What this connection is, for the memory budget: its role."""
+        return self.ROLE
+
+    @property
+    def held(self) -> int:
+        """Bytes held for the peer: written and not yet sent, and a message half-received."""
+        return self.unsent + self.reader.buffered
+
+    def drop(self) -> None:
+        """Close the connection now, throwing away what the peer has not taken (the memory budget is full)."""
+        if self.transport is not None:
+            self.transport.abort()
 
     @property
     def unsent(self) -> int:
@@ -212,12 +239,14 @@ class ZmtpPeer(asyncio.BufferedProtocol):
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         self._socket = transport.get_extra_info("socket")
+        self._budget.join(self)
         self.write(GREETING)
         self.on_connected()
         self._deadline.start(HANDSHAKE_TIMEOUT)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self.transport = None
+        self._budget.leave(self)
         self._deadline.stop()
         self._silence.stop()
         if exc is not None:
@@ -267,6 +296,7 @@ class ZmtpPeer(asyncio.BufferedProtocol):
         return self._read_buffer
 
     def buffer_updated(self, nbytes: int) -> None:
+        self._budget.charge(nbytes)  # what the reader may keep of it, for a message in progress
         self.data_received(bytes(self._read_buffer[:nbytes]))
 
     def data_received(self, data: bytes) -> None:

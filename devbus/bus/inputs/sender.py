@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 from typing import Protocol
 
+from devbus.bus.budget import MemoryBudget
 from devbus.bus.inputs.acks import Producer
 from devbus.bus.zmtp_peer import PUBLISHERS, Item, ZmtpPeer
 
@@ -66,10 +67,20 @@ class Sender(ZmtpPeer):
     ROLE = "ingest"
 
     def __init__(
-        self, ingest: IngestSide, *, max_message: int, message_timeout: float, read_buffer: memoryview
+        self,
+        ingest: IngestSide,
+        *,
+        max_message: int,
+        message_timeout: float,
+        read_buffer: memoryview,
+        budget: MemoryBudget,
     ) -> None:
         super().__init__(
-            max_message=max_message, max_frames=FRAMES, message_timeout=message_timeout, read_buffer=read_buffer
+            max_message=max_message,
+            max_frames=FRAMES,
+            message_timeout=message_timeout,
+            read_buffer=read_buffer,
+            budget=budget,
         )
         self.ingest = ingest
         self.committing = 0  # batches read from this sender not committed yet

@@ -4,7 +4,8 @@ The bus speaks ZMTP as the PUB side itself (``devbus.bus.zmtp_peer``) rather tha
 through a libzmq PUB socket, whose queue per listener is bounded only in
 messages (of any size): here a listener that falls behind may have at most
 ``listener_buffer`` bytes waiting for it; past that its events are dropped, counted in
-devbus_egress_dropped_total and logged once per episode.
+devbus_egress_dropped_total and logged once per episode. What all listeners hold
+together, their subscriptions included, is charged to the bus's memory budget.
 
 Which listeners an event type goes to is worked out once per type and kept until
 a subscription changes (as the SSE fan-out keeps its filters' matches), and each
@@ -18,9 +19,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
+from devbus.bus.budget import MemoryBudget
 from devbus.bus.endpoints import Listening, listen
 from devbus.bus.metrics import Metrics
-from devbus.bus.outputs.egress.subscriptions import Subscriptions, TooManySubscriptions
+from devbus.bus.outputs.egress.subscriptions import ENTRY_COST, Subscriptions, TooManySubscriptions
 from devbus.bus.record import Record
 from devbus.bus.zmtp_peer import Refusals, ZmtpPeer
 from devbus.frames import encode_event_frames
@@ -46,8 +48,9 @@ class Egress:
     even encoded.
     """
 
-    def __init__(self, *, metrics: Metrics, listener_buffer: int, message_timeout: float) -> None:
+    def __init__(self, *, metrics: Metrics, budget: MemoryBudget, listener_buffer: int, message_timeout: float) -> None:
         self.listener_buffer = listener_buffer
+        self.budget = budget
         self._message_timeout = message_timeout
         self._metrics = metrics
         self._listening: Listening | None = None
@@ -118,11 +121,20 @@ class _Listener(ZmtpPeer):
 
     def __init__(self, egress: Egress, *, message_timeout: float, read_buffer: memoryview) -> None:
         super().__init__(
-            max_message=MAX_SUBSCRIPTION, max_frames=1, message_timeout=message_timeout, read_buffer=read_buffer
+            max_message=MAX_SUBSCRIPTION,
+            max_frames=1,
+            message_timeout=message_timeout,
+            read_buffer=read_buffer,
+            budget=egress.budget,
         )
         self.egress = egress
         self.subscriptions = Subscriptions()
         self._dropping = 0  # events dropped in the current episode of falling behind
+
+    @property
+    def held(self) -> int:
+        """Bytes held for the listener: unsent events, a subscription half-received, its subscriptions."""
+        return super().held + self.subscriptions.cost
 
     def on_connected(self) -> None:
         # Tracked from the start, so that close() ends connections still in their handshake.
@@ -140,6 +152,7 @@ class _Listener(ZmtpPeer):
             self.egress.refused_subscription("zmq_subscriptions", str(exc))
             return
         if added:
+            self.egress.budget.charge(len(prefix) + ENTRY_COST)
             self.egress.changed()
 
     def on_cancel(self, prefix: bytes) -> None:

@@ -9,7 +9,7 @@ of subscriptions, not once per event (``egress.py``).
 
 Unbounded, a listener's subscriptions held the bus's memory (746,240 distinct
 4 KiB prefixes took 3 GB in 6 s): past MAX_SUBSCRIPTIONS or MAX_BYTES one more is
-refused.
+refused, and what they cost is charged to the memory budget.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ class Subscriptions:
 
     @property
     def cost(self) -> int:
-        """Bytes of memory the subscriptions hold."""
+        """Bytes of memory the subscriptions hold, for the memory budget."""
         return self.size + len(self._prefixes) * ENTRY_COST
 
     def add(self, prefix: bytes) -> bool:

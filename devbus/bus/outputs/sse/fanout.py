@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Sequence
 
+from devbus.bus.budget import MemoryBudget
 from devbus.bus.metrics import Metrics
 from devbus.bus.outputs.sse.laggards import Laggards
 from devbus.bus.outputs.sse.outlet import Outlet
@@ -39,11 +40,13 @@ class Fanout:
 
     A subscriber's connection counts against ``max_subscribers`` from
     :meth:`subscribe` until its handler calls :meth:`release`, even after it has
-    been evicted, so that open connections never exceed the cap.
+    been evicted, so that open connections never exceed the cap. What each one
+    holds counts against the memory ``budget`` over the same span.
     """
 
-    def __init__(self, *, subscriber_buffer: int, max_subscribers: int, metrics: Metrics) -> None:
+    def __init__(self, *, subscriber_buffer: int, max_subscribers: int, metrics: Metrics, budget: MemoryBudget) -> None:
         self.metrics = metrics
+        self.budget = budget
         self._buffer = subscriber_buffer
         self._max = max_subscribers
         self._outlets: dict[Outlet, None] = {}
@@ -79,6 +82,7 @@ class Fanout:
             )
         outlet = Outlet(type_filter, named=named, limit=self._buffer, on_evict=self.evict, laggards=self.laggards)
         self._outlets[outlet] = None
+        self.budget.join(outlet)
         return outlet
 
     def join(self, outlet: Outlet, *, anchor: bool = False) -> None:
@@ -113,6 +117,7 @@ class Fanout:
         self._leave(outlet)
         outlet.close()
         self._outlets.pop(outlet, None)
+        self.budget.leave(outlet)
 
     def evict(self, outlet: Outlet, *, why: str = "") -> None:
         """Drop a subscriber that fell behind: its connection is closed now and its buffer freed."""
@@ -179,9 +184,11 @@ class Fanout:
             else:
                 chunk = b"".join(frames)
             # Pushing may evict an outlet, which leaves the group: iterate over a copy.
-            for outlet in list(group.outlets):
+            outlets = list(group.outlets)
+            for outlet in outlets:
                 outlet.push(chunk)
             self._unflushed[group] = None
+            self.budget.charge(len(chunk) * len(outlets))
         self.metrics.deliveries.inc(deliveries)
 
     def _report(self, records: Sequence[Record], counts: list[int]) -> None:

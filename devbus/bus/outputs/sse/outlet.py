@@ -32,7 +32,9 @@ class Outlet:
     ``write_now`` (no task switch, no future); when the socket is backed up, the
     stream's task takes what is pending and waits for the socket to drain.
     Past ``limit`` unsent bytes the subscriber is evicted: it can reconnect and
-    resume from history, but it can never grow the bus's memory.
+    resume from history, but it can never grow the bus's memory. What it holds
+    (pending here and unsent in its socket) counts against the bus's memory
+    budget too, which may :meth:`drop` it.
     """
 
     __slots__ = (
@@ -43,6 +45,7 @@ class Outlet:
         "_on_evict",
         "_pending",
         "_size",
+        "_transport",
         "_waiter",
         "anchor",
         "closed",
@@ -78,6 +81,7 @@ class Outlet:
         self.write_now: WriteNow | None = None
         # Set by the stream: drops its connection at once (on eviction).
         self._on_abort: Callable[[], None] | None = None
+        self._transport: asyncio.WriteTransport | None = None  # set by the stream: what its socket holds
         # Set by the fan-out for a cursor that joined while still reading the store:
         # the id of the first record queued here, where the cursor's reading stops.
         self.anchor: str | None = None
@@ -137,6 +141,29 @@ class Outlet:
         if self._laggards is not None and not self._behind:
             self._behind = True
             self._laggards.fell_behind(self)
+
+    @property
+    def kind(self) -> str:
+        """What this subscriber is, for the memory budget: resuming from history, or live."""
+        return "replay" if self.write_now is None else "sse"
+
+    @property
+    def held(self) -> int:
+        """Bytes held for this subscriber: pending here, and unsent in its socket."""
+        transport = self._transport
+        return self._size + (transport.get_write_buffer_size() if transport is not None else 0)
+
+    def attach(self, transport: asyncio.WriteTransport) -> None:
+        """The subscriber's connection: what it holds is counted, and eviction aborts it."""
+        self._transport = transport
+        self.on_abort(transport.abort)
+
+    def drop(self) -> None:
+        """Evict the subscriber for the memory budget: its connection is closed now and what it held freed."""
+        self.evicted = True
+        self._pending.clear()
+        self._size = 0
+        self.abort()
 
     def on_abort(self, abort: Callable[[], None]) -> None:
         """Call ``abort`` to drop the connection if this subscriber is evicted (at once, if it already is)."""

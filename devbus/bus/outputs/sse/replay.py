@@ -80,7 +80,9 @@ class Replay:
         outlet = self._outlet
         if resume.gap:
             gap = gap_event(since, resume.after, run=self._store.run, timestamp=self._now())
-            outlet.preload(sse_frame(encode_json(gap), event_id=gap.id, name=GAP if outlet.named else None))
+            frame = sse_frame(encode_json(gap), event_id=gap.id, name=GAP if outlet.named else None)
+            outlet.preload(frame)
+            self._fanout.budget.charge(len(frame))
         await self._write(outlet.take_now())
         after = resume.after
         joined = False
@@ -129,5 +131,6 @@ class Replay:
         return b"".join(frames)
 
     async def _write(self, chunk: bytes) -> None:
+        self._fanout.budget.charge(len(chunk))
         if chunk and not await write_or_stall(self._response, chunk):
             self._fanout.evict(self._outlet, why=f"took nothing of its replay for {pages.PAGE_STALL:g} s")

@@ -116,14 +116,16 @@ class EventStream:
                     "types": list(type_filter.patterns),
                 }
             )
-            outlet.preload(sse_frame(connected, retry_ms=self._retry_ms))
+            first = sse_frame(connected, retry_ms=self._retry_ms)
+            outlet.preload(first)
+            fanout.budget.charge(len(first))
             if resume is None:
                 fanout.join(outlet)
             await response.prepare(request)
             transport = request.transport
             if transport is None:
                 return response
-            outlet.on_abort(transport.abort)
+            outlet.attach(transport)
             if since is not None and resume is not None:
                 replay = Replay(
                     self._store, fanout, now=self._now, response=response, transport=transport, outlet=outlet
