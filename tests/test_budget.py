@@ -25,6 +25,10 @@ class FakeHolder:
 
     @property
     def held(self) -> int:
+        return self.holds
+
+    @property
+    def owned(self) -> int:
         self.measured += 1
         return self.holds
 
@@ -77,6 +81,38 @@ def test_near_the_budget_a_count_waits_for_a_slack_of_it_to_be_charged() -> None
     assert holder.measured == 1  # not a count per write while the bus stays just under the budget
     budget.charge(2)
     assert holder.measured == 2
+
+
+class Sharing(FakeHolder):
+    """A holder that also holds ``shares`` bytes of a pool others hold the same objects of."""
+
+    def __init__(self, owned: int, shares: int) -> None:
+        super().__init__(owned, "sse")
+        self.shares = shares
+
+    @property
+    def held(self) -> int:
+        return self.holds + self.shares
+
+    def drop(self) -> None:
+        super().drop()
+        self.shares = 0
+
+
+def test_bytes_holders_share_are_counted_once_and_the_holder_holding_most_goes_first() -> None:
+    """1,000 SSE subscribers a burst behind hold one burst, not a thousand: what they share is one pool."""
+    budget = MemoryBudget(LIMIT, metrics=Metrics())
+    behind = [Sharing(10, 900) for _ in range(3)]
+    fast = Sharing(50, 0)
+    budget.add_pool(lambda: max(holder.shares for holder in [*behind, fast]))
+    for holder in [*behind, fast]:
+        budget.join(holder)
+    budget.charge(2 * LIMIT)
+    assert budget.held() == 3 * 10 + 50 + 900 and not any(h.dropped for h in [*behind, fast])
+    behind[0].shares = 1200  # further behind than the others: its own part of the pool passes the budget
+    budget.charge(2 * LIMIT)
+    assert behind[0].dropped and not fast.dropped  # it held most, the pool's share included
+    assert budget.held() == 2 * 10 + 50 + 900
 
 
 def test_a_holder_that_left_is_not_measured_or_dropped() -> None:

@@ -172,7 +172,8 @@ async def test_sse_subscribers_that_never_read_are_dropped_for_the_budget_and_ot
 ) -> None:
     """SSE subscribers count against the same budget: past it, the ones holding most are closed, not the readers."""
     bus = bus_process("--quiet", "--memory-budget", "8MiB")
-    stalled = [Stalled(bus, "/api/dev/events") for _ in range(20)]
+    # Each with a filter of its own and named frames, so that nothing queued for one is shared.
+    stalled = [Stalled(bus, f"/api/dev/events?named=1&types=*,s{n}") for n in range(20)]
     try:
         wait_until(lambda: stalled[-1].port in held_peers(bus), what="the bus holding the streams")
         await witness(bus).deliver(1000, size=8 * 1024)  # 8 MiB to each: 160 MiB at 4 MiB a subscriber
@@ -291,21 +292,22 @@ async def test_a_listener_with_100000_subscriptions_does_not_slow_the_ingest(
     try:
         wait_until(lambda: metric(bus, "devbus_egress_listeners") >= 1, within=WAIT, what="the good listener")
         count, types = 10_000, 2000
-        alone = max([await ingest_rate(bus, sender, count, types) for _ in range(2)])
+        # The best of three bursts each way: a loaded machine slows some bursts, not the bus.
+        alone = max([await ingest_rate(bus, sender, count, types) for _ in range(3)])
         await heavy.handshake(b"SUB")
         prefixes = [b"n%06d" % n for n in range(99_999)] + [b"load.t7"]
         heavy.send(b"".join(command(b"SUBSCRIBE", prefix) for prefix in prefixes) + ping(b"done"))
         assert await heavy.command(within=WAIT * 3) == (b"PONG", b"done")  # after every subscription
         assert metric(bus, "devbus_rejected_total", reason="zmq_subscriptions") == 0
-        beside = max([await ingest_rate(bus, sender, count, types) for _ in range(2)])
+        beside = max([await ingest_rate(bus, sender, count, types) for _ in range(3)])
         assert beside >= alone / 2, f"{beside:.0f} events/s beside the listener, {alone:.0f} without it"
         # The heavy listener gets what it subscribed to: load.t7, t70 to t79, t700 to t799, 5 each per burst.
-        matching = 2 * (count // types) * 111
+        matching = 3 * (count // types) * 111
         got = [await heavy.message() for _ in range(matching)]
         assert all(frames[0].startswith(b"load.t7") for frames in got)
         async with asyncio.timeout(WAIT):
-            taken = [decode_event_frames(await good.recv_multipart()).data["n"] for _ in range(4 * count)]
-        assert taken == list(range(count)) * 4, "the good listener lost or reordered events"
+            taken = [decode_event_frames(await good.recv_multipart()).data["n"] for _ in range(6 * count)]
+        assert taken == list(range(count)) * 6, "the good listener lost or reordered events"
         assert bus.health()["status"] == "ok"
     finally:
         await heavy.close()

@@ -7,7 +7,11 @@ held 16 MiB each. So everything that holds bytes for one peer is a
 :class:`Holder` of one :class:`MemoryBudget` (``--memory-budget``): every SSE
 subscriber, live or replaying; every ZeroMQ egress listener; every ZeroMQ sender.
 A holder says what it holds now (its socket's unsent bytes, its queue, its
-message in progress, its subscriptions) and can be dropped.
+message in progress, its subscriptions) and can be dropped. Bytes several
+holders share (the SSE fan-out's chunks, the same objects queued for every
+subscriber of a group) are a pool, counted once in the total: a holder's
+``owned`` bytes are its alone, its ``held`` bytes include its part of a pool,
+and say who holds most.
 
 Measuring every holder at every write would cost the fan-out a pass over all of
 them per write, so the budget keeps an upper bound instead. Every byte that comes
@@ -31,6 +35,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 from devbus.bus.metrics import Metrics
@@ -63,7 +68,11 @@ class Holder(Protocol):
 
     @property
     def held(self) -> int:
-        """Bytes held for the peer now (queued, unsent, half-received, subscribed)."""
+        """Bytes held for the peer now (queued, unsent, half-received, subscribed), shared ones included."""
+
+    @property
+    def owned(self) -> int:
+        """The part of ``held`` that is this holder's alone (the rest is in a pool)."""
 
     def drop(self) -> None:
         """Close the connection now, without waiting for the peer, freeing what it holds."""
@@ -81,6 +90,7 @@ class MemoryBudget:
         self.dropped = 0
         self._metrics = metrics
         self._holders: dict[Holder, None] = {}
+        self._pools: list[Callable[[], int]] = []  # each says what its shared bytes are now
         self._bound = 0  # an upper bound of what the holders hold (see the invariant above)
         self._next_count = limit  # count the holders once the bound passes this
         self._log_after = 0.0  # time.monotonic() before which a drop is only counted
@@ -96,6 +106,10 @@ class MemoryBudget:
         """Stop counting ``holder`` (its connection is gone); safe to call twice."""
         self._holders.pop(holder, None)
 
+    def add_pool(self, measure: Callable[[], int]) -> None:
+        """Count what ``measure`` says holders share, once; it shrinks as the holders sharing it are dropped."""
+        self._pools.append(measure)
+
     def charge(self, size: int) -> None:
         """Note that ``size`` more bytes may be held for some peer; count and drop if that passes the budget."""
         self._bound += size
@@ -103,8 +117,11 @@ class MemoryBudget:
             self.count()
 
     def held(self) -> int:
-        """What every holder holds now, measured."""
-        return sum(holder.held for holder in self._holders)
+        """What every holder holds now, measured, shared bytes once."""
+        return sum(holder.owned for holder in self._holders) + self._pooled()
+
+    def _pooled(self) -> int:
+        return sum(measure() for measure in self._pools)
 
     def status(self) -> dict[str, int]:
         """The budget, what is held now and how many connections were dropped for it, for /health."""
@@ -113,12 +130,15 @@ class MemoryBudget:
     def count(self) -> None:
         """Measure every holder; drop those holding most until the rest fit in the budget."""
         holders = list(self._holders)
-        sizes = [holder.held for holder in holders]
-        total = sum(sizes)
+        owned = [holder.owned for holder in holders]
+        alone = sum(owned)
+        total = alone + self._pooled()
         if total > self.limit:
+            sizes = [holder.held for holder in holders]
             for index in sorted(range(len(holders)), key=sizes.__getitem__, reverse=True):
                 self._drop(holders[index], sizes[index], total)
-                total -= sizes[index]
+                alone -= owned[index]
+                total = alone + self._pooled()
                 if total <= self.limit:
                     break
         self._bound = total

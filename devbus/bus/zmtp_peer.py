@@ -180,6 +180,11 @@ class ZmtpPeer(asyncio.BufferedProtocol):
         """Bytes held for the peer: written and not yet sent, and a message half-received."""
         return self.unsent + self.reader.buffered
 
+    @property
+    def owned(self) -> int:
+        """What it holds, all its own (for the memory budget)."""
+        return self.held
+
     def drop(self) -> None:
         """Close the connection now, throwing away what the peer has not taken (the memory budget is full)."""
         if self.transport is not None:

@@ -41,7 +41,11 @@ class Fanout:
     A subscriber's connection counts against ``max_subscribers`` from
     :meth:`subscribe` until its handler calls :meth:`release`, even after it has
     been evicted, so that open connections never exceed the cap. What each one
-    holds counts against the memory ``budget`` over the same span.
+    holds counts against the memory ``budget`` over the same span: its own bytes
+    as a holder, and the chunks it shares with its group through the fan-out's
+    pool, once per group (every outlet of a group was pushed the same chunk
+    objects since it joined, so what they hold together is what the outlet
+    furthest behind holds; 1,000 subscribers a burst behind hold one burst).
     """
 
     def __init__(self, *, subscriber_buffer: int, max_subscribers: int, metrics: Metrics, budget: MemoryBudget) -> None:
@@ -58,6 +62,7 @@ class Fanout:
         # Subscribers whose sockets are backed up, for the ZeroMQ ingest's burst gate.
         self.laggards = Laggards()
         metrics.watch(metrics.subscribers, lambda: len(self._outlets))
+        budget.add_pool(self._shared_pending)
 
     @property
     def subscribers(self) -> int:
@@ -128,6 +133,10 @@ class Fanout:
         # Close the connection now: the peer is not reading, so waiting for its
         # buffer to drain would hold the socket (and its memory) indefinitely.
         outlet.abort()
+
+    def _shared_pending(self) -> int:
+        """Bytes of chunks pending for subscribers, each counted once: the most any outlet of a group holds."""
+        return sum(max(outlet.shared for outlet in group.outlets) for group in self._groups.values())
 
     def _matching(self, event_type: str) -> list[_Group]:
         groups = self._by_type.get(event_type)

@@ -33,8 +33,10 @@ class Outlet:
     stream's task takes what is pending and waits for the socket to drain.
     Past ``limit`` unsent bytes the subscriber is evicted: it can reconnect and
     resume from history, but it can never grow the bus's memory. What it holds
-    (pending here and unsent in its socket) counts against the bus's memory
-    budget too, which may :meth:`drop` it.
+    counts against the bus's memory budget too, which may :meth:`drop` it: its
+    socket's unsent bytes and what was queued for it alone (``owned``), and the
+    fan-out's chunks it shares with its group (``shared``, counted once per group
+    by the fan-out).
     """
 
     __slots__ = (
@@ -43,6 +45,7 @@ class Outlet:
         "_limit",
         "_on_abort",
         "_on_evict",
+        "_own",
         "_pending",
         "_size",
         "_transport",
@@ -72,6 +75,7 @@ class Outlet:
         self._on_evict = on_evict
         self._pending: list[bytes] = []
         self._size = 0
+        self._own = 0  # bytes of ``_pending`` that are this outlet's alone (the rest: the fan-out's shared chunks)
         self._waiter: asyncio.Future[None] | None = None
         # Told when this subscriber falls behind and when it moves again, for burst inputs.
         self._laggards = laggards
@@ -109,6 +113,7 @@ class Outlet:
         """Queue ``chunk`` before the stream starts (connected frame, replay), unbounded by design."""
         self._pending.append(chunk)
         self._size += len(chunk)
+        self._own += len(chunk)
 
     def push(self, chunk: bytes) -> None:
         """Queue ``chunk`` until the next flush; evict the subscriber if it is behind by more than the bound."""
@@ -121,7 +126,7 @@ class Outlet:
         if self._size > self._limit and self._waiter is None:
             self.evicted = True
             self._pending.clear()
-            self._size = 0
+            self._size = self._own = 0
             self.close()
             self._on_evict(self)
 
@@ -131,12 +136,14 @@ class Outlet:
         if not self._pending or waiter is None or waiter.done():
             # The task is busy writing or about to run (not waiting): it takes what is pending itself.
             return
+        shared = len(self._pending) == 1 and not self._own  # the fan-out's chunk itself, not a copy
         chunk = self._take_pending()
         if self.write_now is not None and self.write_now(chunk):
             return
         # The socket is backed up (or not ready): the task writes the chunk and waits for it to drain.
         self._pending.append(chunk)
         self._size = len(chunk)
+        self._own = 0 if shared else len(chunk)
         waiter.set_result(None)
         if self._laggards is not None and not self._behind:
             self._behind = True
@@ -149,9 +156,20 @@ class Outlet:
 
     @property
     def held(self) -> int:
-        """Bytes held for this subscriber: pending here, and unsent in its socket."""
+        """Bytes held for this subscriber, shared or not: pending here, and unsent in its socket."""
         transport = self._transport
         return self._size + (transport.get_write_buffer_size() if transport is not None else 0)
+
+    @property
+    def owned(self) -> int:
+        """Bytes held for this subscriber alone: unsent in its socket, and queued for it only."""
+        transport = self._transport
+        return self._own + (transport.get_write_buffer_size() if transport is not None else 0)
+
+    @property
+    def shared(self) -> int:
+        """Bytes of the fan-out's chunks pending here, the same objects as its group's (a suffix of theirs)."""
+        return self._size - self._own
 
     def attach(self, transport: asyncio.WriteTransport) -> None:
         """The subscriber's connection: what it holds is counted, and eviction aborts it."""
@@ -162,7 +180,7 @@ class Outlet:
         """Evict the subscriber for the memory budget: its connection is closed now and what it held freed."""
         self.evicted = True
         self._pending.clear()
-        self._size = 0
+        self._size = self._own = 0
         self.abort()
 
     def on_abort(self, abort: Callable[[], None]) -> None:
@@ -219,5 +237,5 @@ class Outlet:
     def _take_pending(self) -> bytes:
         chunk = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
         self._pending.clear()
-        self._size = 0
+        self._size = self._own = 0
         return chunk
