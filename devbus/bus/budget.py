@@ -2,8 +2,8 @@
 
 Each peer is bounded on its own (an SSE subscriber by --subscriber-buffer, a
 ZeroMQ egress listener by --egress-buffer and its subscriptions, a ZeroMQ message
-by --max-message), but peers are many: 500 egress listeners that read nothing
-held 16 MiB each. So everything that holds bytes for one peer is a
+by --max-message), but peers are many: 100 egress listeners that read nothing
+took the bus to 1,665 MB. So everything that holds bytes for one peer is a
 :class:`Holder` of one :class:`MemoryBudget` (``--memory-budget``): every SSE
 subscriber, live or replaying; every ZeroMQ egress listener; every ZeroMQ sender.
 A holder says what it holds now (its socket's unsent bytes, its queue, its
@@ -23,7 +23,7 @@ closed at once and their buffers freed, never waiting for a peer that does not
 read) until the rest fit, each counted in ``devbus_memory_dropped_total{peer}``
 and logged at most once a minute. A count that finds the bus near the budget
 waits for 1/SLACK of it to be charged before the next one, so the budget may be
-passed by that much (8 MiB of 256 MiB) between two counts, never more; a bus
+passed by that much (4 MiB of the default 128 MiB) between two counts; a bus
 well under it is counted once per budget's worth of bytes written, however many
 peers it has.
 

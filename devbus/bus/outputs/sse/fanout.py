@@ -197,7 +197,8 @@ class Fanout:
             for outlet in outlets:
                 outlet.push(chunk)
             self._unflushed[group] = None
-            self.budget.charge(len(chunk) * len(outlets))
+            # The chunk itself, and the copy each writer may come to hold (joined, or in its socket).
+            self.budget.charge(len(chunk) * (len(outlets) + 1))
         self.metrics.deliveries.inc(deliveries)
 
     def _report(self, records: Sequence[Record], counts: list[int]) -> None:
