@@ -85,7 +85,14 @@ class Fanout:
                 f"The bus already has {len(self._outlets)} subscribers (--max-subscribers); "
                 "close some streams or raise the limit"
             )
-        outlet = Outlet(type_filter, named=named, limit=self._buffer, on_evict=self.evict, laggards=self.laggards)
+        outlet = Outlet(
+            type_filter,
+            named=named,
+            limit=self._buffer,
+            on_evict=self.evict,
+            laggards=self.laggards,
+            charge=self.budget.charge,
+        )
         self._outlets[outlet] = None
         self.budget.join(outlet)
         return outlet
@@ -193,12 +200,11 @@ class Fanout:
             else:
                 chunk = b"".join(frames)
             # Pushing may evict an outlet, which leaves the group: iterate over a copy.
-            outlets = list(group.outlets)
-            for outlet in outlets:
+            for outlet in list(group.outlets):
                 outlet.push(chunk)
             self._unflushed[group] = None
-            # The chunk itself, and the copy each writer may come to hold (joined, or in its socket).
-            self.budget.charge(len(chunk) * (len(outlets) + 1))
+            # Held once for the group; a copy a writer comes to hold is charged where it is made.
+            self.budget.charge(len(chunk))
         self.metrics.deliveries.inc(deliveries)
 
     def _report(self, records: Sequence[Record], counts: list[int]) -> None:

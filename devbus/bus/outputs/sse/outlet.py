@@ -41,6 +41,7 @@ class Outlet:
 
     __slots__ = (
         "_behind",
+        "_charge",
         "_laggards",
         "_limit",
         "_on_abort",
@@ -66,6 +67,7 @@ class Outlet:
         limit: int,
         on_evict: Callable[[Outlet], None],
         laggards: Laggards | None = None,
+        charge: Callable[[int], None] | None = None,
     ) -> None:
         self.type_filter = type_filter
         self.named = named
@@ -77,6 +79,8 @@ class Outlet:
         self._size = 0
         self._own = 0  # bytes of ``_pending`` that are this outlet's alone (the rest: the fan-out's shared chunks)
         self._waiter: asyncio.Future[None] | None = None
+        # Told of bytes that come to be held for this subscriber alone (the memory budget's charge).
+        self._charge = charge
         # Told when this subscriber falls behind and when it moves again, for burst inputs.
         self._laggards = laggards
         self._behind = False
@@ -114,6 +118,8 @@ class Outlet:
         self._pending.append(chunk)
         self._size += len(chunk)
         self._own += len(chunk)
+        if self._charge is not None:
+            self._charge(len(chunk))
 
     def push(self, chunk: bytes) -> None:
         """Queue ``chunk`` until the next flush; evict the subscriber if it is behind by more than the bound."""
@@ -143,7 +149,10 @@ class Outlet:
         # The socket is backed up (or not ready): the task writes the chunk and waits for it to drain.
         self._pending.append(chunk)
         self._size = len(chunk)
-        self._own = 0 if shared else len(chunk)
+        if not shared:  # a copy of its own
+            self._own = len(chunk)
+            if self._charge is not None:
+                self._charge(len(chunk))
         waiter.set_result(None)
         if self._laggards is not None and not self._behind:
             self._behind = True

@@ -80,9 +80,7 @@ class Replay:
         outlet = self._outlet
         if resume.gap:
             gap = gap_event(since, resume.after, run=self._store.run, timestamp=self._now())
-            frame = sse_frame(encode_json(gap), event_id=gap.id, name=GAP if outlet.named else None)
-            outlet.preload(frame)
-            self._fanout.budget.charge(len(frame))
+            outlet.preload(sse_frame(encode_json(gap), event_id=gap.id, name=GAP if outlet.named else None))
         await self._write(outlet.take_now())
         after = resume.after
         joined = False

@@ -56,14 +56,15 @@ _frame_chunk = _ChunkFramer()
 
 
 class SocketWriter:
-    """Write chunks straight to a stream's socket, framed as aiohttp frames them."""
+    """Write chunks straight to a stream's socket, framed as aiohttp frames them, charging the memory budget."""
 
-    __slots__ = ("_chunked", "_protocol", "_transport")
+    __slots__ = ("_charge", "_chunked", "_protocol", "_transport")
 
-    def __init__(self, request: web.Request, response: web.StreamResponse) -> None:
+    def __init__(self, request: web.Request, response: web.StreamResponse, *, charge: Callable[[int], None]) -> None:
         self._transport = request.transport
         self._protocol = request.protocol
         self._chunked = response.headers.get(hdrs.TRANSFER_ENCODING) == "chunked"
+        self._charge = charge
 
     @property
     def buffered(self) -> int:
@@ -77,7 +78,9 @@ class SocketWriter:
         # (writing_paused: aiohttp >= 3.11; without it every SSE test fails, test_sse.py first.)
         if transport is None or transport.is_closing() or self._protocol.writing_paused:
             return False
-        transport.write(_frame_chunk(chunk) if self._chunked else chunk)
+        data = _frame_chunk(chunk) if self._chunked else chunk
+        transport.write(data)
+        self._charge(len(data))  # what the kernel does not take now stays in asyncio's buffer
         return True
 
 
@@ -116,9 +119,7 @@ class EventStream:
                     "types": list(type_filter.patterns),
                 }
             )
-            first = sse_frame(connected, retry_ms=self._retry_ms)
-            outlet.preload(first)
-            fanout.budget.charge(len(first))
+            outlet.preload(sse_frame(connected, retry_ms=self._retry_ms))
             if resume is None:
                 fanout.join(outlet)
             await response.prepare(request)
@@ -133,9 +134,11 @@ class EventStream:
                 await replay.run(since, resume)
                 if outlet.evicted:
                     return response
-            outlet.write_now = SocketWriter(request, response)
+            charge = fanout.budget.charge
+            outlet.write_now = SocketWriter(request, response, charge=charge)
             while (chunk := await outlet.take(idle=self._heartbeat)) is not None:
                 if chunk:
+                    charge(len(chunk))
                     await response.write(chunk)
                 elif transport.is_closing():
                     break
