@@ -224,9 +224,12 @@ class Fanout:
     def _flush(self) -> None:
         # Everything delivered since the last flush leaves in one write per subscriber.
         groups, self._unflushed = self._unflushed, {}
+        written = 0
         for group in groups:
             for outlet in list(group.outlets):
-                outlet.flush()
+                written += outlet.flush()
+        # What a socket does not take at once stays in asyncio's buffer: charged once for all.
+        self.budget.charge(written)
 
     def close(self) -> None:
         """Close every outlet, so that every stream ends after what it has pending."""

@@ -136,16 +136,19 @@ class Outlet:
             self.close()
             self._on_evict(self)
 
-    def flush(self) -> None:
-        """Send everything pending: straight to the socket if it keeps up, else through the stream's task."""
+    def flush(self) -> int:
+        """Send everything pending: straight to the socket if it keeps up, else through the stream's task.
+
+        Return the bytes written straight to the socket, which it may keep (for the memory budget).
+        """
         waiter = self._waiter
         if not self._pending or waiter is None or waiter.done():
             # The task is busy writing or about to run (not waiting): it takes what is pending itself.
-            return
+            return 0
         shared = len(self._pending) == 1 and not self._own  # the fan-out's chunk itself, not a copy
         chunk = self._take_pending()
         if self.write_now is not None and self.write_now(chunk):
-            return
+            return len(chunk)
         # The socket is backed up (or not ready): the task writes the chunk and waits for it to drain.
         self._pending.append(chunk)
         self._size = len(chunk)
@@ -157,6 +160,7 @@ class Outlet:
         if self._laggards is not None and not self._behind:
             self._behind = True
             self._laggards.fell_behind(self)
+        return 0
 
     @property
     def kind(self) -> str:

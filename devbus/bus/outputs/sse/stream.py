@@ -56,15 +56,14 @@ _frame_chunk = _ChunkFramer()
 
 
 class SocketWriter:
-    """Write chunks straight to a stream's socket, framed as aiohttp frames them, charging the memory budget."""
+    """Write chunks straight to a stream's socket, framed as aiohttp frames them."""
 
-    __slots__ = ("_charge", "_chunked", "_protocol", "_transport")
+    __slots__ = ("_chunked", "_protocol", "_transport")
 
-    def __init__(self, request: web.Request, response: web.StreamResponse, *, charge: Callable[[int], None]) -> None:
+    def __init__(self, request: web.Request, response: web.StreamResponse) -> None:
         self._transport = request.transport
         self._protocol = request.protocol
         self._chunked = response.headers.get(hdrs.TRANSFER_ENCODING) == "chunked"
-        self._charge = charge
 
     @property
     def buffered(self) -> int:
@@ -78,9 +77,7 @@ class SocketWriter:
         # (writing_paused: aiohttp >= 3.11; without it every SSE test fails, test_sse.py first.)
         if transport is None or transport.is_closing() or self._protocol.writing_paused:
             return False
-        data = _frame_chunk(chunk) if self._chunked else chunk
-        transport.write(data)
-        self._charge(len(data))  # what the kernel does not take now stays in asyncio's buffer
+        transport.write(_frame_chunk(chunk) if self._chunked else chunk)
         return True
 
 
@@ -134,8 +131,8 @@ class EventStream:
                 await replay.run(since, resume)
                 if outlet.evicted:
                     return response
-            charge = fanout.budget.charge
-            outlet.write_now = SocketWriter(request, response, charge=charge)
+            outlet.write_now = SocketWriter(request, response)
+            charge = fanout.budget.charge  # what the socket may keep (a flush's writes, the fan-out charges)
             while (chunk := await outlet.take(idle=self._heartbeat)) is not None:
                 if chunk:
                     charge(len(chunk))
