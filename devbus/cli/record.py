@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Iterator
@@ -10,10 +11,12 @@ from pathlib import Path
 import click
 
 from devbus.cli.clients import _client_options
+from devbus.cli.pipes import exit_when_stdout_closes
 from devbus.client.config import ClientConfig, resolve
 from devbus.client.http import post_json, stream
 from devbus.client.recording import BadLine, Recorded, batches, read_recording
 from devbus.errors import DevbusError
+from devbus.text import plural
 
 __all__ = ["record", "replay"]
 
@@ -33,8 +36,10 @@ def record(
     config = resolve(url=url, token=token)
     written = 0
     target = click.open_file(str(file), "w", encoding="utf-8")
+    # Recording to stdout (FILE `-`) ends, like any filter, when its reader goes.
+    to_stdout = exit_when_stdout_closes() if str(file) == "-" else contextlib.nullcontext()
     try:
-        with target:
+        with to_stdout, target:
             for event_id, raw in stream(config, types=types, since=since):
                 if not event_id:
                     click.echo(f"recording {config.api}/events to {file} (Ctrl-C to stop)", err=True)
@@ -51,10 +56,12 @@ def record(
                 if count is not None and written >= count:
                     break
             else:
-                raise DevbusError(f"The bus at {config.url} closed the stream; recorded {written} events to {file}")
+                raise DevbusError(
+                    f"The bus at {config.url} closed the stream; recorded {plural(written, 'event')} to {file}"
+                )
     except KeyboardInterrupt:
         pass
-    click.echo(f"recorded {written} event{'' if written == 1 else 's'} to {file}", err=True)
+    click.echo(f"recorded {plural(written, 'event')} to {file}", err=True)
 
 
 def _events(path: Path) -> Iterator[Recorded | BadLine]:
@@ -80,12 +87,12 @@ def replay(
     for problem in bad:
         click.echo(f"{file}:{problem.line}: {problem.reason}", err=True)
     if bad and strict:
-        raise DevbusError(f"{len(bad)} bad lines in {file} (--strict): nothing sent")
+        raise DevbusError(f"{plural(len(bad), 'bad line')} in {file} (--strict): nothing sent")
     events = (item for item in _events(file) if isinstance(item, Recorded))
     config = resolve(url=url, token=token)
     sent = _send(config, events, speed=None if no_wait else speed, keep_source=keep_source)
-    skipped = f", skipped {len(bad)} bad lines" if bad else ""
-    click.echo(f"replayed {sent} events from {file}{skipped}", err=True)
+    skipped = f", skipped {plural(len(bad), 'bad line')}" if bad else ""
+    click.echo(f"replayed {plural(sent, 'event')} from {file}{skipped}", err=True)
 
 
 def _send(config: ClientConfig, events: Iterator[Recorded], *, speed: float | None, keep_source: bool) -> int:
