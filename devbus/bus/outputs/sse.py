@@ -9,7 +9,7 @@ from aiohttp import hdrs, web
 from devbus.bus.keys import DISPATCHER, FANOUT, SETTINGS
 from devbus.bus.outputs.heartbeat import HeartbeatResponse
 from devbus.bus.outputs.sse_replay import Replay
-from devbus.envelope import encode_json, sse_frame
+from devbus.envelope import check_event_id, encode_json, sse_frame
 from devbus.typefilter import TypeFilter, parse_patterns
 
 __all__ = ["stream_events"]
@@ -19,16 +19,17 @@ log = logging.getLogger(__name__)
 TRUE_VALUES = frozenset({"1", "true", "yes", "on"})
 
 
-def _resume_id(request: web.Request) -> str | None:
+def _resume_id(request: web.Request, *, example: str | None) -> str | None:
+    """The id to resume after, checked as `/history?since=` checks it: the same form, the same 422."""
     # EventSource sends Last-Event-ID on reconnect; the query forms serve a first
     # connection that already knows where it stopped.
-    for value in (
-        request.headers.get("Last-Event-ID"),
-        request.query.get("since"),
-        request.query.get("last_event_id"),
+    for value, field in (
+        (request.headers.get("Last-Event-ID"), "the Last-Event-ID header"),
+        (request.query.get("since"), "`since`"),
+        (request.query.get("last_event_id"), "`last_event_id`"),
     ):
         if value:
-            return value
+            return check_event_id(value, field=field, example=example)
     return None
 
 
@@ -85,7 +86,7 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
     fanout = request.app[FANOUT]
     type_filter = TypeFilter(parse_patterns(request.query.getall("types", [])))
     named = request.query.get("named", "").lower() in TRUE_VALUES
-    since = _resume_id(request)
+    since = _resume_id(request, example=dispatcher.last_id)
     outlet = fanout.subscribe(type_filter, named=named)
     response = HeartbeatResponse(ping_interval=settings.heartbeat, sep="\n")
     try:

@@ -173,10 +173,6 @@ class Store(abc.ABC):
     async def read_before(self, before: str | None, *, limit: int, max_bytes: int) -> list[Record]:
         """Return the newest records before ``before`` (None: the head), oldest first."""
 
-    def is_id(self, value: str) -> bool:
-        """Whether ``value`` has the form of this store's ids (of any run), to refuse nonsense early."""
-        return bool(value)
-
     def status(self) -> dict[str, Any]:
         """What health reports about the store: its name and state, plus store-specific numbers."""
         return {"name": self.name, "state": "up", "retained": len(self)}

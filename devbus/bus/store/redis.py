@@ -230,10 +230,6 @@ class RedisStore(Store):
     def __len__(self) -> int:
         return min(self._length, self._history)
 
-    def is_id(self, event_id: str) -> bool:
-        """Whether ``event_id`` has the shape of a stream id."""
-        return parse_stream_id(event_id) is not None
-
     def status(self) -> dict[str, Any]:
         return {"name": self.name, "key": self.key, "retained": len(self), **self._link.status()}
 
