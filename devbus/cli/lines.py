@@ -11,7 +11,7 @@ from devbus.text import cut
 __all__ = ["CUT_NOTE", "EventLines"]
 
 CUT_NOTE = "long data was cut to fit the terminal; --json prints whole events"
-MIN_DATA = 40  # however narrow the terminal, this much of the data shows
+MIN_DATA = 20  # however narrow the terminal, this much of the data shows
 FALLBACK_WIDTH = 120  # the line's width when stdout is not a terminal (a pipe, a file)
 
 

@@ -7,6 +7,7 @@ from aiohttp import web
 from devbus.bus.guard import read_body
 from devbus.bus.keys import DISPATCHER, FANOUT
 from devbus.envelope import decode_batch, decode_http_event
+from devbus.text import plural
 
 __all__ = ["batch", "trigger", "webhook"]
 
@@ -20,7 +21,7 @@ async def webhook(request: web.Request) -> web.Response:
         {
             "success": True,
             "id": record.id,
-            "message": f"Event {draft.type} broadcasted to {reached} subscribers",
+            "message": f"Event {draft.type} broadcasted to {plural(reached, 'subscriber')}",
             "subscribers": reached,
         }
     )
