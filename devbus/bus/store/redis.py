@@ -61,6 +61,7 @@ BACKOFF_FIRST = 0.05
 BACKOFF_MAX = 2.0
 CATCH_UP = 5.0  # seconds a resume waits for this bus to read an id another bus gave
 CLOSE_TIMEOUT = 2.0
+REFRESH_TIMEOUT = 0.5  # longest health or /metrics waits for Redis to count the stream
 
 _NO_ID = b'{"id":"",'  # how an envelope's JSON starts when its id is empty
 
@@ -229,6 +230,14 @@ class RedisStore(Store):
 
     def __len__(self) -> int:
         return min(self._length, self._history)
+
+    async def refresh(self) -> None:
+        """Count what the stream holds now: Redis may have lost its data (FLUSHALL, a restart without persistence)."""
+        if not self._link.up:
+            return  # the reader is reconnecting; health says the store is down
+        with contextlib.suppress(TimeoutError, *FAILURES):
+            async with asyncio.timeout(REFRESH_TIMEOUT):
+                self._length = await self._link.redis.xlen(self._stream)
 
     def status(self) -> dict[str, Any]:
         return {"name": self.name, "key": self.key, "retained": len(self), **self._link.status()}
