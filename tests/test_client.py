@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import socket
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from support import ROOT, WAIT, BusFactory, BusProcess, bus_env, fetch_history, history
+from support import ROOT, WAIT, BusFactory, BusProcess, bus_env, fetch_history, history, wait_for_history
 
 import devbus
 from devbus.bus.keys import ENDPOINTS
@@ -227,6 +228,48 @@ def test_a_live_publisher_holds_events_while_the_bus_restarts(bus_process: Calla
     events = bus_history(second, "restart.*")
     assert [e.get("data", {}).get("n") for e in events[:-1]] == list(range(500))
     assert events[-1]["type"] == "restart.after"
+
+
+def test_a_script_that_exits_while_the_bus_restarts_waits_for_it_and_delivers_everything(
+    bus_process: Callable[..., BusProcess],
+) -> None:
+    first = bus_process("--quiet")
+    ingest = first.endpoints["ingest"]
+    publisher = devbus.Publisher(ingest=ingest)
+    publisher.wait_for_bus()
+    first.proc.send_signal(signal.SIGTERM)
+    wait_until(lambda: not publisher.connected)
+    for n in range(100):
+        publisher.emit("restart.held", {"n": n})
+    # The script's end comes a moment after the bus went away: a restart, worth waiting for.
+    closing = threading.Thread(target=publisher.close)
+    closing.start()
+    assert first.proc.wait(timeout=WAIT) == 0
+    second = bus_process("--quiet", "--ingest", ingest)
+    closing.join(timeout=WAIT)
+    assert not closing.is_alive()
+    assert publisher.undelivered == 0
+    assert [e["data"]["n"] for e in wait_for_history(second, 100, types="restart.*")] == list(range(100))
+
+
+def test_closing_after_the_bus_was_reported_unreachable_does_not_wait_and_reports_what_it_held(
+    bus_process: Callable[..., BusProcess], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A FastAPI backend stalled 6-7 s at every Ctrl-C and `uvicorn --reload` while the bus was away."""
+    first = bus_process("--quiet")
+    ingest = first.endpoints["ingest"]
+    publisher = devbus.Publisher(ingest=ingest)
+    publisher.wait_for_bus()
+    assert first.stop() == 0
+    wait_until(lambda: "is not reachable" in caplog.text)
+    for n in range(3):
+        publisher.emit("away.held", {"n": n})
+    started = time.monotonic()
+    publisher.close()
+    took = time.monotonic() - started
+    assert took < 0.5, f"close waited {took:.2f}s for a bus that was not there"
+    assert publisher.undelivered == 3
+    assert f"3 events not delivered: the devbus at {ingest} went away and was not back" in caplog.text
 
 
 def test_what_overflows_the_hold_while_the_bus_is_away_is_counted_and_logged(

@@ -35,6 +35,7 @@ from devbus.bus.settings import MIB
 from devbus.client.config import resolve
 from devbus.errors import BusUnavailable, ConfigError, InvalidEvent
 from devbus.frames import encode_frames
+from devbus.text import plural
 
 __all__ = ["AsyncPublisher", "Publisher", "emit"]
 
@@ -44,7 +45,7 @@ POLL_S = 0.1  # how often a waiting send, and the watcher thread, re-check the c
 BUSY_POLL_S = 0.01  # the watcher's pace while it waits for a subscription or has events to deliver
 RETRY_S = 0.005  # longest an async emit waits for room before trying again
 OUTAGE_GRACE_S = 1.0  # an outage shorter than this is not worth a warning
-AWAY_LINGER_S = 5.0  # longest close() waits for a bus that went away (a restart)
+AWAY_LINGER_S = 5.0  # longest close() waits, from when it went, for a bus that is restarting
 DRAIN_CHUNK = 1000  # events the watcher hands to ZeroMQ per hold of the lock, so emit is never held long
 NOBLOCK = int(zmq.NOBLOCK)  # plain ints: pyzmq's enum flags cost per call
 SNDMORE = int(zmq.SNDMORE)
@@ -143,17 +144,16 @@ class _Outbox:
 
     def close(self, linger: float, *, warn: bool) -> None:
         """Deliver what is held (bounded in time), stop the watcher; ``warn`` of what was not delivered."""
-        deadline = time.monotonic() + linger
+        started = time.monotonic()
+        deadline = started + linger
         with self._lock:
             if self.closed:
                 return
             self.closed = True
             while self._pending and time.monotonic() < deadline:
                 if self.state is _State.AWAY:
-                    # A bus seen before is probably restarting: give it a few seconds.
-                    # One never seen is not coming; a script's exit must not hang on it.
-                    wait = min(AWAY_LINGER_S, linger) if self._subscribed_once else 0.0
-                    if not self._changed.wait_for(lambda: self.state is not _State.AWAY, wait):
+                    wait = self._restart_wait(started, deadline)
+                    if wait <= 0 or not self._changed.wait_for(lambda: self.state is not _State.AWAY, wait):
                         break
                 self._wait_for_room()
             self.undelivered = len(self._pending)
@@ -166,6 +166,18 @@ class _Outbox:
         if warn and (self.undelivered or self._dropped_in_outage):
             log.warning("%s", self.report())
 
+    def _restart_wait(self, closing_since: float, deadline: float) -> float:
+        """How long ``close`` still waits for a bus that is away: only one that is restarting.
+
+        A bus that went away less than OUTAGE_GRACE_S before the close began (or during it)
+        is probably restarting: it gets up to AWAY_LINGER_S from when it went. One away for
+        longer (the log has already said it is not reachable), or never seen, is not
+        coming: a backend's shutdown or a script's exit does not wait for it.
+        """
+        if not self._subscribed_once or self._away_since < closing_since - OUTAGE_GRACE_S:
+            return 0.0
+        return min(self._away_since + AWAY_LINGER_S, deadline) - time.monotonic()
+
     def unavailable(self) -> BusUnavailable:
         """The error for a caller that asked to wait and waited ``timeout`` in vain."""
         return BusUnavailable(
@@ -176,11 +188,10 @@ class _Outbox:
     def report(self) -> str:
         """One line: what this publisher could not deliver (held at close, or dropped), and why."""
         lost = self.undelivered + self.dropped
-        noun = "event" if lost == 1 else "events"
         if self._subscribed_once:
-            return f"{lost} {noun} not delivered: the devbus at {self.address} went away and did not come back in time"
+            return f"{plural(lost, 'event')} not delivered: the devbus at {self.address} went away and was not back"
         return (
-            f"{lost} {noun} not delivered: no devbus at {self.address}; "
+            f"{plural(lost, 'event')} not delivered: no devbus at {self.address}; "
             "start one with `devbus run`, or point DEVBUS_INGEST at it"
         )
 
@@ -250,10 +261,13 @@ class _Outbox:
     def _set_up(self) -> None:
         self.state = _State.UP
         lost, self._dropped_in_outage = self._dropped_in_outage, 0
+        # At the level of "not reachable", so that a log that said one says the other (uvicorn
+        # shows warnings, not info).
         if lost:
-            log.warning("devbus at %s is back; %d events were dropped while it was away", self.address, lost)
+            dropped = f"{plural(lost, 'event')} {'was' if lost == 1 else 'were'} dropped"
+            log.warning("devbus at %s is back; %s while it was away", self.address, dropped)
         elif self._warned:
-            log.info("devbus at %s is back; delivering %d held events", self.address, len(self._pending))
+            log.warning("devbus at %s is back; delivering %s", self.address, plural(len(self._pending), "held event"))
         self._warned = False
 
     def _set_away(self, why: str) -> None:
