@@ -14,7 +14,7 @@ from support import BusFactory, BusProcess, Receiver, RedisServer, free_port, st
 from devbus.bus.app import create_app
 from devbus.bus.settings import Settings
 
-pytest_plugins = ["browser_fixtures"]
+pytest_plugins = ["browser_fixtures", "readme"]
 
 
 @pytest.fixture

@@ -1,0 +1,369 @@
+"""The README's fenced blocks, as the tests that run them read them.
+
+Every fenced block in README.md has a marker on the line before it, an HTML comment
+(GitHub does not show it):
+
+    <!-- example: NAME -->       a command or code a user runs: a test runs it
+    <!-- output: NAME -->        what an example prints, as the README shows it: a test compares it
+    <!-- illustration: WHY -->   not run, for the reason given (a Docker setup, a usage synopsis)
+
+A test claims the names it runs and checks with ``@readme_example("NAME", ...)`` and reads
+the blocks with ``example(NAME)``. tests/test_readme.py fails on a block without a marker,
+on a NAME that no test claims, and on a claimed NAME the README no longer has, so a new
+block cannot slip in untested and an example that stops working fails CI.
+
+How a block is run:
+
+- The README uses the default addresses: ``http://127.0.0.1:8765`` (HTTP) and
+  ``tcp://127.0.0.1:8766`` / ``:8767`` (ZeroMQ ingest and egress). Tests run every block
+  against a bus on free ports: :func:`localize` replaces those literal addresses in the
+  block's text, and commands get ``DEVBUS_URL``, ``DEVBUS_INGEST`` and ``DEVBUS_EGRESS`` in
+  their environment, which every client and ``devbus run`` read. A test may replace more
+  (the example id ``3f9a1c2e-42`` by a real one, ``/path/to/devbus`` by this checkout);
+  each says so where it does.
+- Shell blocks run with bash, one command (a line, with its ``\\`` continuations) at a
+  time, with this interpreter's bin directory first on ``PATH`` (so ``devbus``,
+  ``python`` and ``uvicorn`` are the ones under test). Commands that run until stopped
+  (``devbus run``, ``devbus listen``, ``curl -N``) run in the background
+  (:class:`Running`), and the test waits, bounded, for the output the README shows.
+- Shown output (an output block, or a ``# …`` comment under a command) is compared with
+  :func:`shown`: the README's times, ids and addresses stand for any of their kind.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import fcntl
+import os
+import pty
+import re
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import termios
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from support import ROOT, WAIT, BusProcess, bus_env, free_port
+
+__all__ = [
+    "Addresses",
+    "Block",
+    "Running",
+    "blocks",
+    "claimed",
+    "commands",
+    "example",
+    "free_addresses",
+    "localize",
+    "readme_example",
+    "require_command",
+    "run",
+    "shell_env",
+    "shown",
+]
+
+README = ROOT / "README.md"
+DEFAULT_URL = "http://127.0.0.1:8765"
+DEFAULT_INGEST = "tcp://127.0.0.1:8766"
+DEFAULT_EGRESS = "tcp://127.0.0.1:8767"
+KINDS = ("example", "output", "illustration")
+
+_FENCE = re.compile(r"^(```+)(\S*)")
+_MARKER = re.compile(r"^<!--\s*(\w+):\s*(.*?)\s*-->$")
+
+
+@dataclass(frozen=True)
+class Block:
+    """One fenced block of the README and its marker (``kind`` "unmarked" without one)."""
+
+    line: int  # of the opening fence, 1-based
+    lang: str
+    text: str
+    kind: str
+    name: str  # the example or output's name, or why an illustration is not run
+
+    def __str__(self) -> str:
+        return f"README.md:{self.line} ({self.lang or 'no language'}) {self.kind}: {self.name}"
+
+
+@cache
+def blocks() -> tuple[Block, ...]:
+    """Every fenced block of the README, in order."""
+    found: list[Block] = []
+    lines = README.read_text(encoding="utf-8").splitlines()
+    index = 0
+    while index < len(lines):
+        fence = _FENCE.match(lines[index])
+        if fence is None:
+            index += 1
+            continue
+        start = index
+        end = next(i for i in range(index + 1, len(lines)) if lines[i].startswith(fence.group(1)))
+        before = next((lines[i].strip() for i in range(start - 1, -1, -1) if lines[i].strip()), "")
+        marker = _MARKER.match(before)
+        kind, name = (marker.group(1), marker.group(2)) if marker else ("unmarked", "")
+        found.append(Block(start + 1, fence.group(2), "\n".join(lines[start + 1 : end]) + "\n", kind, name))
+        index = end + 1
+    return tuple(found)
+
+
+def example(name: str) -> Block:
+    """The example or output block called ``name``."""
+    matches = [b for b in blocks() if b.kind in ("example", "output") and b.name == name]
+    assert len(matches) == 1, f"README.md has {len(matches)} blocks marked {name!r}; a test runs exactly one"
+    return matches[0]
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def readme_example(*names: str) -> Callable[[F], F]:
+    """Mark a test as the one that runs (or checks) the README blocks called ``names``."""
+
+    def mark(test: F) -> F:
+        return test
+
+    return mark
+
+
+def claimed() -> dict[str, str]:
+    """Every name claimed with ``@readme_example`` in the tests, and the test that claims it."""
+    names: dict[str, str] = {}
+    for path in sorted((ROOT / "tests").glob("test_*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            for decorator in node.decorator_list:
+                if isinstance(decorator, ast.Call) and getattr(decorator.func, "id", "") == "readme_example":
+                    for arg in decorator.args:
+                        assert isinstance(arg, ast.Constant) and isinstance(arg.value, str)
+                        names[arg.value] = f"{path.name}::{node.name}"
+    return names
+
+
+@dataclass(frozen=True)
+class Addresses:
+    """Where a bus listens: its HTTP base and ZeroMQ endpoints."""
+
+    url: str
+    ingest: str
+    egress: str
+
+    @classmethod
+    def of(cls, bus: BusProcess) -> Addresses:
+        """The addresses a running bus printed in its banner."""
+        return cls(bus.url, bus.endpoints["ingest"], bus.endpoints["egress"])
+
+
+def free_addresses() -> Addresses:
+    """Free loopback addresses for a `devbus run` that a README block starts."""
+    return Addresses(
+        f"http://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    )
+
+
+def localize(text: str, bus: Addresses, **also: str) -> str:
+    """``text`` with the default addresses replaced by ``bus``'s, and each key of ``also`` by its value."""
+    for default, actual in ((DEFAULT_URL, bus.url), (DEFAULT_INGEST, bus.ingest), (DEFAULT_EGRESS, bus.egress)):
+        text = text.replace(default, actual)
+    for old, new in also.items():
+        text = text.replace(old, new)
+    return text
+
+
+def commands(block: Block) -> list[str]:
+    """The commands of a shell block: one per line, continuation lines joined, comment lines left out."""
+    found: list[str] = []
+    pending = ""
+    for line in block.text.splitlines():
+        if not pending and (not line.strip() or line.lstrip().startswith("#")):
+            continue
+        pending += line
+        if pending.endswith("\\"):
+            pending = pending[:-1]
+            continue
+        found.append(pending.strip())
+        pending = ""
+    return found
+
+
+# What stands for "any" in output the README shows: its times, and its example run id.
+_VARIABLE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z|\b\d\d:\d\d:\d\d\.\d{3}\b|\b3f9a1c2e\b")
+_ANY = {
+    "timestamp": r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z",
+    "clock": r"\d\d:\d\d:\d\d\.\d{3}",
+    "run": r"[0-9a-f]{8}",
+}
+
+
+def shown(text: str, bus: Addresses | None = None, **also: str) -> re.Pattern[str]:
+    """A pattern for output as the README shows it: its times and run id stand for any, its addresses for ``bus``'s."""
+    if bus is not None:
+        text = localize(text, bus, **also)
+    parts: list[str] = []
+    at = 0
+    for match in _VARIABLE.finditer(text):
+        parts.append(re.escape(text[at : match.start()]))
+        value = match.group()
+        kind = "timestamp" if "T" in value else "clock" if ":" in value else "run"
+        parts.append(_ANY[kind])
+        at = match.end()
+    parts.append(re.escape(text[at:]))
+    return re.compile("".join(parts))
+
+
+def require_command(name: str) -> None:
+    """Skip a test whose block needs ``name`` (jq, say) where it is missing, except in CI, where that fails."""
+    if shutil.which(name) is not None:
+        return
+    message = f"the README's example needs `{name}` (Debian: apt-get install {name})"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def shell_env(bus: Addresses | None = None, *, checkout: bool = True, **extra: str) -> dict[str, str]:
+    """The environment of a README command: this interpreter's bin first on PATH, and ``bus``'s addresses.
+
+    ``checkout=False`` leaves this checkout off PYTHONPATH, for commands that must use what they installed.
+    """
+    env = bus_env(**extra)
+    if not checkout:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in env["PYTHONPATH"].split(os.pathsep) if p and p != str(ROOT))
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    if bus is not None:
+        env.update(DEVBUS_URL=bus.url, DEVBUS_INGEST=bus.ingest, DEVBUS_EGRESS=bus.egress)
+    return env
+
+
+def run(
+    command: str, *, env: dict[str, str], cwd: Path, timeout: float = 60, status: int = 0
+) -> subprocess.CompletedProcess[str]:
+    """Run one command with bash (``pipefail``: a failing stage fails it); fail the test unless it exits ``status``."""
+    result = subprocess.run(
+        ["bash", "-o", "pipefail", "-c", command],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert result.returncode == status, (
+        f"`{command}` exited with {result.returncode}, not {status}:\n{result.stdout}{result.stderr}"
+    )
+    return result
+
+
+class Running:
+    """A README command running in the background, as in a terminal.
+
+    Its stdout and stderr are a pseudo-terminal (200 columns), as a user's are, so that
+    commands behave as the README shows (`jq` flushes each line to a terminal, not to a
+    pipe); what it prints is read line by line, without colours. It runs in its own
+    process group, so Ctrl-C (:meth:`interrupt`) reaches a whole pipeline.
+    """
+
+    def __init__(self, command: str, *, env: dict[str, str], cwd: Path) -> None:
+        self.command = command
+        self.lines: list[str] = []
+        self._seen = threading.Condition()
+        terminal, child = pty.openpty()
+        fcntl.ioctl(child, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 200, 0, 0))
+        self.proc = subprocess.Popen(
+            ["bash", "-c", command],
+            stdin=subprocess.DEVNULL,
+            stdout=child,
+            stderr=child,
+            env=env,
+            cwd=cwd,
+            start_new_session=True,
+        )
+        os.close(child)
+        self._reader = threading.Thread(target=self._read, args=(terminal,), daemon=True)
+        self._reader.start()
+
+    def _read(self, terminal: int) -> None:
+        pending = b""
+        try:
+            while True:
+                try:
+                    chunk = os.read(terminal, 65536)
+                except OSError:  # EIO: every process holding the terminal has exited
+                    chunk = b""
+                if not chunk:
+                    break
+                pending += chunk
+                *complete, pending = pending.split(b"\n")
+                with self._seen:
+                    self.lines.extend(_ANSI.sub("", line.decode(errors="replace")).rstrip("\r") for line in complete)
+                    self._seen.notify_all()
+        finally:
+            os.close(terminal)
+            with self._seen:
+                if pending:
+                    self.lines.append(_ANSI.sub("", pending.decode(errors="replace")).rstrip("\r"))
+                self._seen.notify_all()
+
+    def wait_for(self, pattern: str | re.Pattern[str], *, timeout: float = WAIT) -> re.Match[str]:
+        """Wait until it prints a line matching ``pattern``; fail, showing what it printed, if it does not."""
+        regex = re.compile(pattern)
+
+        def find() -> re.Match[str] | None:
+            return next((m for line in self.lines if (m := regex.search(line)) is not None), None)
+
+        with self._seen:
+            self._seen.wait_for(lambda: find() is not None or not self._reader.is_alive(), timeout)
+            match = find()
+        assert match is not None, f"`{self.command}` printed no line matching {regex.pattern!r}:\n" + "\n".join(
+            self.lines
+        )
+        return match
+
+    def exited(self, *, timeout: float = WAIT) -> int:
+        """Wait for it to end by itself; return its exit status."""
+        status = self.proc.wait(timeout=timeout)
+        self._reader.join(timeout=timeout)  # its last output read
+        return status
+
+    def interrupt(self, *, timeout: float = WAIT) -> int:
+        """Ctrl-C: SIGINT to its process group; return its exit status."""
+        self._signal(signal.SIGINT)
+        return self.exited(timeout=timeout)
+
+    def kill(self) -> None:
+        """Kill its process group, if anything of it still runs."""
+        self._signal(signal.SIGKILL)
+        self.proc.wait(timeout=WAIT)
+
+    def _signal(self, signum: int) -> None:
+        # The whole group: bash may have left children behind (a pipeline, `devbus run &`).
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signum)
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+@pytest.fixture
+def background() -> Iterator[Callable[..., Running]]:
+    """Start README commands in the background; every one still running is killed after the test."""
+    started: list[Running] = []
+
+    def start(command: str, *, env: dict[str, str], cwd: Path) -> Running:
+        running = Running(command, env=env, cwd=cwd)
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        running.kill()

@@ -1,0 +1,117 @@
+"""The README's browser and TypeScript examples: run in Chromium, or compiled with `tsc --strict` as an app would."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from browser_fixtures import PageServer
+from playwright.sync_api import Page
+from readme import Addresses, commands, example, localize, readme_example, run, shell_env
+from support import ROOT, WAIT, BusProcess, bus_health, devbus_cli, post_batch, wait_for_history
+from test_typescript import TS_DIR, TSC, TSC_WAIT, require_tsc
+
+FLAGS = ["--strict", "--noEmit", "--target", "es2022", "--module", "es2022", "--moduleResolution", "bundler"]
+# What a Next.js app has that the README's fragments take for granted.
+NEXT_GLOBALS = "declare const process: { env: Record<string, string | undefined> };\n"
+HOOK_USE_PRELUDE = """import { useDevbus } from "../lib/use-devbus";
+
+interface Agent { id: string; name: string }
+declare function mutate(key: string): void;
+declare function setAgents(update: (agents: Agent[]) => Agent[]): void;
+
+"""
+
+
+def tsc(folder: Path, *sources: str) -> subprocess.CompletedProcess[str]:
+    """Compile ``sources`` in ``folder`` with the pinned compiler, with React's types at hand."""
+    require_tsc()
+    (folder / "node_modules").symlink_to(TS_DIR / "node_modules", target_is_directory=True)
+    return subprocess.run(
+        [str(TSC), *FLAGS, *sources], cwd=folder, capture_output=True, text=True, timeout=TSC_WAIT, check=False
+    )
+
+
+def seeded(bus: BusProcess) -> None:
+    """Run the README's seeding script against ``bus``: 100 `agent.created`, one `agents.bulk_created`."""
+    run("python scripts/bulk_create_agents.py --count 100", env=shell_env(Addresses.of(bus)), cwd=ROOT)
+    wait_for_history(bus, 101)
+
+
+@readme_example("typed-ts")
+def test_the_typed_client_compiles_except_for_the_misspelt_field(
+    tmp_path: Path, bus_process: Callable[..., BusProcess]
+) -> None:
+    bus = bus_process("--quiet")
+    seeded(bus)
+    assert devbus_cli(bus, "types", "--ts", "-o", str(tmp_path / "devbus-events.ts")).exit_code == 0
+    (tmp_path / "devbus.d.ts").write_bytes((ROOT / "devbus" / "static" / "devbus.d.ts").read_bytes())
+    block = example("typed-ts").text
+    (tmp_path / "main.ts").write_text(block)
+    compiled = tsc(tmp_path, "main.ts")
+    # The one error is the one the README's comment announces, on its line.
+    [line] = [n for n, text in enumerate(block.splitlines(), start=1) if "error TS2339" in text]
+    errors = [text for text in compiled.stdout.splitlines() if ": error " in text]
+    assert len(errors) == 1, compiled.stdout
+    assert errors[0].startswith(f"main.ts({line},")
+    assert "error TS2339: Property 'nmae' does not exist on type 'AgentCreatedData | " in errors[0]
+
+
+@readme_example("nextjs-copy", "nextjs-reexport", "nextjs-configure", "nextjs-hook", "nextjs-hook-use")
+def test_the_nextjs_files_copy_from_the_bus_and_compile_strictly(
+    tmp_path: Path, bus_process: Callable[..., BusProcess]
+) -> None:
+    bus = bus_process("--quiet")
+    where = Addresses.of(bus)
+    lib = tmp_path / "src" / "lib"
+    lib.mkdir(parents=True)  # the app's layout
+    for command in commands(example("nextjs-copy")):
+        run(localize(command, where), env=shell_env(where), cwd=tmp_path)
+    for name in ("devbus.js", "devbus.d.ts"):
+        with urllib.request.urlopen(f"{bus.url}/{name}", timeout=WAIT) as reply:
+            assert (lib / name).read_bytes() == reply.read()
+    (lib / "dev-webhook.ts").write_text(example("nextjs-reexport").text)
+    (lib / "dev-webhook-configured.ts").write_text(example("nextjs-configure").text)
+    hook = example("nextjs-hook").text
+    path = hook.splitlines()[0].removeprefix("// ")  # the block names its file
+    (tmp_path / path).write_text(hook)
+    (tmp_path / "src" / "app").mkdir()
+    (tmp_path / "src" / "app" / "agents.ts").write_text(HOOK_USE_PRELUDE + example("nextjs-hook-use").text)
+    (tmp_path / "src" / "next-env.d.ts").write_text(NEXT_GLOBALS)
+    sources = ["src/next-env.d.ts", "src/lib/dev-webhook.ts", "src/lib/dev-webhook-configured.ts", path]
+    compiled = tsc(tmp_path, *sources, "src/app/agents.ts")
+    assert compiled.returncode == 0, compiled.stdout + compiled.stderr
+
+
+@pytest.mark.browser
+@readme_example("browser-import")
+def test_a_page_imports_the_client_from_the_bus_sends_and_gets_what_follows(
+    shared_bus: BusProcess, other_origin: PageServer, page: Page
+) -> None:
+    script = localize(example("browser-import").text, Addresses.of(shared_bus))
+    before = bus_health(shared_bus.url)["subscribers"]
+    logged: list[list[Any]] = []
+    page.on("console", lambda message: logged.append([arg.json_value() for arg in message.args]))
+    page.goto(
+        other_origin.add(
+            "app.html", f'<!doctype html><meta charset="utf-8">\n<script type="module">\n{script}</script>'
+        )
+    )
+    [sent] = wait_for_history(shared_bus, 1, types="agent.created")
+    assert (sent["data"], sent["source"]) == ({"id": 7}, "http")
+    deadline = time.monotonic() + WAIT
+    while bus_health(shared_bus.url)["subscribers"] <= before:  # until the page's stream is open
+        assert time.monotonic() < deadline, "the page did not subscribe"
+        time.sleep(0.02)
+    later = post_batch(shared_bus.url, [("agent.created", {"id": 8})])
+    deadline = time.monotonic() + WAIT
+    while ["agent.created", {"id": 8}, *later] not in logged:
+        assert time.monotonic() < deadline, f"the page logged {logged}"
+        page.wait_for_timeout(20)  # lets the page run while this polls what it logged
+    # Whether the page's own event came before its stream was open is up to timing (see the README).
+    assert [entry for entry in logged if entry and entry[0] != "agent.created"] == []
