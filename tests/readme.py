@@ -367,3 +367,15 @@ def background() -> Iterator[Callable[..., Running]]:
     yield start
     for running in started:
         running.kill()
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """After a run that checked the README's blocks, list them and what runs each (CI's log keeps it)."""
+    reports = [r for key in ("passed", "failed") for r in terminalreporter.stats.get(key, [])]
+    if not any(getattr(r, "nodeid", "").startswith("tests/test_readme.py::") for r in reports):
+        return
+    runners = claimed()
+    terminalreporter.section("README blocks")
+    for block in blocks():
+        runner = runners.get(block.name, "no test") if block.kind in ("example", "output") else "not run"
+        terminalreporter.write_line(f"{block}  <- {runner}")

@@ -1,6 +1,6 @@
 """Every fenced block of README.md is run by a test, or marked as illustration only (see tests/readme.py).
 
-`pytest tests/test_readme.py -v -s` prints the list: each block, and the test that runs it.
+A run that includes this test ends with the list ("README blocks"): each block, and the test that runs it.
 """
 
 from __future__ import annotations
@@ -28,6 +28,3 @@ def test_every_block_is_marked_run_by_a_test_or_an_illustration_with_a_reason() 
         f"{test} claims {name!r}, which README.md no longer has" for name, test in runners.items() if name not in names
     ]
     assert not problems, "\n".join(problems)
-    # The list the tests run, for the log of a CI run (-s shows it).
-    for block in found:
-        print(f"{block}" + (f"  <- {runners[block.name]}" if block.kind != "illustration" else ""))

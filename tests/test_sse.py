@@ -38,6 +38,12 @@ async def test_stream_starts_with_retry_and_connected_frame(bus: Client) -> None
     assert b"id:" not in first
 
 
+async def test_the_webhook_message_counts_subscribers_in_singular_and_plural(bus: Client) -> None:
+    assert (await post(bus, "t.none"))["message"] == "Event t.none broadcasted to 0 subscribers"
+    await open_stream(bus)
+    assert (await post(bus, "t.one"))["message"] == "Event t.one broadcasted to 1 subscriber"
+
+
 async def test_two_subscribers_get_the_same_exact_bytes(bus: Client) -> None:
     first, second = await open_stream(bus), await open_stream(bus)
     body = await post(bus, "test.event", {"message": "Hello"})
