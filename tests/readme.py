@@ -76,6 +76,9 @@ DEFAULT_URL = "http://127.0.0.1:8765"
 DEFAULT_INGEST = "tcp://127.0.0.1:8766"
 DEFAULT_EGRESS = "tcp://127.0.0.1:8767"
 KINDS = ("example", "output", "illustration")
+# What a README command may take to print what it shows, or to end: each is a new process
+# (Python and its imports, Node, a compiler), slow to start on a machine shared with others.
+START = 3 * WAIT
 
 _FENCE = re.compile(r"^(```+)(\S*)")
 _MARKER = re.compile(r"^<!--\s*(\w+):\s*(.*?)\s*-->$")
@@ -246,7 +249,7 @@ def shell_env(bus: Addresses | None = None, *, checkout: bool = True, **extra: s
 
 
 def run(
-    command: str, *, env: dict[str, str], cwd: Path, timeout: float = 60, status: int = 0
+    command: str, *, env: dict[str, str], cwd: Path, timeout: float = 2 * START, status: int = 0
 ) -> subprocess.CompletedProcess[str]:
     """Run one command with bash (``pipefail``: a failing stage fails it); fail the test unless it exits ``status``."""
     result = subprocess.run(
@@ -314,7 +317,7 @@ class Running:
                     self.lines.append(_ANSI.sub("", pending.decode(errors="replace")).rstrip("\r"))
                 self._seen.notify_all()
 
-    def wait_for(self, pattern: str | re.Pattern[str], *, timeout: float = WAIT) -> re.Match[str]:
+    def wait_for(self, pattern: str | re.Pattern[str], *, timeout: float = START) -> re.Match[str]:
         """Wait until it prints a line matching ``pattern``; fail, showing what it printed, if it does not."""
         regex = re.compile(pattern)
 
@@ -329,13 +332,13 @@ class Running:
         )
         return match
 
-    def exited(self, *, timeout: float = WAIT) -> int:
+    def exited(self, *, timeout: float = START) -> int:
         """Wait for it to end by itself; return its exit status."""
         status = self.proc.wait(timeout=timeout)
         self._reader.join(timeout=timeout)  # its last output read
         return status
 
-    def interrupt(self, *, timeout: float = WAIT) -> int:
+    def interrupt(self, *, timeout: float = START) -> int:
         """Ctrl-C: SIGINT to its process group; return its exit status."""
         self._signal(signal.SIGINT)
         return self.exited(timeout=timeout)

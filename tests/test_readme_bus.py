@@ -30,6 +30,9 @@ from support import WAIT, BusProcess, RedisServer, free_port, post_batch, wait_f
 import devbus
 from devbus.cli.run import run as run_command
 
+# Each test starts several processes (buses, commands, a compiler): minutes on a busy machine.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
 
 @readme_example("curl-stream", "curl-post", "curl-stream-frame", "run-console")
 def test_two_curl_streams_see_the_posted_event_and_the_console_counts_them(

@@ -26,6 +26,9 @@ from support import ROOT, WAIT, BusProcess, fetch_history, post_batch, wait_for_
 Background = Callable[..., Running]
 SEED = "python scripts/bulk_create_agents.py --count 100"  # run from the checkout, as the README does
 
+# Each test starts several processes (buses, commands, a compiler): minutes on a busy machine.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
 
 @pytest.fixture
 def bus(bus_process: Callable[..., BusProcess]) -> BusProcess:

@@ -6,8 +6,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from readme import Addresses, Running, example, readme_example, run, shell_env
 from support import WAIT, BusProcess, free_port, post_batch, wait_for_history
+
+# Each test starts several processes (buses, commands, a compiler): minutes on a busy machine.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 
 @readme_example("python-script")

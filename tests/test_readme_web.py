@@ -27,6 +27,9 @@ declare function setAgents(update: (agents: Agent[]) => Agent[]): void;
 
 """
 
+# Each test starts several processes (buses, commands, a compiler): minutes on a busy machine.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
 
 def tsc(folder: Path, *sources: str) -> subprocess.CompletedProcess[str]:
     """Compile ``sources`` in ``folder`` with the pinned compiler, with React's types at hand."""
