@@ -8,8 +8,7 @@ from devbus.errors import (
     DevbusError,
     InvalidEvent,
 )
-
-__version__ = "0.1.0"
+from devbus.version import __version__
 
 __all__ = [
     "AsyncPublisher",

@@ -11,21 +11,24 @@ from typing import Any
 import msgspec
 
 from devbus.errors import InvalidEvent, MalformedInput, Unauthorized
+from devbus.nesting import MAX_DEPTH, deep_path, json_deep_path, json_nests_deeper, too_deep
 
 __all__ = [
+    "MAX_DEPTH",
     "BatchIn",
     "Draft",
     "Event",
     "HttpEventIn",
+    "RecordedIn",
     "WireEventIn",
     "check_event_id",
     "check_name",
     "decode_batch",
     "decode_http_event",
+    "decode_recorded_event",
     "decode_wire_event",
     "encode_json",
     "encode_msgpack",
-    "sse_comment",
     "sse_frame",
 ]
 
@@ -79,8 +82,18 @@ class BatchIn(msgspec.Struct, frozen=True):
     events: list[HttpEventIn]
 
 
-class WireEventIn(msgspec.Struct, frozen=True):
-    """The MessagePack body of a ZeroMQ ingest message."""
+class RecordedIn(msgspec.Struct, frozen=True):
+    """One line of a recording: an envelope as the SSE stream carries it and `devbus record` writes it."""
+
+    type: str
+    data: dict[str, Any] | None = None
+    source: str | None = None
+    id: str | None = None
+    timestamp: str | None = None
+
+
+class WireEventIn(msgspec.Struct, frozen=True, omit_defaults=True):
+    """The MessagePack body of a ZeroMQ ingest message (senders encode it, the bus decodes it)."""
 
     type: str
     data: dict[str, Any] | None = None
@@ -142,14 +155,21 @@ def _convert(obj: object, type_: type[msgspec.Struct], what: str) -> Any:
         raise InvalidEvent(f"{what}: {exc}") from exc
 
 
-def _decode_json(body: bytes) -> object:
+def _decode_json(body: bytes, *, above_data: int, what: str = "Body") -> object:
+    """Decode a JSON body whose events' `data` sit ``above_data`` levels down; refuse one nesting past MAX_DEPTH."""
+    depth = above_data + MAX_DEPTH
     try:
-        return msgspec.json.decode(body)
+        value = msgspec.json.decode(body)
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         # msgspec reports a string that is not UTF-8 as UnicodeDecodeError, not DecodeError.
-        raise MalformedInput(f"Body is not valid JSON: {exc}") from exc
-    except RecursionError as exc:
-        raise MalformedInput(f"Body nests too deeply to be an event: {exc}") from exc
+        raise MalformedInput(f"{what} is not valid JSON: {exc}") from exc
+    except RecursionError:
+        pass  # nests deeper than the interpreter allows, so far deeper than MAX_DEPTH
+    else:
+        if not json_nests_deeper(body, depth):
+            return value
+    path = json_deep_path(body, depth)
+    raise too_deep(path[above_data - 1 :], within=path[: above_data - 1])
 
 
 _HTTP_SHAPE = 'expected {"event_type": str, "data": object, "source"?: str}'
@@ -157,13 +177,15 @@ _HTTP_SHAPE = 'expected {"event_type": str, "data": object, "source"?: str}'
 
 def decode_http_event(body: bytes, *, default_source: str) -> Draft:
     """Decode and validate the JSON body of a webhook or trigger POST."""
-    incoming: HttpEventIn = _convert(_decode_json(body), HttpEventIn, _HTTP_SHAPE)
+    incoming: HttpEventIn = _convert(_decode_json(body, above_data=1), HttpEventIn, _HTTP_SHAPE)
     return _draft(incoming.event_type, incoming.data, incoming.source, default_source=default_source, at="event_type")
 
 
 def decode_batch(body: bytes, *, default_source: str) -> list[Draft]:
     """Decode and validate a batch body; any invalid event rejects the whole batch."""
-    batch: BatchIn = _convert(_decode_json(body), BatchIn, 'expected {"events": [{"event_type", "data"}, ...]}')
+    batch: BatchIn = _convert(
+        _decode_json(body, above_data=3), BatchIn, 'expected {"events": [{"event_type", "data"}, ...]}'
+    )
     if not 1 <= len(batch.events) <= MAX_BATCH:
         raise InvalidEvent(f"`events` must hold 1-{MAX_BATCH} events (got {len(batch.events)})")
     drafts = []
@@ -177,6 +199,16 @@ def decode_batch(body: bytes, *, default_source: str) -> list[Draft]:
     return drafts
 
 
+def decode_recorded_event(line: bytes) -> tuple[Draft, RecordedIn]:
+    """Decode one line of a recording; validate its event as a POSTed one is (source default `replay`)."""
+    recorded: RecordedIn = _convert(
+        _decode_json(line, above_data=1, what="Line"),
+        RecordedIn,
+        'expected an envelope {"type", "data", "id"?, "timestamp"?, "source"?} as `devbus record` writes',
+    )
+    return _draft(recorded.type, recorded.data, recorded.source, default_source="replay", at="type"), recorded
+
+
 def decode_wire_event(payload: bytes, *, default_source: str = "zmq", token: str | None = None) -> Draft:
     """Decode and validate the MessagePack body of a ZeroMQ ingest message (and its token, if one is set)."""
     try:
@@ -188,8 +220,8 @@ def decode_wire_event(payload: bytes, *, default_source: str = "zmq", token: str
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         # msgspec reports a string that is not UTF-8 as UnicodeDecodeError, not DecodeError.
         raise MalformedInput(f"Body is not valid MessagePack: {exc}") from exc
-    except RecursionError as exc:
-        raise MalformedInput(f"Body nests too deeply to be an event: {exc}") from exc
+    except RecursionError:
+        raise too_deep([]) from None  # deeper than the interpreter allows, so far deeper than MAX_DEPTH
     if token is not None and not hmac.compare_digest((incoming.token or "").encode(), token.encode()):
         raise Unauthorized(
             "missing or wrong `token`: this bus was started with --token, so send it in the message's "
@@ -202,6 +234,12 @@ def decode_wire_event(payload: bytes, *, default_source: str = "zmq", token: str
         as_json = _json_encoder.encode(draft.data)
     except (TypeError, ValueError) as exc:
         raise InvalidEvent(f"`data` must hold only JSON values: {exc}") from exc
+    except RecursionError:
+        raise too_deep([]) from None
+    # Measured on the JSON just made: two byte counts for an ordinary event, where the
+    # MessagePack bytes would need a walk (any UTF-8 text holds map and array header bytes).
+    if json_nests_deeper(as_json, MAX_DEPTH):
+        raise too_deep(["data", *(deep_path(draft.data, MAX_DEPTH) or [])])
     # JSON encodes NaN and Infinity as null; HTTP input cannot carry them at all,
     # so refuse them here too. Only data with a null in it is walked.
     if b"null" in as_json and _has_non_finite(draft.data):
@@ -248,8 +286,3 @@ def sse_frame(
     if name is not None:
         head += b"event: " + name.encode() + b"\n"
     return head + b"data: " + data + b"\n\n"
-
-
-def sse_comment(text: str) -> bytes:
-    """Frame an SSE comment line, which EventSource ignores (used as heartbeat)."""
-    return b": " + text.encode() + b"\n\n"

@@ -7,21 +7,23 @@ from typing import Any
 
 import msgspec
 
-from devbus.envelope import MAX_SOURCE_LENGTH, Draft, Event, check_name, decode_wire_event, encode_msgpack
+from devbus.envelope import (
+    MAX_SOURCE_LENGTH,
+    Draft,
+    Event,
+    WireEventIn,
+    check_name,
+    decode_wire_event,
+    encode_msgpack,
+)
 from devbus.errors import InvalidEvent, MalformedInput, Unauthorized
+from devbus.nesting import TOO_DEEP
 
 __all__ = ["WireReject", "decode_event_frames", "decode_frames", "encode_event_frames", "encode_frames"]
 
 
 class WireReject(InvalidEvent):
     """An ingest message refused; ``reason`` is the metrics label (``zmq_<kind>``)."""
-
-
-class _WireIn(msgspec.Struct, frozen=True, omit_defaults=True):
-    type: str
-    data: dict[str, Any]
-    source: str | None = None
-    token: str | None = None
 
 
 _event_decoder = msgspec.msgpack.Decoder(Event)
@@ -37,7 +39,7 @@ def encode_frames(
     if data is not None and not isinstance(data, dict):
         raise InvalidEvent(f"`data` must be a dict (a JSON object), got {type(data).__name__}")
     try:
-        body = encode_msgpack(_WireIn(type_, data if data is not None else {}, source, token))
+        body = encode_msgpack(WireEventIn(type_, data if data is not None else {}, source, token))
     except (TypeError, msgspec.EncodeError) as exc:
         raise InvalidEvent(f"`data` cannot be encoded as MessagePack: {exc}") from exc
     return [type_.encode(), body]
@@ -60,6 +62,8 @@ def decode_frames(frames: Sequence[bytes], *, max_size: int, token: str | None =
     except MalformedInput as exc:
         raise WireReject(str(exc), reason="zmq_msgpack") from exc
     except InvalidEvent as exc:
+        if exc.reason == TOO_DEEP:
+            raise WireReject(str(exc), reason="zmq_depth") from exc
         # msgspec's ValidationError (and an encoder's TypeError for data JSON
         # cannot carry) mean the map has the wrong shape; anything else is a
         # name that breaks the type or source rules.

@@ -41,10 +41,5 @@ class TypeFilter:
             regex = "|".join(fnmatch.translate(p) for p in patterns)
             self._match = re.compile(regex).match
 
-    @property
-    def matches_all(self) -> bool:
-        """Whether every type passes."""
-        return self._match is None
-
     def __call__(self, event_type: str) -> bool:
         return self._match is None or self._match(event_type) is not None

@@ -1,4 +1,4 @@
-"""ZMTP 3.0 (the ZeroMQ wire protocol), the part a bus needs to be a SUB peer of PUB senders.
+"""ZMTP 3.0 (the ZeroMQ wire protocol): the codec the bus speaks to ZeroMQ sockets with (see bus/zmtp_peer.py).
 
 libzmq bounds a frame (ZMQ_MAXMSGSIZE) but not a message: it keeps every frame of
 an unfinished multipart message until the last one arrives, so a peer that never
@@ -14,7 +14,6 @@ Spec: https://rfc.zeromq.org/spec/23/ (ZMTP 3.0) and /spec/37/ (3.1 commands).
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 
 __all__ = [
     "GREETING",
@@ -26,6 +25,7 @@ __all__ = [
     "check_greeting",
     "check_ready",
     "command",
+    "error",
     "message",
     "parse_ready",
     "pong",
@@ -44,21 +44,35 @@ _U32 = struct.Struct(">I")
 
 
 class HandshakeError(Exception):
-    """A peer that does not speak ZMTP 3 with the NULL mechanism as a publisher."""
+    """A peer that does not speak ZMTP 3 with the NULL mechanism as a publisher.
+
+    ``tell`` is False when the peer does not speak ZMTP 3 at all, so that an ERROR
+    command telling it why would mean nothing to it.
+    """
+
+    def __init__(self, message: str, *, tell: bool = True) -> None:
+        super().__init__(message)
+        self.tell = tell
 
 
 def check_greeting(greeting: bytes) -> None:
-    """Accept a peer's 64-byte greeting, or raise HandshakeError saying why not."""
-    if greeting[0] != 0xFF or greeting[9] & 0x01 != 0x01:
-        raise HandshakeError("not a ZeroMQ peer (bad signature)")
-    if greeting[10] < 3:
-        raise HandshakeError(f"ZMTP {greeting[10]}.x is too old; devbus speaks ZMTP 3 (libzmq 4 and later)")
-    if greeting[12:32].rstrip(b"\x00") != b"NULL":
+    """Accept a peer's greeting, whole or as far as it has arrived, or raise HandshakeError saying why not.
+
+    Each field is judged as soon as it is in: a peer of an older ZMTP (or not ZeroMQ at
+    all) sends fewer than 64 bytes and waits for an answer, so waiting for all of them
+    would only refuse it at the handshake deadline, and for the wrong reason.
+    """
+    if greeting[:1] not in (b"", b"\xff") or (len(greeting) > 9 and greeting[9] & 0x01 != 0x01):
+        raise HandshakeError("not a ZeroMQ peer (bad signature)", tell=False)
+    if len(greeting) > 10 and greeting[10] < 3:
+        version = "2.0 (libzmq 3.x)" if greeting[10] == 1 else f"revision {greeting[10]}"
+        raise HandshakeError(f"ZMTP {version} is too old; devbus speaks ZMTP 3 (libzmq 4 and later)", tell=False)
+    if len(greeting) >= 32 and greeting[12:32].rstrip(b"\x00") != b"NULL":
         raise HandshakeError(f"security mechanism {greeting[12:32].rstrip(bytes(1))!r} is not supported (NULL only)")
 
 
 class Greeting:
-    """A peer's 64-byte greeting, collected across reads and checked once whole."""
+    """A peer's 64-byte greeting, collected across reads and checked as it arrives."""
 
     def __init__(self) -> None:
         self._received = b""
@@ -69,9 +83,9 @@ class Greeting:
             return data
         needed = GREETING_SIZE - len(self._received)
         self._received += data[:needed]
+        check_greeting(self._received)
         if len(self._received) < GREETING_SIZE:
             return None
-        check_greeting(self._received)
         return data[needed:]
 
 
@@ -86,6 +100,12 @@ def check_ready(body: bytes, *, allowed: frozenset[bytes], role: str) -> None:
 def pong(body: bytes) -> bytes:
     """The answer to a ZMTP 3.1 PING: a PONG with the context it carries (after its 2-byte TTL)."""
     return command(b"PONG", body[2:])
+
+
+def error(reason: str) -> bytes:
+    """The ZMTP 3.1 ERROR command that tells a peer why it is closed: printable ASCII, at most 255 bytes."""
+    text = "".join(char if " " <= char <= "~" else "?" for char in reason)[:255].encode()
+    return command(b"ERROR", bytes([len(text)]) + text)
 
 
 def command(name: bytes, body: bytes = b"") -> bytes:
@@ -143,12 +163,6 @@ class Rejected:
         self.text = text
 
 
-@dataclass(slots=True)
-class _Partial:
-    frames: list[bytes]
-    size: int
-
-
 class FrameReader:
     """Turn the bytes after the handshake into messages, commands and rejections.
 
@@ -156,6 +170,7 @@ class FrameReader:
     one read brings: a message is refused as soon as its frames together pass the
     limit or there are more than ``max_frames`` of them, and the rest of it is read
     and thrown away. The messages after it on the same connection are unaffected.
+    A command between two frames of a message counts towards that message's limit.
     """
 
     def __init__(self, *, max_message: int, max_frames: int) -> None:
@@ -213,6 +228,14 @@ class FrameReader:
             if flags & COMMAND:
                 if size > self.max_message:
                     raise HandshakeError(f"command of {size} bytes is over the limit")
+                if self._size + size > self.max_message and not self._skipping:
+                    # Between two frames of a message (where libzmq may put a heartbeat PING)
+                    # a command is held beside the message's frames: past the bound, the
+                    # message is refused alone and the command still read.
+                    out.append(self._oversize(self._size + size))
+                    self._skipping = True
+                    self._message = []
+                    self._size = 0
                 if end - start < size:
                     self._need = start - at + size
                     break
@@ -252,11 +275,13 @@ class FrameReader:
 
     def _check(self, size: int) -> Rejected | None:
         if self._size + size > self.max_message:
-            return Rejected(
-                "zmq_oversize",
-                f"message of more than {self._size + size} bytes is over the limit of {self.max_message} "
-                "(--max-message)",
-            )
+            return self._oversize(self._size + size)
         if len(self._message) >= self.max_frames:
             return Rejected("zmq_frames", f"expected {self.max_frames} frames [type, MessagePack body], got more")
         return None
+
+    def _oversize(self, size: int) -> Rejected:
+        return Rejected(
+            "zmq_oversize",
+            f"message of more than {size} bytes is over the limit of {self.max_message} (--max-message)",
+        )

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp.test_utils import TestClient
 from support import BusFactory
 
 from devbus.bus.metrics import Metrics
-from devbus.bus.outputs.catalogue import SHAPES_PER_SECOND, Catalogue
-from devbus.envelope import Event
+from devbus.bus.outputs.catalogue.catalogue import SHAPES_PER_SECOND, Catalogue
+from devbus.client.typescript import to_typescript
+from devbus.envelope import MAX_DEPTH, Event
 
 
 async def post(client: TestClient[Any, Any], event_type: str, data: dict[str, Any], **extra: str) -> None:
@@ -165,3 +168,47 @@ async def test_the_catalogue_starts_with_what_the_store_retained(make_bus: BusFa
     assert entries["kept.event"]["count"] == 2  # read from the store once, not twice
     assert entries["kept.event"]["schema"]["required"] == ["n"]
     assert entries["new.event"]["count"] == 1
+
+
+def nested(levels: int, *, kind: type = list) -> dict[str, Any]:
+    """A payload nesting ``levels`` deep (itself level 1), built without recursion."""
+    inner: Any = 1
+    for _ in range(levels - 1):
+        inner = [inner] if kind is list else {"k": inner}
+    return {"tree": inner}
+
+
+def test_the_catalogue_never_raises_and_logs_a_failure_once(caplog: pytest.LogCaptureFixture) -> None:
+    """Regression: a 900-deep payload raised RecursionError for each event (a 242 KB traceback
+    logged each time) and left the type's schema `{}` marked complete."""
+    metrics = Metrics()
+    catalogue = Catalogue(metrics)
+    catalogue.observe([event("deep.list", {"before": "deep"}, seq=0)], every=True)
+    pathological = [
+        event("deep.list", nested(900)),
+        event("deep.dict", nested(100_000, kind=dict)),
+        event("not.json", {"value": object()}),  # nothing a store gives back, but nothing may raise
+        event("at.the.limit", nested(MAX_DEPTH, kind=dict)),
+    ]
+    with caplog.at_level(logging.DEBUG, logger="devbus"):
+        for _ in range(50):
+            catalogue.observe(pathological, every=True)
+            catalogue.seed(pathological)  # what a store held from before the limit
+    entries = by_type(catalogue.snapshot())
+    assert entries["deep.list"]["schema"]["properties"] == {"before": {"type": "string"}}  # what it had learned
+    assert {name: entries[name]["schema_complete"] for name in entries} == {
+        "at.the.limit": True,
+        "deep.dict": False,
+        "deep.list": False,
+        "not.json": False,
+    }
+    assert entries["deep.dict"]["count"] == 100
+    text = metrics.render().decode()
+    assert 'devbus_catalogue_skipped_total{reason="depth"} 2.0' in text
+    assert 'devbus_catalogue_skipped_total{reason="error"} 1.0' in text
+    assert [record.levelname for record in caplog.records] == ["WARNING", "WARNING"]
+    assert not [record for record in caplog.records if record.exc_info]
+    assert sum(len(record.getMessage()) for record in caplog.records) < 1000
+    # A schema as deep as the inputs allow is written as TypeScript too.
+    typescript = to_typescript(catalogue.snapshot())
+    assert typescript.count("k: {") == MAX_DEPTH - 2 and "export interface AtTheLimitData" in typescript

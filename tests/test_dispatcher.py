@@ -10,7 +10,7 @@ import pytest
 
 from devbus.bus.dispatcher import Dispatcher
 from devbus.bus.metrics import Metrics
-from devbus.bus.store.base import Record
+from devbus.bus.record import Record
 from devbus.bus.store.memory import MemoryStore
 from devbus.envelope import Draft
 

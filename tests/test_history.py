@@ -8,7 +8,7 @@ from aiohttp.test_utils import TestClient
 from support import BusFactory
 
 from devbus.bus.keys import DISPATCHER
-from devbus.bus.outputs.sse_replay import PAGE_EVENTS
+from devbus.bus.pages import PAGE_EVENTS
 from devbus.envelope import Draft
 
 EVENTS = PAGE_EVENTS * 2 + 500  # the answers below span pages

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,27 +13,28 @@ from browser_fixtures import PageServer
 from playwright.sync_api import Page
 from readme import Addresses, commands, example, localize, readme_example, run, shell_env
 from support import ROOT, WAIT, BusProcess, bus_health, devbus_cli, post_batch, wait_for_history
+from test_node_publisher import require_npm
 from test_typescript import TS_DIR, TSC, TSC_WAIT, require_tsc
 
 FLAGS = ["--strict", "--noEmit", "--target", "es2022", "--module", "es2022", "--moduleResolution", "bundler"]
 # What a Next.js app has that the README's fragments take for granted.
 NEXT_GLOBALS = "declare const process: { env: Record<string, string | undefined> };\n"
-HOOK_USE_PRELUDE = """import { useDevbus } from "../lib/use-devbus";
-
+# What the README's component takes from the rest of the app.
+HOOK_GIVENS = """
 interface Agent { id: string; name: string }
 declare function mutate(key: string): void;
-declare function setAgents(update: (agents: Agent[]) => Agent[]): void;
-
+declare function AgentList(props: { agents: Agent[]; live: boolean }): null;
 """
 
 # Each test starts several processes (buses, commands, a compiler): minutes on a busy machine.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 
-def tsc(folder: Path, *sources: str) -> subprocess.CompletedProcess[str]:
-    """Compile ``sources`` in ``folder`` with the pinned compiler, with React's types at hand."""
+def tsc(folder: Path, *sources: str, link_types: bool = True) -> subprocess.CompletedProcess[str]:
+    """Compile ``sources`` in ``folder`` with the pinned compiler (and its node_modules, unless told not to)."""
     require_tsc()
-    (folder / "node_modules").symlink_to(TS_DIR / "node_modules", target_is_directory=True)
+    if link_types:
+        (folder / "node_modules").symlink_to(TS_DIR / "node_modules", target_is_directory=True)
     return subprocess.run(
         [str(TSC), *FLAGS, *sources], cwd=folder, capture_output=True, text=True, timeout=TSC_WAIT, check=False
     )
@@ -65,29 +65,28 @@ def test_the_typed_client_compiles_except_for_the_misspelt_field(
     assert "error TS2339: Property 'nmae' does not exist on type 'AgentCreatedData | " in errors[0]
 
 
-@readme_example("nextjs-copy", "nextjs-reexport", "nextjs-configure", "nextjs-hook", "nextjs-hook-use")
-def test_the_nextjs_files_copy_from_the_bus_and_compile_strictly(
-    tmp_path: Path, bus_process: Callable[..., BusProcess]
-) -> None:
-    bus = bus_process("--quiet")
-    where = Addresses.of(bus)
-    lib = tmp_path / "src" / "lib"
-    lib.mkdir(parents=True)  # the app's layout
-    for command in commands(example("nextjs-copy")):
-        run(localize(command, where), env=shell_env(where), cwd=tmp_path)
-    for name in ("devbus.js", "devbus.d.ts"):
-        with urllib.request.urlopen(f"{bus.url}/{name}", timeout=WAIT) as reply:
-            assert (lib / name).read_bytes() == reply.read()
-    (lib / "dev-webhook.ts").write_text(example("nextjs-reexport").text)
-    (lib / "dev-webhook-configured.ts").write_text(example("nextjs-configure").text)
-    hook = example("nextjs-hook").text
-    path = hook.splitlines()[0].removeprefix("// ")  # the block names its file
-    (tmp_path / path).write_text(hook)
-    (tmp_path / "src" / "app").mkdir()
-    (tmp_path / "src" / "app" / "agents.ts").write_text(HOOK_USE_PRELUDE + example("nextjs-hook-use").text)
-    (tmp_path / "src" / "next-env.d.ts").write_text(NEXT_GLOBALS)
-    sources = ["src/next-env.d.ts", "src/lib/dev-webhook.ts", "src/lib/dev-webhook-configured.ts", path]
-    compiled = tsc(tmp_path, *sources, "src/app/agents.ts")
+@readme_example("nextjs-install", "nextjs-reexport", "nextjs-configure", "nextjs-hook")
+def test_the_package_installs_into_an_app_whose_files_compile_strictly(tmp_path: Path) -> None:
+    require_npm()
+    app = tmp_path / "app"
+    (app / "src" / "lib").mkdir(parents=True)
+    (app / "src" / "app").mkdir()
+    (app / "package.json").write_text('{"name": "app", "private": true, "type": "module"}\n')
+    [install] = commands(example("nextjs-install"))
+    run(install.replace("/path/to/devbus", str(ROOT)), env=shell_env(), cwd=app, timeout=TSC_WAIT)
+    installed = app / "node_modules" / "devbus"
+    assert (
+        not installed.is_symlink()
+        and (installed / "devbus.js").read_bytes() == (ROOT / "js" / "devbus.js").read_bytes()
+    )
+    (app / "src" / "lib" / "dev-webhook.ts").write_text(example("nextjs-reexport").text)
+    (app / "src" / "lib" / "dev-webhook-configured.ts").write_text(example("nextjs-configure").text)
+    (app / "src" / "app" / "agents.tsx").write_text(example("nextjs-hook").text + HOOK_GIVENS)
+    (app / "src" / "next-env.d.ts").write_text(NEXT_GLOBALS)
+    # React's types, as the app would have them with React installed.
+    (app / "node_modules" / "@types").symlink_to(TS_DIR / "node_modules" / "@types", target_is_directory=True)
+    sources = ["src/next-env.d.ts", "src/lib/dev-webhook.ts", "src/lib/dev-webhook-configured.ts", "src/app/agents.tsx"]
+    compiled = tsc(app, *sources, "--jsx", "react-jsx", link_types=False)
     assert compiled.returncode == 0, compiled.stdout + compiled.stderr
 
 

@@ -10,7 +10,7 @@ from aiohttp.test_utils import TestClient
 from rawhttp import exchange, request_bytes
 from support import WAIT, BusFactory, open_stream
 
-from devbus.bus.guard import check_allowlists
+from devbus.bus.allowlists import check_allowlists
 from devbus.bus.settings import Settings
 from devbus.errors import ConfigError
 
@@ -333,11 +333,11 @@ async def test_invalid_utf8_body_is_400_not_a_crash(bus: Client) -> None:
     assert await counts(bus) == (0, 0)
 
 
-async def test_deeply_nested_body_is_400_not_a_crash(bus: Client) -> None:
+async def test_deeply_nested_body_is_422_not_a_crash(bus: Client) -> None:
     body = b'{"event_type":"t","data":{"x":' + b"[" * 100_000 + b"]" * 100_000 + b"}}"
     response = await bus.post("/api/dev/webhook", data=body, headers={"Content-Type": "application/json"})
-    assert response.status == 400
-    assert "nests too deeply" in (await response.json())["error"]
+    assert response.status == 422
+    assert "`data` nests deeper than 64 levels" in (await response.json())["error"]
 
 
 async def test_subscribers_over_the_cap_get_503(make_bus: BusFactory) -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from devbus.bus.outputs.backlog import Backlog
-from devbus.bus.outputs.sse_buffer import Outlet
+from devbus.bus.outputs.sse.laggards import Laggards
+from devbus.bus.outputs.sse.outlet import Outlet
 from devbus.typefilter import TypeFilter
 
 WAIT = 5.0
@@ -82,24 +82,24 @@ async def test_a_writer_busy_past_the_limit_is_evicted_and_its_frames_dropped() 
 
 async def test_a_backed_up_subscriber_is_behind_until_its_task_has_written_everything() -> None:
     """The signal a burst input waits on: who is behind, and a callback each time one of them moves."""
-    backlog = Backlog()
-    outlet = Outlet(TypeFilter(), named=False, limit=1024, on_evict=lambda _: None, backlog=backlog)
+    laggards = Laggards()
+    outlet = Outlet(TypeFilter(), named=False, limit=1024, on_evict=lambda _: None, laggards=laggards)
     outlet.write_now = FakeSocket(backed_up=True)
     task = await idle_writer(outlet)
     outlet.push(b"a\n\n")
     outlet.flush()
-    assert backlog.behind == 1
+    assert laggards.behind == 1
     moves: list[int] = []
-    backlog.when_moved(lambda: moves.append(backlog.behind))
+    laggards.when_moved(lambda: moves.append(laggards.behind))
     async with asyncio.timeout(WAIT):
         assert await task == b"a\n\n"  # the task takes the chunk and writes it...
     outlet.push(b"b\n\n")  # ...while more arrives for it
     async with asyncio.timeout(WAIT):
         assert await outlet.take(idle=60) == b"b\n\n"
     assert moves == [1]  # it moved, but still had more to write
-    backlog.when_moved(lambda: moves.append(backlog.behind))
+    laggards.when_moved(lambda: moves.append(laggards.behind))
     task = await idle_writer(outlet)  # back for more with nothing pending: caught up
     assert moves == [1, 0]
-    assert backlog.behind == 0
+    assert laggards.behind == 0
     outlet.close()
     assert await task is None

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from devbus.bus.metrics import Metrics
-from devbus.bus.outputs.sse_fanout import Fanout
-from devbus.bus.store.base import Record
+from devbus.bus.outputs.sse.fanout import Fanout
+from devbus.bus.record import Record
 from devbus.typefilter import TypeFilter
 
 
@@ -26,9 +26,10 @@ async def test_each_subscriber_gets_the_matching_frames_and_reach_counts_them() 
     everything = out.subscribe(TypeFilter(), named=True)
     for outlet in (agents, everything):
         out.join(outlet)
-    batch = [record(1, "agent.created"), record(2, "rental.created")]
-    out(batch)
-    assert [r.reached for r in batch] == [2, 1]
+    reports: list[tuple[list[str], list[int]]] = []
+    out.report_to(lambda records, counts: reports.append(([r.id for r in records], list(counts))))
+    out([record(1, "agent.created"), record(2, "rental.created")])
+    assert reports == [(["r-1", "r-2"], [2, 1])]
     assert agents.take_now() == b'id: r-1\ndata: {"type":"agent.created"}\n\n'
     assert everything.take_now() == (
         b'id: r-1\nevent: agent.created\ndata: {"type":"agent.created"}\n\n'

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from support import WAIT, BusFactory, open_stream
 
+from devbus.bus import pages
 from devbus.bus.keys import DISPATCHER, FANOUT
-from devbus.bus.outputs import sse_replay
-from devbus.bus.outputs.sse_buffer import Outlet
-from devbus.bus.outputs.sse_replay import PAGE_EVENTS
+from devbus.bus.outputs.sse.outlet import Outlet
+from devbus.bus.pages import PAGE_EVENTS
 from devbus.envelope import Draft
 
 EVENTS = PAGE_EVENTS * 3 + 17  # several pages, the last one partial
@@ -109,7 +109,7 @@ async def test_a_resume_that_reads_nothing_is_closed_after_the_stall_bound(
     make_bus: BusFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A stale resume that never reads holds one page, then is evicted, with no live traffic to push it out."""
-    monkeypatch.setattr(sse_replay, "REPLAY_STALL", 0.2)
+    monkeypatch.setattr(pages, "PAGE_STALL", 0.2)
     client = await make_bus(history=1000)
     records = await client.app[DISPATCHER].publish([Draft("big", {"blob": "x" * 8192}, "test")] * 500)
     fanout = client.app[FANOUT]

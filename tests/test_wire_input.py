@@ -34,8 +34,8 @@ def test_invalid_utf8_is_malformed_not_a_crash() -> None:
         decode_wire_event(b"\x82\xa4type\xa2\xff\xfe\xa4data\x80")
 
 
-def test_deep_nesting_is_malformed_not_a_crash() -> None:
-    with pytest.raises(MalformedInput, match="nests too deeply"):
+def test_deep_nesting_is_refused_not_a_crash() -> None:
+    with pytest.raises(InvalidEvent, match="`data` nests deeper than 64 levels"):
         decode_wire_event(b"\x82\xa4type\xa1t\xa4data\x81\xa1x" + b"\x91" * 100_000 + b"\xc0")
 
 

@@ -82,3 +82,44 @@ def test_greeting_and_ready_round_trip() -> None:
 def test_peers_that_cannot_talk_to_the_bus_are_refused(greeting: bytes, error: str) -> None:
     with pytest.raises(HandshakeError, match=error):
         Greeting().take(greeting)
+
+
+@pytest.mark.parametrize(
+    ("sent", "error"),
+    [
+        (b"\xff" + bytes(8) + b"\x7f\x01\x01\x00\x00", "ZMTP 2.0 \\(libzmq 3.x\\) is too old"),
+        (b"GET / HTTP/1.1\r\n", "bad signature"),
+        (b"\x05hello", "bad signature"),  # ZMTP 1.0 (libzmq 2.x): an identity, no signature
+    ],
+    ids=["zmtp-2", "http", "zmtp-1"],
+)
+def test_a_greeting_is_refused_by_its_first_wrong_byte(sent: bytes, error: str) -> None:
+    """Regression: the greeting was judged only once 64 bytes had come, and these peers send
+    fewer and wait, so they were closed at the handshake deadline as if they were slow."""
+    greeting = Greeting()
+    with pytest.raises(HandshakeError, match=error):
+        for byte in sent:
+            greeting.take(bytes([byte]))
+
+
+def test_a_command_inside_a_message_shares_its_bound() -> None:
+    """Regression: a command between two frames of a message was held beside the message's frames,
+    so a peer could make the reader hold twice --max-message (900 bytes of frames and a 999-byte
+    command here). libzmq does send PING between frames, so the command is still honoured: the
+    message it does not fit in is refused alone, and the next one is read."""
+    reader = FrameReader(max_message=1000, max_frames=2)
+    inside = command(b"PING", b"\x00\x00" + b"c" * 16)  # 23 bytes: it fits beside 970
+    wire = frame(b"a" * 970, more=True) + inside + frame(b"b" * 20) + frame(b"x" * 900, more=True)
+    wire += command(b"X", b"y" * 997) + frame(b"z") + message([b"next", b"one"])
+    got: list[object] = []
+    for at in range(0, len(wire), 10):
+        got += [getattr(item, "reason", item) for item in reader.feed(wire[at : at + 10])]
+        assert reader.buffered <= 1000 + 9 + 10
+    assert got == [
+        (b"PING", b"\x00\x00" + b"c" * 16),
+        [b"a" * 970, b"b" * 20],
+        "zmq_oversize",
+        (b"X", b"y" * 997),
+        [b"next", b"one"],
+    ]
+    assert reader.buffered == 0

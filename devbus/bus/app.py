@@ -1,4 +1,12 @@
-"""create_app(settings): the whole aiohttp application, for `devbus run` and the tests."""
+"""create_app(settings): the whole aiohttp application, for `devbus run` and the tests.
+
+Everything is built here from the settings alone and wired by hand: the store
+under the dispatcher, the inputs over it, the outputs it feeds, and what one part
+needs of another (the fan-out's reach counts for the HTTP answers, its laggards
+for the ZeroMQ ingest, the shared stream for a cluster-wide forward) passed in
+explicitly. Views get their state as bound methods; the typed keys in ``keys.py``
+hold what the views at this level read (health, metrics, types).
+"""
 
 from __future__ import annotations
 
@@ -11,16 +19,16 @@ from devbus.bus import views
 from devbus.bus.backplane import backplane
 from devbus.bus.dispatcher import Dispatcher
 from devbus.bus.guard import add_cors_headers, expect_continue, guard
-from devbus.bus.history import history
-from devbus.bus.inputs import http
+from devbus.bus.history import History
+from devbus.bus.inputs.http import HttpInput
+from devbus.bus.inputs.reach import ReachCounts
 from devbus.bus.keys import CATALOGUE, DISPATCHER, ENDPOINTS, FANOUT, FORWARDER, METRICS, SETTINGS, STARTED
 from devbus.bus.metrics import Metrics
 from devbus.bus.outputs.catalogue import Catalogue
 from devbus.bus.outputs.forward import Forwarder
-from devbus.bus.outputs.sse import stream_events
-from devbus.bus.outputs.sse_fanout import Fanout
+from devbus.bus.outputs.sse import EventStream, Fanout
 from devbus.bus.settings import Settings
-from devbus.bus.store import create_store
+from devbus.bus.store import Store, create_store, shared_stream
 from devbus.bus.unrouted import unrouted_as_json
 from devbus.typefilter import TypeFilter, parse_patterns
 
@@ -42,6 +50,27 @@ async def _store(app: web.Application) -> AsyncIterator[None]:
         await app[DISPATCHER].stop()
 
 
+def _forward(app: web.Application, settings: Settings, store: Store, dispatcher: Dispatcher) -> None:
+    forwarder = app[FORWARDER] = Forwarder(
+        settings.forward,
+        types=TypeFilter(parse_patterns(settings.forward_types)),
+        limit=settings.forward_queue,
+        metrics=app[METRICS],
+    )
+    if not forwarder.targets:
+        return
+    app.cleanup_ctx.append(forwarder.run)
+    shared = shared_stream(store)
+    if shared is None:
+        dispatcher.add_output(forwarder)
+    else:
+        # Buses sharing a log forward each event once between them, not once each. (A
+        # shared stream means the Redis extra is installed, which the feed needs.)
+        from devbus.bus.outputs.forward.cluster import ClusterFeed
+
+        app.cleanup_ctx.append(ClusterFeed(shared, forwarder).run)
+
+
 def create_app(settings: Settings | None = None) -> web.Application:
     """Build the bus: dispatcher, routes, guards and background services."""
     settings = settings or Settings()
@@ -56,36 +85,28 @@ def create_app(settings: Settings | None = None) -> web.Application:
     )
     dispatcher = app[DISPATCHER] = Dispatcher(store, metrics=metrics)
     metrics.store_up.labels(store.name).set_function(lambda: 1 if store.status()["state"] == "up" else 0)
+    app.cleanup_ctx.append(_store)
+
     fanout = app[FANOUT] = Fanout(
         subscriber_buffer=settings.subscriber_buffer, max_subscribers=settings.max_subscribers, metrics=metrics
     )
-    # The SSE fan-out first: it counts who each record reached, which the console prints.
     dispatcher.add_output(fanout)
-    app.cleanup_ctx.append(_store)
-    app[CATALOGUE] = Catalogue(metrics)
-    dispatcher.add_output(app[CATALOGUE])
-    app.cleanup_ctx.append(app[CATALOGUE].seeded_from(store))
-    forwarder = Forwarder(
-        settings.forward,
-        types=TypeFilter(parse_patterns(settings.forward_types)),
-        limit=settings.forward_queue,
-        metrics=metrics,
-    )
-    app[FORWARDER] = forwarder
-    if forwarder.targets:
-        app.cleanup_ctx.append(forwarder.run)
-        feed = store.forward_feed(forwarder)
-        if feed is None:
-            dispatcher.add_output(forwarder)
-        else:
-            # Buses sharing a log forward each event once between them, not once each.
-            app.cleanup_ctx.append(feed)
+    catalogue = app[CATALOGUE] = Catalogue(metrics)
+    dispatcher.add_output(catalogue)
+    app.cleanup_ctx.append(catalogue.seeded_from(store))
+    _forward(app, settings, store, dispatcher)
+
+    # The HTTP answers say how many subscribers each event reached: the fan-out tells them.
+    reach = ReachCounts(now=fanout.would_reach)
+    fanout.report_to(reach)
+    inputs = HttpInput(dispatcher, reach, max_body=settings.max_body, body_timeout=settings.body_timeout)
+    events = EventStream(fanout, store, now=dispatcher.now, heartbeat=settings.heartbeat, retry_ms=settings.retry_ms)
     api = settings.api
-    app.router.add_post(f"{api}/webhook", http.webhook, expect_handler=expect_continue)
-    app.router.add_post(f"{api}/trigger", http.trigger, expect_handler=expect_continue)
-    app.router.add_post(f"{api}/batch", http.batch, expect_handler=expect_continue)
-    app.router.add_get(f"{api}/events", stream_events)
-    app.router.add_get(f"{api}/history", history)
+    app.router.add_post(f"{api}/webhook", inputs.webhook, expect_handler=expect_continue)
+    app.router.add_post(f"{api}/trigger", inputs.trigger, expect_handler=expect_continue)
+    app.router.add_post(f"{api}/batch", inputs.batch, expect_handler=expect_continue)
+    app.router.add_get(f"{api}/events", events.handle)
+    app.router.add_get(f"{api}/history", History(store, max_limit=settings.history).handle)
     app.router.add_get(f"{api}/health", views.health)
     app.router.add_get(f"{api}/types", views.types)
     app.router.add_get("/metrics", views.metrics)

@@ -23,7 +23,7 @@ async def backplane(app: web.Application) -> AsyncIterator[None]:
         if settings.ingest:
             ingest = Ingest(
                 dispatcher=app[DISPATCHER],
-                backlog=app[FANOUT].backlog,
+                readers=app[FANOUT].laggards,
                 metrics=app[METRICS],
                 max_size=settings.max_message,
                 token=settings.token,
@@ -31,7 +31,9 @@ async def backplane(app: web.Application) -> AsyncIterator[None]:
             )
             app[ENDPOINTS]["ingest"] = await ingest.bind(settings.ingest)
         if settings.egress:
-            egress = Egress(metrics=app[METRICS], backlog=settings.egress_buffer)
+            egress = Egress(
+                metrics=app[METRICS], listener_buffer=settings.egress_buffer, message_timeout=settings.body_timeout
+            )
             app[ENDPOINTS]["egress"] = await egress.bind(settings.egress)
             remove_output = app[DISPATCHER].add_output(egress)
         yield

@@ -8,7 +8,8 @@ import time
 from collections.abc import Callable, Sequence
 
 from devbus.bus.metrics import Metrics
-from devbus.bus.store.base import Record, Store
+from devbus.bus.record import Record
+from devbus.bus.store.base import Store
 from devbus.envelope import Draft
 
 __all__ = ["Dispatcher", "Output"]

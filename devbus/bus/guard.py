@@ -1,48 +1,33 @@
-"""Request guards: Host and Origin allowlists, CORS, token, media type and body size.
+"""Request guards: Host and Origin (against the allowlists), CORS, token and media type.
 
 A dev server on localhost is reachable from every page the user opens, so every
 request is checked before any work: DNS rebinding (Host), cross-site requests
-(Origin, Sec-Fetch-*), "simple" POSTs without preflight (media type) and oversized
-bodies. Refusals are JSON errors that say what to change.
+(Origin, Sec-Fetch-*) and "simple" POSTs without preflight (media type). Refusals
+are JSON errors that say what to change. Bodies are read, within their size and
+time limits, by the HTTP input (``devbus.bus.inputs.http``).
 """
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import hmac
-import ipaddress
-import re
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from aiohttp.http import HttpVersion11
 
+from devbus.bus.allowlists import host_allowed, origin_allowed, same_origin
+from devbus.bus.inputs.http import too_large
 from devbus.bus.keys import METRICS, SETTINGS
 from devbus.bus.settings import Settings
 from devbus.errors import (
-    BodyTooLarge,
-    ConfigError,
     DevbusError,
     Forbidden,
     MalformedInput,
-    RequestTimeout,
     Unauthorized,
     UnsupportedMediaType,
 )
 
-__all__ = [
-    "add_cors_headers",
-    "check_allowlists",
-    "error_response",
-    "expect_continue",
-    "guard",
-    "host_allowed",
-    "is_loopback_host",
-    "origin_allowed",
-    "read_body",
-    "token_matches",
-]
+__all__ = ["add_cors_headers", "error_response", "expect_continue", "guard", "token_matches"]
 
 ALLOW_METHODS = "GET, POST, OPTIONS"
 ALLOW_HEADERS = "Authorization, Content-Type, Last-Event-ID, Cache-Control"
@@ -50,117 +35,8 @@ PREFLIGHT_MAX_AGE = "600"
 # Served without a token: the same bytes in every install, and a page has to load
 # before it can read ?token= from its own URL. Host and Origin still apply.
 PUBLIC_FILES = frozenset({"/", "/dashboard.js", "/devbus.js", "/devbus.d.ts"})
-DEFAULT_PORTS = {"http": 80, "https": 443}
-WILDCARD_BINDS = frozenset({"", "0.0.0.0", "::", "*"})
-
-# Parsed by hand rather than with urllib, which silently drops tabs and newlines
-# and tolerates userinfo, paths and fragments that have no place in these headers.
-_HOST = re.compile(r"(?:\[(?P<ipv6>[0-9A-Fa-f:.]+)\]|(?P<name>[A-Za-z0-9._-]+))(?::(?P<port>[0-9]{1,5}))?")
-_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-Origin = tuple[str, str, int | None]
-
-
-def is_loopback_host(host: str) -> bool:
-    """Whether ``host`` (no port, IPv6 without brackets) names this machine only."""
-    host = host.lower().removesuffix(".")
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _parse_host(value: str) -> tuple[str, int | None] | None:
-    """Split a Host header into (lowercase host, port), or None if it is malformed."""
-    match = _HOST.fullmatch(value)
-    if match is None:
-        return None
-    port = int(match["port"]) if match["port"] else None
-    if port is not None and port > 65535:
-        return None
-    host = (match["ipv6"] or match["name"]).lower()
-    if match["ipv6"] is not None:
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            return None
-    return host, port
-
-
-@functools.lru_cache(maxsize=8)
-def _extra_hosts(allow_hosts: tuple[str, ...], bind: str) -> frozenset[str]:
-    names = {name.lower().strip("[]").removesuffix(".") for name in allow_hosts}
-    # An address the bus was told to bind to names it; an IP literal cannot be rebound.
-    if bind not in WILDCARD_BINDS:
-        names.add(bind.lower().strip("[]"))
-    return frozenset(names)
-
-
-def host_allowed(value: str | None, settings: Settings) -> bool:
-    """Whether a Host header names the bus itself (guards against DNS rebinding)."""
-    parsed = _parse_host(value) if value else None
-    if parsed is None:
-        return False
-    host, port = parsed
-    if is_loopback_host(host):
-        return True
-    extra = _extra_hosts(settings.allow_hosts, settings.host)
-    host = host.removesuffix(".")
-    return host in extra or (port is not None and f"{host}:{port}" in extra)
-
-
-def _parse_origin(value: str) -> Origin | None:
-    """Split a serialized origin into (scheme, host, port), default port filled in."""
-    scheme, sep, authority = value.partition("://")
-    parsed = _parse_host(authority) if sep and _SCHEME.fullmatch(scheme) else None
-    if parsed is None:
-        return None
-    scheme = scheme.lower()
-    host, port = parsed
-    return scheme, host, port if port is not None else DEFAULT_PORTS.get(scheme)
-
-
-@functools.lru_cache(maxsize=8)
-def _extra_origins(allow_origins: tuple[str, ...]) -> frozenset[Origin]:
-    return frozenset(origin for value in allow_origins if (origin := _parse_origin(value)) is not None)
-
-
-def origin_allowed(origin: str, settings: Settings) -> bool:
-    """Whether a browser Origin is a loopback page or one given with --allow-origin."""
-    # "null" is what sandboxed iframes and file:// pages send, whoever serves them.
-    parsed = _parse_origin(origin)
-    if parsed is None:
-        return False
-    scheme, host, _ = parsed
-    if scheme in DEFAULT_PORTS and is_loopback_host(host):
-        return True
-    return parsed in _extra_origins(settings.allow_origins)
-
-
-def _same_origin(origin: str, host: str) -> bool:
-    """Whether ``origin`` is the bus's own page as reached through ``host`` (a Host header)."""
-    parsed, own = _parse_origin(origin), _parse_host(host)
-    # Only after the Host check passed: with a rebound name both would say evil.com.
-    if parsed is None or own is None:
-        return False
-    scheme, origin_host, origin_port = parsed
-    return scheme == "http" and origin_host == own[0] and origin_port == (own[1] or 80)
-
-
-def check_allowlists(settings: Settings) -> None:
-    """Refuse --allow-origin / --allow-host values that could never match, or match anyone."""
-    for value in settings.allow_origins:
-        if _parse_origin(value) is None:
-            raise ConfigError(
-                f"--allow-origin {value!r} is not an origin: write it as scheme://host[:port] with no path, "
-                "e.g. https://app.example.test ('null' and '*' are never allowed)"
-            )
-    for value in settings.allow_hosts:
-        if _parse_host(value.removesuffix(".")) is None:
-            raise ConfigError(f"--allow-host {value!r} is not a host name: write it as NAME or NAME:PORT")
 
 
 def token_matches(given: str | bytes, token: str) -> bool:
@@ -215,7 +91,7 @@ def _check_request(request: web.Request, settings: Settings) -> None:
         )
     origins = request.headers.getall("Origin", [])
     if len(origins) > 1 or (
-        origins and not origin_allowed(origins[0], settings) and not _same_origin(origins[0], hosts[0])
+        origins and not origin_allowed(origins[0], settings) and not same_origin(origins[0], hosts[0])
     ):
         shown = origins[0] if len(origins) == 1 else origins
         raise Forbidden(
@@ -252,6 +128,9 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
             return web.Response(status=204)
         _check_token(request, settings)
+        if request.method == "POST" and request.match_info.http_exception is None:
+            # Every POST route of the bus takes a JSON body (an unknown one answers 404 or 405 instead).
+            _check_media_type(request)
         return await handler(request)
     except DevbusError as error:
         return error_response(request, error)
@@ -285,35 +164,6 @@ def _check_media_type(request: web.Request) -> None:
         )
 
 
-def _too_large(limit: int) -> BodyTooLarge:
-    return BodyTooLarge(f"Body is larger than the limit of {limit} bytes (--max-body); send less or raise the limit")
-
-
-async def read_body(request: web.Request) -> bytes:
-    """Read a JSON POST body, refusing other media types and bodies over --max-body."""
-    _check_media_type(request)
-    limit = request.app[SETTINGS].max_body
-    if request.content_length is not None and request.content_length > limit:
-        raise _too_large(limit)
-    # Count what actually arrives too: a chunked body declares no length.
-    chunks = []
-    size = 0
-    timeout = request.app[SETTINGS].body_timeout
-    try:
-        # A client that stalls part-way would otherwise hold up to --max-body for ever.
-        async with asyncio.timeout(timeout):
-            while chunk := await request.content.readany():
-                size += len(chunk)
-                if size > limit:
-                    raise _too_large(limit)
-                chunks.append(chunk)
-    except TimeoutError:
-        raise RequestTimeout(
-            f"Body not received within {timeout:g} seconds (--body-timeout); send the whole body at once"
-        ) from None
-    return b"".join(chunks)
-
-
 async def expect_continue(request: web.Request) -> None:
     """Answer 'Expect: 100-continue' only for a POST that would be read, so a refused body is never sent."""
     if request.version != HttpVersion11:
@@ -326,7 +176,7 @@ async def expect_continue(request: web.Request) -> None:
         _check_token(request, settings)
         _check_media_type(request)
         if request.content_length is not None and request.content_length > settings.max_body:
-            raise _too_large(settings.max_body)
+            raise too_large(settings.max_body)
     except DevbusError:
         return  # the guard or the view answers with the refusal; the client keeps its body
     await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")

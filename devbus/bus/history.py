@@ -4,21 +4,19 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from devbus.bus.keys import DISPATCHER, SETTINGS
-from devbus.bus.outputs.sse_replay import PAGE_BYTES, PAGE_EVENTS, write_or_stall
+from devbus.bus.pages import PAGE_BYTES, PAGE_EVENTS, write_or_stall
 from devbus.bus.store.base import Store
 from devbus.envelope import check_event_id
 from devbus.errors import InvalidEvent
 from devbus.typefilter import TypeFilter, parse_patterns
 
-__all__ = ["history"]
+__all__ = ["History"]
 
 DEFAULT_HISTORY_LIMIT = 100
 
 
-def _limit(request: web.Request) -> int:
+def _limit(request: web.Request, maximum: int) -> int:
     raw = request.query.get("limit", str(DEFAULT_HISTORY_LIMIT))
-    maximum = request.app[SETTINGS].history
     if not raw.isdigit() or not 1 <= int(raw) <= maximum:
         raise InvalidEvent(f"`limit` must be a whole number from 1 to {maximum} (got {raw!r})")
     return int(raw)
@@ -51,20 +49,28 @@ async def _start_of_newest(store: Store, *, limit: int, match: TypeFilter) -> st
         before = page[0].id
 
 
-async def history(request: web.Request) -> web.StreamResponse:
-    """Return retained events, oldest first, filtered by type; after ``since``, else the newest ``limit``.
+class History:
+    """The view of GET {prefix}/history over ``store``, answering at most ``max_limit`` (--history) events."""
 
-    The body is read from the store and written a page at a time, each once the
-    client has taken the previous one, so a request costs the bus one page however
-    many events it asks for and whether or not it reads.
-    """
-    dispatcher = request.app[DISPATCHER]
-    store = dispatcher.store
+    def __init__(self, store: Store, *, max_limit: int) -> None:
+        self._store = store
+        self._max_limit = max_limit
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        """Return retained events, oldest first, filtered by type; after ``since``, else the newest ``limit``.
+
+        The body is read from the store and written a page at a time, each once the
+        client has taken the previous one, so a request costs the bus one page however
+        many events it asks for and whether or not it reads.
+        """
+        return await _answer(request, self._store, limit=_limit(request, self._max_limit))
+
+
+async def _answer(request: web.Request, store: Store, *, limit: int) -> web.StreamResponse:
     match = TypeFilter(parse_patterns(request.query.getall("types", [])))
-    limit = _limit(request)
     since = request.query.get("since")
     if since:
-        check_event_id(since, field="`since`", example=dispatcher.last_id)
+        check_event_id(since, field="`since`", example=store.last_id)
         # An id from another run or store means everything retained is new to the caller.
         after = (await store.resolve(since)).after
     else:

@@ -8,7 +8,7 @@ from devbus.bus.dispatcher import Dispatcher
 from devbus.bus.metrics import Metrics
 from devbus.bus.outputs.catalogue import Catalogue
 from devbus.bus.outputs.forward import Forwarder
-from devbus.bus.outputs.sse_fanout import Fanout
+from devbus.bus.outputs.sse import Fanout
 from devbus.bus.settings import Settings
 
 __all__ = ["CATALOGUE", "DISPATCHER", "ENDPOINTS", "FANOUT", "FORWARDER", "METRICS", "SETTINGS", "STARTED"]

@@ -24,7 +24,9 @@ class Metrics:
         self.evictions = Counter(
             "devbus_evictions", "Subscribers disconnected for falling behind.", registry=self.registry
         )
-        self.rejected = Counter("devbus_rejected", "Inputs refused, by reason.", ["reason"], registry=self.registry)
+        self.rejected = Counter(
+            "devbus_rejected", "Inputs and ZeroMQ connections refused, by reason.", ["reason"], registry=self.registry
+        )
         self.egress_dropped = Counter(
             "devbus_egress_dropped",
             "Events not sent to a ZeroMQ egress listener that fell --egress-buffer bytes behind.",
@@ -41,7 +43,8 @@ class Metrics:
         self.catalogue_skipped = Counter(
             "devbus_catalogue_skipped",
             "What the catalogue's bounds left out: events of types past the type cap (types), "
-            "schemas that stopped learning at the size cap (schema) or shape cap (shapes).",
+            "schemas that stopped learning at the size cap (schema), the shape cap (shapes), at a payload "
+            "nesting too deep (depth) or one it could not infer a schema for (error).",
             ["reason"],
             registry=self.registry,
         )

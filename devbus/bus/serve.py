@@ -13,17 +13,17 @@ from urllib.parse import urlsplit
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-from devbus import __version__
+from devbus.bus.allowlists import check_allowlists, is_loopback_host
 from devbus.bus.app import create_app
 from devbus.bus.connections import LimitedSite, RequestErrorLog, connection_limit, raise_fd_limit
-from devbus.bus.guard import check_allowlists, is_loopback_host
-from devbus.bus.keys import DISPATCHER, ENDPOINTS, METRICS
+from devbus.bus.keys import DISPATCHER, ENDPOINTS, FANOUT, METRICS
 from devbus.bus.outputs.console import EventPrinter
 from devbus.bus.preflight import check_addresses_free, check_options
 from devbus.bus.settings import Settings
 from devbus.errors import ConfigError
 from devbus.logs import REDACTED
 from devbus.text import plural
+from devbus.version import __version__
 
 __all__ = ["check_exposure", "serve"]
 
@@ -193,7 +193,8 @@ async def serve(settings: Settings, *, quiet: bool = False, write: Callable[[str
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
         if not quiet:
-            app[DISPATCHER].add_output(EventPrinter(out))
+            # A line per event, with the subscribers the SSE fan-out reports it reached.
+            app[FANOUT].report_to(EventPrinter(out))
         out(_banner(settings, port, app))
         await stop.wait()
         out("devbus stopping")

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 8765
-DEFAULT_URL = f"http://{DEFAULT_HOST}:{DEFAULT_PORT}"
-DEFAULT_INGEST = "tcp://127.0.0.1:8766"
-DEFAULT_EGRESS = "tcp://127.0.0.1:8767"
-MIB = 1024 * 1024
+from devbus.defaults import DEFAULT_EGRESS, DEFAULT_HOST, DEFAULT_INGEST, DEFAULT_PORT, DEFAULT_PREFIX, MIB
+
+__all__ = ["Settings"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -18,7 +15,7 @@ class Settings:
 
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
-    prefix: str = "/api/dev"
+    prefix: str = DEFAULT_PREFIX
     ingest: str | None = DEFAULT_INGEST
     egress: str | None = DEFAULT_EGRESS
     token: str | None = None

@@ -9,9 +9,9 @@ from importlib import resources
 
 from aiohttp import web
 
-from devbus import __version__
 from devbus.bus.keys import CATALOGUE, DISPATCHER, FANOUT, FORWARDER, METRICS, STARTED
 from devbus.bus.metrics import CONTENT_TYPE_LATEST
+from devbus.version import __version__
 
 __all__ = ["health", "metrics", "static_file", "types"]
 

@@ -12,7 +12,8 @@ from urllib.parse import urlsplit
 import click
 
 from devbus.addresses import check_base_url
-from devbus.bus.settings import DEFAULT_EGRESS, DEFAULT_HOST, DEFAULT_INGEST, DEFAULT_PORT, DEFAULT_URL, MIB, Settings
+from devbus.bus.settings import Settings
+from devbus.defaults import DEFAULT_EGRESS, DEFAULT_HOST, DEFAULT_INGEST, DEFAULT_PORT, DEFAULT_URL, MIB
 from devbus.logs import configure_logging
 
 __all__ = ["run"]

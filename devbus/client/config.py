@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 
 from devbus.addresses import check_base_url, check_endpoint, check_prefix
-from devbus.bus.settings import DEFAULT_EGRESS, DEFAULT_INGEST, DEFAULT_URL
+from devbus.defaults import DEFAULT_EGRESS, DEFAULT_INGEST, DEFAULT_PREFIX, DEFAULT_URL
 
 __all__ = ["ClientConfig", "connectable", "resolve"]
 
@@ -24,7 +24,7 @@ class ClientConfig:
     ingest: str
     egress: str
     token: str | None
-    prefix: str = "/api/dev"
+    prefix: str = DEFAULT_PREFIX
 
     @property
     def api(self) -> str:
@@ -56,5 +56,5 @@ def resolve(
             connectable(egress or env.get("DEVBUS_EGRESS") or DEFAULT_EGRESS), option="--egress (DEVBUS_EGRESS)"
         ),
         token=token or env.get("DEVBUS_TOKEN") or None,
-        prefix=check_prefix(prefix or env.get("DEVBUS_PREFIX") or "/api/dev", option="DEVBUS_PREFIX"),
+        prefix=check_prefix(prefix or env.get("DEVBUS_PREFIX") or DEFAULT_PREFIX, option="DEVBUS_PREFIX"),
     )

@@ -3,6 +3,10 @@
 The output is stable: types, properties and unions are sorted, so the same catalogue gives
 the same bytes and the file can be committed and diffed. Only the JSON Schema the catalogue
 infers (genson's subset: type, properties, required, items, anyOf) needs translating.
+
+The output is safe by construction, whatever the catalogue holds: an event type or a field
+name appears only as a string literal (``_literal``) or as an identifier made of ASCII
+letters and digits, never as raw text, in a comment or anywhere else.
 """
 
 from __future__ import annotations
@@ -16,6 +20,18 @@ __all__ = ["summary", "to_json_schema", "to_typescript"]
 _IDENTIFIER = re.compile(r"^[A-Za-z_$][A-Za-z0-9_$]*$")
 _PRIMITIVES = {"string": "string", "integer": "number", "number": "number", "boolean": "boolean", "null": "null"}
 INDENT = "  "
+# Schema nodes nested deeper than this are typed `unknown`, well within Python's recursion
+# limit (three frames a node). The bus infers none deeper than MAX_DEPTH levels of data, at
+# most three nodes each (a union, a list of types, an object); a catalogue read from
+# elsewhere may hold anything.
+MAX_SCHEMA_DEPTH = 200
+# Written as escapes in every string literal: `/` so that `*/` cannot end a comment, and `<`,
+# `>` and `&` so that `</script>` or `<!--` mean nothing in a page. Everything past ASCII is
+# a \u escape too (json.dumps' default), so no character can end a line (U+2028), reorder
+# the text (U+202E) or hide (U+3164) in the generated file.
+_ESCAPED = {"/": "\\/", "<": "\\u003c", ">": "\\u003e", "&": "\\u0026"}
+_UNSAFE = re.compile("[/<>&]")
+_UNSAFE_IN_JSON = re.compile("[<>&]")  # a JSON document has no comments: `/` stays readable (URLs)
 
 HEADER = """\
 // Event types seen by devbus, written by `devbus types --ts`. Do not edit: run it again.
@@ -36,7 +52,17 @@ def to_json_schema(catalogue: dict[str, Any]) -> str:
         "type": "object",
         "properties": schemas,
     }
-    return json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    return _escape(json.dumps(document, indent=2, sort_keys=True), _UNSAFE_IN_JSON) + "\n"
+
+
+def _escape(text: str, unsafe: re.Pattern[str] = _UNSAFE) -> str:
+    """ASCII JSON ``text`` with the characters that could end a comment or a script escaped."""
+    return unsafe.sub(lambda match: _ESCAPED[match.group()], text)
+
+
+def _literal(text: str) -> str:
+    """``text`` as a string literal that stays one anywhere in a TypeScript file (comments included)."""
+    return _escape(json.dumps(text))
 
 
 def _normalized(node: Any) -> Any:
@@ -72,7 +98,7 @@ def _interface_names(types: list[str]) -> dict[str, str]:
 
 
 def _key(name: str) -> str:
-    return name if _IDENTIFIER.match(name) else json.dumps(name, ensure_ascii=False)
+    return name if _IDENTIFIER.match(name) else _literal(name)
 
 
 def _union(members: list[str]) -> str:
@@ -82,27 +108,29 @@ def _union(members: list[str]) -> str:
     return " | ".join(unique) if unique else "unknown"
 
 
-def _type_of(schema: dict[str, Any], depth: int) -> str:
-    """The TypeScript type for one JSON Schema node."""
+def _type_of(schema: dict[str, Any], depth: int, nesting: int = 0) -> str:
+    """The TypeScript type for one JSON Schema node (``depth`` objects and ``nesting`` nodes down)."""
+    if nesting > MAX_SCHEMA_DEPTH or not isinstance(schema, dict):
+        return "unknown"
     if "anyOf" in schema:
-        return _union([_type_of(option, depth) for option in schema["anyOf"]])
+        return _union([_type_of(option, depth, nesting + 1) for option in schema["anyOf"]])
     kinds = schema.get("type")
     if kinds is None:
         return "unknown"
     if isinstance(kinds, list):
-        return _union([_type_of({**schema, "type": kind}, depth) for kind in kinds])
+        return _union([_type_of({**schema, "type": kind}, depth, nesting + 1) for kind in kinds])
     if kinds == "object":
-        return _object(schema, depth)
+        return _object(schema, depth, nesting)
     if kinds == "array":
         items = schema.get("items")
         if not isinstance(items, dict) or not items:
             return "unknown[]"
-        item = _type_of(items, depth)
+        item = _type_of(items, depth, nesting + 1)
         return f"({item})[]" if " " in item and not item.startswith("{") else f"{item}[]"
-    return _PRIMITIVES.get(kinds, "unknown")
+    return _PRIMITIVES.get(kinds, "unknown") if isinstance(kinds, str) else "unknown"
 
 
-def _object(schema: dict[str, Any], depth: int) -> str:
+def _object(schema: dict[str, Any], depth: int, nesting: int) -> str:
     properties: dict[str, Any] = schema.get("properties") or {}
     if not properties:
         # No field was ever seen: `{}` lets no field be read, so a typo still fails to compile.
@@ -110,7 +138,7 @@ def _object(schema: dict[str, Any], depth: int) -> str:
     required = set(schema.get("required", []))
     pad = INDENT * (depth + 1)
     lines = [
-        f"{pad}{_key(name)}{'' if name in required else '?'}: {_type_of(properties[name], depth + 1)};"
+        f"{pad}{_key(name)}{'' if name in required else '?'}: {_type_of(properties[name], depth + 1, nesting + 1)};"
         for name in sorted(properties)
     ]
     return "{\n" + "\n".join(lines) + "\n" + INDENT * depth + "}"
@@ -124,7 +152,7 @@ def to_typescript(catalogue: dict[str, Any]) -> str:
     for entry in entries:
         event_type = entry["type"]
         note = "" if entry.get("schema_complete", True) else " The schema stopped learning at a bound of the bus."
-        out.append(f"/** Data of `{event_type}`.{note} */")
+        out.append(f"/** Data of {_literal(event_type)}.{note} */")
         body = _type_of(entry["schema"], 0)
         if body.startswith("{"):
             out.append(f"export interface {names[event_type]} {body}\n")
@@ -132,7 +160,7 @@ def to_typescript(catalogue: dict[str, Any]) -> str:
             out.append(f"export type {names[event_type]} = {body};\n")
     out.append("/** Event type → the type of its `data`. */")
     out.append("export interface DevbusEventMap {")
-    out.extend(f"{INDENT}{json.dumps(entry['type'], ensure_ascii=False)}: {names[entry['type']]};" for entry in entries)
+    out.extend(f"{INDENT}{_literal(entry['type'])}: {names[entry['type']]};" for entry in entries)
     out.append("}\n")
     out.append("export type DevbusEventType = keyof DevbusEventMap;\n")
     out.append("/** One event of type `K` as the bus delivers it. */")
@@ -145,7 +173,7 @@ def to_typescript(catalogue: dict[str, Any]) -> str:
     out.append("}\n")
     out.append("/** Every event the bus has seen, discriminated by `type`. */")
     if entries:
-        members = "".join(f"\n{INDENT}| DevbusEventOf<{json.dumps(entry['type'])}>" for entry in entries)
+        members = "".join(f"\n{INDENT}| DevbusEventOf<{_literal(entry['type'])}>" for entry in entries)
         out.append(f"export type DevbusEvent ={members};")
     else:
         out.append("export type DevbusEvent = never;")

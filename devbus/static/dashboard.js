@@ -1,7 +1,10 @@
-// The live dashboard (GET /). It uses the same client as any app: /devbus.js.
+// The live dashboard (GET /). It uses the same client as any app: /devbus.js, so that its
+// tabs share one stream with each other like an app's tabs do.
 
 const token = new URLSearchParams(location.search).get("token");
-const { createDevbus, DEVBUS_GAP } = await import(token ? `/devbus.js?token=${encodeURIComponent(token)}` : "/devbus.js");
+const { createDevbus, typeMatcher, DEVBUS_GAP } = await import(
+  token ? `/devbus.js?token=${encodeURIComponent(token)}` : "/devbus.js"
+);
 
 const ROWS_RENDERED = 500; // the DOM stays this small however many events arrive
 const EVENTS_KEPT = 5000; // kept in memory so that a new filter applies to recent events
@@ -215,16 +218,8 @@ function receive(event, { live = true } = {}) {
 
 // --- filter, pause, clear --------------------------------------------------------------
 
-function globMatcher(text) {
-  const patterns = text.split(",").map((p) => p.trim()).filter(Boolean);
-  if (patterns.length === 0) return () => true;
-  const escape = (p) => p.replace(/[.+^${}()|[\]\\]/g, "\\$&").replace(/\*/g, ".*").replace(/\?/g, ".");
-  const regex = new RegExp(`^(?:${patterns.map(escape).join("|")})$`);
-  return (type) => regex.test(type);
-}
-
 ui.filter.addEventListener("input", () => {
-  match = globMatcher(ui.filter.value);
+  match = typeMatcher(ui.filter.value); // the same globs as the bus's ?types=
   rebuild();
 });
 ui.filter.addEventListener("keydown", (event) => {
@@ -432,16 +427,37 @@ ui.data.addEventListener("keydown", (event) => {
   }
 });
 
-// --- start: recent history first, then live from where it ends -------------------------
+// --- start: live first, then the recent history up to it ---------------------------------
+// Subscribed without `since`, the page shares the stream of the other dashboard tabs. Once
+// the stream is open, every later event comes through it; the history read after that
+// covers everything before, and an event in both is shown once.
 
-let since;
+let early = []; // live events that arrived before the history did
+let opened;
+const open = new Promise((resolve) => (opened = resolve));
+bus.subscribe(
+  null,
+  (event) => {
+    if (early) early.push(event);
+    else receive(event);
+  },
+  {
+    onStatus(status) {
+      onStatus(status);
+      if (status.state === "open" || status.state === "reconnecting") opened();
+    },
+  },
+);
+await open;
 try {
   const history = await bus.history({ limit: HISTORY_LOADED });
   for (const event of history) receive(event, { live: false });
-  since = history.length ? history[history.length - 1].id : undefined;
+  const loaded = new Set(history.map((event) => event.id));
+  early = early.filter((event) => !loaded.has(event.id));
 } catch (error) {
   connection = { state: "reconnecting", error: error.message };
   showStatus();
 }
+for (const event of early) receive(event);
+early = null;
 updateShown();
-bus.subscribe(null, (event) => receive(event), { since, onStatus });

@@ -248,7 +248,7 @@ def batch_data(burst: Sequence[FileChange]) -> Iterator[dict[str, Any]]:
 class Emitter(Protocol):
     """What sends the events: a devbus Publisher."""
 
-    def emit(self, type: str, data: dict[str, Any] | None = None, *, source: str | None = None) -> object: ...
+    def emit(self, event_type: str, /, data: dict[str, Any] | None = None, *, source: str | None = None) -> object: ...
 
 
 def _clock() -> str:

@@ -2,41 +2,36 @@
 
 libzmq would hold an unfinished multipart message without bound and drop a
 whole connection for one frame over the limit (see devbus/zmtp.py), so the
-bus listens with asyncio and speaks ZMTP 3 as a SUB peer: each message is
-bounded as a whole, a message that breaks a rule is skipped alone, and on stop
-what senders already wrote is read before the connections close.
+bus listens with asyncio and speaks ZMTP 3 as a SUB peer (``devbus.bus.zmtp_peer``):
+each message is bounded as a whole, a message that breaks a rule is skipped
+alone, and on stop what senders already wrote is read before the connections
+close.
+
+A message is taken once the store has committed it, so a sender's connection is
+not read while a batch it sent is being committed; while the store is away, the
+batch is held and stored again (the sender sees backpressure, not loss); during
+a burst, every sender waits while subscribers catch up (``inputs/burst.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 
 from devbus.bus.dispatcher import Dispatcher
 from devbus.bus.endpoints import Listening, listen
+from devbus.bus.inputs.burst import BurstGate, Readers
 from devbus.bus.metrics import Metrics
-from devbus.bus.outputs.backlog import Backlog
-from devbus.bus.store.base import Record
+from devbus.bus.record import Record
+from devbus.bus.zmtp_peer import PUBLISHERS, Refusals, ZmtpPeer
 from devbus.envelope import Draft
 from devbus.errors import StoreUnavailable
 from devbus.frames import WireReject, decode_frames
-from devbus.zmtp import GREETING, FrameReader, Greeting, HandshakeError, Rejected, check_ready, pong, ready
+from devbus.zmtp import Rejected
 
 __all__ = ["Ingest"]
 
 log = logging.getLogger(__name__)
-
-# Acknowledgement: a message is taken once the store has committed it, so a
-# sender's connection is not read while a batch it sent is being committed.
-#
-# Flow control for bursts: while subscribers are behind (their sockets backed up)
-# but keep taking what they were sent, stop reading senders, so the kernel and the
-# senders' queues hold the burst instead of the bus. The outputs say when a
-# subscriber moves (no polling). One that moves nothing for STALLED seconds is not
-# waited for (its buffer bound evicts it), and no pause lasts more than CATCH_UP.
-CATCH_UP = 1.0
-STALLED = 0.03
 
 # Bytes read from a sender at a time, so one read is one batch: small enough that a batch
 # never buffers much per subscriber, large enough that a burst costs one publish per
@@ -52,9 +47,6 @@ DRAIN_QUIET = 0.1
 HOLD_FIRST = 0.05
 HOLD_MAX = 1.0
 
-HANDSHAKE_TIMEOUT = 10.0  # seconds a sender has to greet and say READY before it is closed
-SUBSCRIBE_ALL = b"\x00\x01\x01"  # a one-byte message frame: subscribe to every topic (ZMTP 3.0)
-PUBLISHERS = frozenset({b"PUB", b"XPUB"})
 FRAMES = 2  # [type, MessagePack body]
 
 
@@ -65,30 +57,27 @@ class Ingest:
         self,
         *,
         dispatcher: Dispatcher,
-        backlog: Backlog,
+        readers: Readers,
         metrics: Metrics,
         max_size: int,
         token: str | None = None,
         message_timeout: float = 30.0,
     ) -> None:
         self._dispatcher = dispatcher
-        self._backlog = backlog
-        self.message_timeout = message_timeout
+        self._message_timeout = message_timeout
         self._metrics = metrics
         self._max_size = max_size
         self._token = token
-        self._loop = asyncio.get_running_loop()
+        self.loop = asyncio.get_running_loop()
         self._listening: Listening | None = None
-        self._peers: set[_Peer] = set()
+        self._peers: set[_Sender] = set()
         self.read_buffer = memoryview(bytearray(READ_SIZE))  # shared by every sender's reads
-        self._held = False  # every sender paused while subscribers catch up
-        self._waited_since = 0.0
-        self._stall: asyncio.TimerHandle | None = None
-        self._cancel_wait: Callable[[], None] | None = None
+        # Every sender waits while the subscribers that keep up catch up.
+        self.gate = BurstGate(readers, on_change=self._update_peers)
         self._committing: set[asyncio.Future[list[Record]]] = set()
-        self._holding = False  # a batch waits for the store to come back (logged once per outage)
+        self._store_away = False  # a batch waits for the store to come back (logged once per outage)
         self._closing = False
-        self._logged: set[str] = set()
+        self.reject = Refusals(metrics, what="a ZeroMQ message")
         self.last_read = 0.0
 
     async def bind(self, endpoint: str) -> str:
@@ -96,20 +85,22 @@ class Ingest:
         self._listening = await listen(endpoint, self._peer, role="ingest", option="--ingest")
         return self._listening.address
 
-    def _peer(self) -> _Peer:
-        return _Peer(self)
+    def _peer(self) -> _Sender:
+        return _Sender(
+            self, max_message=self._max_size, message_timeout=self._message_timeout, read_buffer=self.read_buffer
+        )
 
     async def close(self) -> None:
         """Stop accepting, read what senders already sent (bounded in time), then close."""
         if self._listening is not None:
             self._listening.close()
-        self._closing = True  # no more waiting for subscribers: the outputs may be closed already
-        self._release()
-        deadline = self._loop.time() + DRAIN
-        self.last_read = self._loop.time()
-        while self._peers and self._loop.time() < deadline:
+        self._closing = True
+        self.gate.stop()
+        deadline = self.loop.time() + DRAIN
+        self.last_read = self.loop.time()
+        while self._peers and self.loop.time() < deadline:
             # Quiet: nothing read for DRAIN_QUIET and no sender waiting for its batch to be committed.
-            if self._loop.time() - self.last_read >= DRAIN_QUIET and not self._committing:
+            if self.loop.time() - self.last_read >= DRAIN_QUIET and not self._committing:
                 break
             await asyncio.sleep(DRAIN_QUIET / 4)  # polling the quiet period, bounded by DRAIN
         else:
@@ -126,7 +117,7 @@ class Ingest:
 
     # -- per message -------------------------------------------------------------
 
-    def accept(self, peer: _Peer, messages: list[list[bytes]], rejected: list[Rejected]) -> None:
+    def accept(self, peer: _Sender, messages: list[list[bytes]], rejected: list[Rejected]) -> None:
         """Validate and publish the messages one read of ``peer`` brought; count what was refused."""
         drafts: list[Draft] = []
         for frames in messages:
@@ -139,7 +130,7 @@ class Ingest:
         if drafts:
             self._store(peer, drafts, HOLD_FIRST)
 
-    def _store(self, peer: _Peer, drafts: list[Draft], delay: float) -> None:
+    def _store(self, peer: _Sender, drafts: list[Draft], delay: float) -> None:
         """Hand ``drafts`` to the store; they are taken (and ``peer`` read again) once it has them."""
         try:
             committed = self._dispatcher.publish(drafts)
@@ -150,10 +141,10 @@ class Ingest:
         if committed.done() and not committed.cancelled() and committed.exception() is None:
             # Stored at once (memory store). The SSE output flushes a batch two loop turns
             # later (so that requests arriving together share a write); only then can the
-            # backlog tell whether subscribers took it, so this sender waits until then.
+            # burst gate tell whether subscribers took it, so this sender waits until then.
             peer.committing += 1
             peer.update()
-            self._loop.call_soon(self._loop.call_soon, self._flushed, peer)
+            self.loop.call_soon(self.loop.call_soon, self._flushed, peer)
             return
         # Read no more from this sender until the store has answered for its batch.
         self._committing.add(committed)
@@ -162,38 +153,34 @@ class Ingest:
         committed.add_done_callback(lambda done: self._committed(done, peer, drafts, delay))
 
     def _committed(
-        self, committed: asyncio.Future[list[Record]], peer: _Peer, drafts: list[Draft], delay: float
+        self, committed: asyncio.Future[list[Record]], peer: _Sender, drafts: list[Draft], delay: float
     ) -> None:
         self._committing.discard(committed)
         error = None if committed.cancelled() else committed.exception()
         if isinstance(error, StoreUnavailable) and not self._closing:
             # Taken from the socket but not stored: hold it and store it again, in order, with
             # backoff; the sender stays unread meanwhile, so it sees backpressure, not loss.
-            if not self._holding:
-                self._holding = True
+            if not self._store_away:
+                self._store_away = True
                 log.info("holding events from ZeroMQ until the store is back")
-            self._loop.call_later(delay, self._store_again, peer, drafts, min(delay * 2, HOLD_MAX))
+            self.loop.call_later(delay, self._store_again, peer, drafts, min(delay * 2, HOLD_MAX))
             return
-        self._holding = False
+        self._store_away = False
         if committed.cancelled() or error is not None:
             self._metrics.reject("zmq_store")
             log.error("could not store %d events from ZeroMQ: %s", len(drafts), error or "cancelled")
         # The sender is read again from now: its quiet period (on stop) starts here, not at its last read.
-        self.last_read = self._loop.time()
+        self.last_read = self.loop.time()
         peer.committing -= 1
         peer.update()
-        self._check_backlog()
+        self.gate.check()
 
-    def _flushed(self, peer: _Peer) -> None:
-        self._check_backlog()
+    def _flushed(self, peer: _Sender) -> None:
+        self.gate.check()
         peer.committing -= 1
         peer.update()
 
-    def _check_backlog(self) -> None:
-        if self._backlog.behind and not self._held and not self._closing:
-            self._hold()
-
-    def _store_again(self, peer: _Peer, drafts: list[Draft], delay: float) -> None:
+    def _store_again(self, peer: _Sender, drafts: list[Draft], delay: float) -> None:
         peer.committing -= 1
         if self._closing:
             self._metrics.reject("zmq_store")
@@ -202,171 +189,52 @@ class Ingest:
             self._store(peer, drafts, delay)
         peer.update()
 
-    def reject(self, reason: str, text: str) -> None:
-        """Count a refused message (or connection); log the first of each kind."""
-        self._metrics.reject(reason)
-        if reason not in self._logged:
-            self._logged.add(reason)
-            log.warning("refused a ZeroMQ message (%s): %s; further ones are only counted", reason, text)
-        else:
-            log.debug("refused a ZeroMQ message (%s): %s", reason, text)
-
-    # -- flow control ------------------------------------------------------------
-
-    @property
-    def held(self) -> bool:
-        """Whether every sender is paused while subscribers catch up."""
-        return self._held
-
-    def _hold(self) -> None:
-        self._held = True
+    def _update_peers(self) -> None:
         for peer in self._peers:
             peer.update()
-        self._waited_since = self._loop.time()
-        self._wait_for_readers()
 
-    def _wait_for_readers(self) -> None:
-        self._stall = self._loop.call_later(STALLED, self._release)
-        self._cancel_wait = self._backlog.when_moved(self._readers_moved)
-
-    def _readers_moved(self) -> None:
-        self._cancel_wait = None
-        if self._stall is not None:
-            self._stall.cancel()
-            self._stall = None
-        if self._backlog.behind and self._loop.time() - self._waited_since < CATCH_UP and not self._closing:
-            self._wait_for_readers()
-        else:
-            self._release()
-
-    def _release(self) -> None:
-        # Subscribers caught up, or nobody moved for STALLED seconds (the stalled
-        # ones will be evicted), or CATCH_UP passed, or the ingest is closing: read on.
-        if self._stall is not None:
-            self._stall.cancel()
-            self._stall = None
-        if self._cancel_wait is not None:
-            self._cancel_wait()
-            self._cancel_wait = None
-        if self._held:
-            self._held = False
-            for peer in self._peers:
-                peer.update()
-
-    def joined(self, peer: _Peer) -> None:
+    def joined(self, peer: _Sender) -> None:
         """Track a sender's connection."""
         self._peers.add(peer)
         peer.update()
 
-    def left(self, peer: _Peer) -> None:
+    def left(self, peer: _Sender) -> None:
         """Forget a sender whose connection closed."""
         self._peers.discard(peer)
 
 
-class _Peer(asyncio.BufferedProtocol):
-    """One sender's connection: greeting, READY, then messages, read at most READ_SIZE at a time."""
+class _Sender(ZmtpPeer):
+    """One sender's connection (a PUB or XPUB socket): messages read at most READ_SIZE at a time."""
 
-    def __init__(self, ingest: Ingest) -> None:
+    SOCKET_TYPE = b"SUB"
+    ACCEPTS = PUBLISHERS
+    ROLE = "ingest"
+
+    def __init__(self, ingest: Ingest, *, max_message: int, message_timeout: float, read_buffer: memoryview) -> None:
+        super().__init__(
+            max_message=max_message, max_frames=FRAMES, message_timeout=message_timeout, read_buffer=read_buffer
+        )
         self.ingest = ingest
-        self.reader = FrameReader(max_message=ingest._max_size, max_frames=FRAMES)
-        self.transport: asyncio.Transport | None = None
-        self._greeting = Greeting()
-        self._ready = False
-        self._paused = False
         self.committing = 0  # batches read from this sender not committed yet
-        self._deadline: asyncio.TimerHandle | None = None  # for the handshake, then for a message in progress
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        transport.write(GREETING + ready(b"SUB"))
-        self.ingest.joined(self)
-        self._deadline = asyncio.get_running_loop().call_later(HANDSHAKE_TIMEOUT, self._too_slow)
-
-    def connection_lost(self, exc: BaseException | None) -> None:
-        self.ingest.left(self)
-        self.transport = None
-        if self._deadline is not None:
-            self._deadline.cancel()
-
-    def _too_slow(self) -> None:
-        if self._ready:
-            self.ingest.reject(
-                "zmq_timeout",
-                f"closed a connection whose message took over {self.ingest.message_timeout:g} s (--body-timeout)",
-            )
-        else:
-            self.ingest.reject(
-                "zmq_handshake", f"closed a connection that sent no READY within {HANDSHAKE_TIMEOUT:g} s"
-            )
-        self.close()
-
-    def _time_message(self) -> None:
-        # A message in progress holds up to --max-message: it must finish in bounded time.
-        if not self._ready:
-            return
-        if not self.reader.in_progress:
-            if self._deadline is not None:
-                self._deadline.cancel()
-                self._deadline = None
-        elif self._deadline is None:
-            self._deadline = asyncio.get_running_loop().call_later(self.ingest.message_timeout, self._too_slow)
 
     def update(self) -> None:
-        """Read while no batch of ours is being committed and subscribers are not being waited for."""
-        if self.transport is None:
-            return
-        paused = bool(self.committing) or self.ingest.held
-        if paused != self._paused:
-            self._paused = paused
-            if paused:
-                self.transport.pause_reading()
-            else:
-                self.transport.resume_reading()
+        """Read while no batch of ours is being committed and the burst gate is open."""
+        self.pause_reading(bool(self.committing) or self.ingest.gate.closed)
 
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
+    def on_connected(self) -> None:
+        self.ingest.joined(self)
 
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return self.ingest.read_buffer
+    def on_lost(self) -> None:
+        self.ingest.left(self)
 
-    def buffer_updated(self, nbytes: int) -> None:
-        # asyncio fills the buffer and calls this at once, so every sender can share one.
-        self.data_received(bytes(self.ingest.read_buffer[:nbytes]))
+    def on_ready(self) -> None:
+        self.subscribe()  # every topic: the bus takes every event
 
-    def data_received(self, data: bytes) -> None:
-        self.ingest.last_read = self.ingest._loop.time()
-        try:
-            rest = self._greeting.take(data)
-            if rest is None:
-                return
-            messages: list[list[bytes]] = []
-            rejected: list[Rejected] = []
-            for item in self.reader.feed(rest):
-                if isinstance(item, list):
-                    messages.append(item)
-                elif isinstance(item, Rejected):
-                    rejected.append(item)
-                else:
-                    self._command(*item)
-            if not self._ready and messages:
-                raise HandshakeError("sent a message before READY")
-            if messages or rejected:
-                self.ingest.accept(self, messages, rejected)
-            self._time_message()
-        except HandshakeError as exc:
-            self.ingest.reject("zmq_handshake", f"closed a connection: {exc}")
-            self.close()
+    def on_read(self) -> None:
+        self.ingest.last_read = self.ingest.loop.time()
 
-    def _command(self, name: bytes, body: bytes) -> None:
-        assert self.transport is not None
-        if name == b"READY" and not self._ready:
-            check_ready(body, allowed=PUBLISHERS, role="ingest")
-            self._ready = True
-            if self._deadline is not None:
-                self._deadline.cancel()
-                self._deadline = None
-            self.transport.write(SUBSCRIBE_ALL)
-        elif name == b"PING":
-            self.transport.write(pong(body))
+    def on_messages(self, messages: list[list[bytes]], rejected: list[Rejected]) -> None:
+        self.ingest.accept(self, messages, rejected)
+
+    def on_refused(self, kind: str, text: str) -> None:
+        self.ingest.reject(f"zmq_{kind}", text)

@@ -1,4 +1,8 @@
-"""What `devbus run` prints per event: a compact line each, bursts folded per second."""
+"""What `devbus run` prints per event: a compact line each, bursts folded per second.
+
+The printer is told each batch by the SSE fan-out, with how many subscribers
+each record reached (a :data:`~devbus.bus.record.ReachReport`), so a line can say it.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 
-from devbus.bus.store.base import Record
+from devbus.bus.record import Record
 from devbus.text import cut, cut_left, plural
 
 __all__ = ["EventPrinter"]
@@ -30,33 +34,33 @@ class EventPrinter:
         self._flush: asyncio.TimerHandle | None = None
         self._source_width = SOURCE_WIDTH
 
-    def __call__(self, batch: Sequence[Record]) -> None:
+    def __call__(self, batch: Sequence[Record], reached: Sequence[int]) -> None:
         now = time.time()
         second = int(now)
         if second != self._second:
             self._summarize()
             self._second = second
             self._printed = 0
-        for record in batch:
+        for record, count in zip(batch, reached, strict=True):
             if self._printed < LINES_PER_SECOND:
                 self._printed += 1
-                self._write(self._line(record))
+                self._write(self._line(record, count))
             else:
                 self._folded[record.type] += 1
         if self._folded and self._flush is None:
             self._flush = asyncio.get_running_loop().call_later(second + 1 - now, self._summarize)
 
-    def _line(self, record: Record) -> str:
+    def _line(self, record: Record, reached: int) -> str:
         event = record.event
         clock = event.timestamp[11:23]
-        reached = plural(max(record.reached, 0), "subscriber")
+        subscribers = plural(max(reached, 0), "subscriber")
         # Grow the column rather than shift every later one; a very long source is cut.
         self._source_width = max(self._source_width, min(len(event.source), MAX_SOURCE_WIDTH))
         source = cut(event.source, MAX_SOURCE_WIDTH)
         width = self._source_width
         # An id keeps its end: the sequence number is what tells one event from the next.
         event_type, event_id = cut(event.type, TYPE_WIDTH), cut_left(event.id, ID_WIDTH)
-        return f"{clock}  {event_type:<{TYPE_WIDTH}} {source:<{width}} {event_id:<{ID_WIDTH}} → {reached}"
+        return f"{clock}  {event_type:<{TYPE_WIDTH}} {source:<{width}} {event_id:<{ID_WIDTH}} → {subscribers}"
 
     def _summarize(self) -> None:
         if self._flush is not None:

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-from devbus.bus.store.base import Record, Resume, Store
+from typing import TYPE_CHECKING
+
+from devbus.bus.record import Record
+from devbus.bus.store.base import Resume, Store
 from devbus.errors import ConfigError
 
-__all__ = ["Record", "Resume", "Store", "create_store"]
+if TYPE_CHECKING:
+    from devbus.bus.store.redis_shared import SharedStream
+
+__all__ = ["Record", "Resume", "Store", "create_store", "shared_stream"]
 
 STORE_URLS = "memory, sqlite:PATH or redis://host:port/db"
 
@@ -39,3 +45,12 @@ def create_store(url: str, *, history: int, history_bytes: int, key: str = "devb
             ) from exc
         return RedisStore(url, key=key, history=history, history_bytes=history_bytes)
     raise ConfigError(f"--store {url!r} is not a store URL: use {STORE_URLS}")
+
+
+def shared_stream(store: Store) -> SharedStream | None:
+    """The handle on the stream ``store`` shares with other buses, if it is one (a Redis store)."""
+    try:
+        from devbus.bus.store.redis import RedisStore
+    except ImportError:
+        return None  # without the Redis extra no store shares a stream
+    return store.shared_stream() if isinstance(store, RedisStore) else None

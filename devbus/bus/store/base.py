@@ -2,12 +2,19 @@
 
 Every store (memory, SQLite, a Redis Stream) implements :class:`Store`. The
 dispatcher stamps events and hands them to :meth:`Store.append`; the store gives
-each an id, encodes its JSON once, commits it and then hands it, in log order, to
-the ``deliver`` callback given to :meth:`Store.open`, which feeds every output
-(SSE, ZeroMQ egress, forward, console). Readers (a resuming SSE stream,
-``GET /history``) are cursors over the same log: :meth:`Store.resolve` turns a
-client's id into a position, :meth:`Store.read_after` and :meth:`Store.read_before`
-read bounded pages from there.
+each an id, encodes its JSON once into a :class:`~devbus.bus.record.Record`,
+commits it and then hands it, in log order, to the ``deliver`` callback given to
+:meth:`Store.open`, through which the dispatcher feeds every output. Readers (a
+resuming SSE stream, ``GET /history``, the catalogue's seeding) are cursors over
+the same log: :meth:`Store.resolve` turns a client's id into a position,
+:meth:`Store.read_after` and :meth:`Store.read_before` read bounded pages from
+there.
+
+A store only stores and reads. It knows no output, input or dispatcher (it
+imports the record and shared modules only; ``tests/test_layers.py`` holds it
+to that): what else reads a log that several buses share, such as the
+cluster-wide ``--forward``, gets a narrow handle from the store through the app
+(``store/redis_shared.py``), not a method of this interface.
 
 The contract every store keeps (``tests/test_store.py`` checks it for each one):
 
@@ -23,9 +30,11 @@ Delivery (``deliver``)
     through :meth:`Store.read_after`. Records appended by this process and by
     others sharing the log (Redis) are all delivered, in the log's order.
     ``deliver`` may run before or after the append's future resolves: the memory
-    and SQLite stores deliver right before they resolve it (so the appended
-    records come back with ``reached`` counted); a Redis store delivers from its
-    read loop, whenever the stream hands them back.
+    and SQLite stores deliver right before they resolve it; a Redis store
+    delivers from its read loop, whenever the stream hands them back, and
+    resolves an append once its own records are delivered (so an answer to a
+    sender can say whom its event reached). A record is never changed once
+    made: every output reads the same one.
 
 Acknowledgement (:meth:`Store.append`)
     Returns a future that resolves, on the loop, to the appended records in
@@ -46,7 +55,7 @@ Reads
     record handed to ``deliver`` (a shared stream is readable before this bus's
     read loop delivers it: clamp to what was delivered). The SSE cursor relies
     on it to hand over to the live fan-out with no duplicate, see
-    ``devbus.bus.outputs.sse_replay``.
+    ``devbus.bus.outputs.sse.replay``.
 
 Lifecycle
     :meth:`Store.open` (once, on the loop) connects or loads and starts
@@ -60,56 +69,15 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import AsyncIterator, Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import Any
 
 import msgspec
 
-from devbus.envelope import Draft, Event
+from devbus.bus.record import Deliver, Record
+from devbus.envelope import Draft
 
-if TYPE_CHECKING:
-    from aiohttp import web
-
-    from devbus.bus.outputs.forward import Forwarder
-
-__all__ = ["Deliver", "Record", "Resume", "Store"]
-
-
-_event_decoder = msgspec.json.Decoder(Event)
-
-
-class Record:
-    """One event in the log: its id, type and JSON (encoded once, shared by every output).
-
-    ``event`` is the decoded :class:`~devbus.envelope.Event`; a store that has it
-    at hand passes it, else it is decoded from ``json`` the first time an output
-    asks. ``reached`` is set by the SSE output when the record is delivered: the
-    number of subscribers it was queued for (-1 until then).
-    """
-
-    __slots__ = ("_event", "id", "json", "reached", "type")
-
-    def __init__(self, event_id: str, event_type: str, json: bytes, event: Event | None = None) -> None:
-        self.id = event_id
-        self.type = event_type
-        self.json = json
-        self._event = event
-        self.reached = -1
-
-    @property
-    def event(self) -> Event:
-        """The envelope, decoded from ``json`` on first use if the store did not pass it."""
-        event = self._event
-        if event is None:
-            event = self._event = _event_decoder.decode(self.json)
-        return event
-
-    def drop_event(self) -> None:
-        """Forget the decoded envelope (it is decoded again if asked), so a retained record costs its JSON only."""
-        self._event = None
-
-    def __repr__(self) -> str:
-        return f"Record({self.id!r}, {self.type!r})"
+__all__ = ["Resume", "Store"]
 
 
 class Resume(msgspec.Struct, frozen=True):
@@ -124,9 +92,6 @@ class Resume(msgspec.Struct, frozen=True):
 
     after: str
     gap: bool
-
-
-Deliver = Callable[[Sequence[Record]], None]
 
 
 class Store(abc.ABC):
@@ -182,10 +147,3 @@ class Store(abc.ABC):
     def status(self) -> dict[str, Any]:
         """What health reports about the store: its name and state, plus store-specific numbers."""
         return {"name": self.name, "state": "up", "retained": len(self)}
-
-    def forward_feed(self, forwarder: Forwarder) -> Callable[[web.Application], AsyncIterator[None]] | None:
-        """What feeds ``--forward`` targets once for every bus sharing this log (an aiohttp cleanup_ctx).
-
-        None (a log of one bus): the forwarder is an output like any other.
-        """
-        return None

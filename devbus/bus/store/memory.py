@@ -7,7 +7,8 @@ import itertools
 from collections import deque
 from collections.abc import Sequence
 
-from devbus.bus.store.base import Deliver, Record, Resume, Store
+from devbus.bus.record import Deliver, Record
+from devbus.bus.store.base import Resume, Store
 from devbus.bus.store.sequence import format_id, new_run, number, parse_id, resume, take_page
 from devbus.envelope import Draft
 

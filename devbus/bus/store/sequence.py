@@ -9,7 +9,8 @@ from __future__ import annotations
 import secrets
 from collections.abc import Iterable, Sequence
 
-from devbus.bus.store.base import Record, Resume
+from devbus.bus.record import Record
+from devbus.bus.store.base import Resume
 from devbus.envelope import Draft, Event, encode_json
 
 __all__ = ["format_id", "new_run", "number", "parse_id", "resume", "resume_for", "take_page"]

@@ -22,7 +22,8 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from devbus.bus.store.base import Deliver, Record, Resume, Store
+from devbus.bus.record import Deliver, Record
+from devbus.bus.store.base import Resume, Store
 from devbus.bus.store.sequence import format_id, number, parse_id, resume
 from devbus.bus.store.sqlite_file import connect, fetch_page, load
 from devbus.envelope import Draft

@@ -1,20 +1,20 @@
-"""The signal outputs give a burst input: which subscribers are behind, and when one of them moves."""
+"""Which SSE subscribers are behind, and when one of them moves: the signal a burst input waits on."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-__all__ = ["Backlog"]
+__all__ = ["Laggards"]
 
 
-class Backlog:
+class Laggards:
     """Subscribers whose socket is backed up, and callbacks waiting for one of them to make progress.
 
     An outlet reports itself behind when its socket cannot take a flush (the
     stream's task then writes and waits for the socket to drain), reports progress
     each time that task has written a chunk, and leaves once it has nothing pending
-    or is closed. An input that can wait (a ZeroMQ burst) asks :meth:`when_moved`
-    instead of summing every subscriber's buffers over and over.
+    or is closed. An input that can wait (the ZeroMQ ingest's burst gate) asks
+    :meth:`when_moved` instead of summing every subscriber's buffers over and over.
     """
 
     def __init__(self) -> None:

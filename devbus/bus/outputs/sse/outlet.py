@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Protocol
 
-from devbus.bus.outputs.backlog import Backlog
+from devbus.bus.outputs.sse.laggards import Laggards
 from devbus.typefilter import TypeFilter
 
 __all__ = ["Outlet", "WriteNow"]
@@ -36,8 +36,8 @@ class Outlet:
     """
 
     __slots__ = (
-        "_backlog",
         "_behind",
+        "_laggards",
         "_limit",
         "_on_abort",
         "_on_evict",
@@ -59,7 +59,7 @@ class Outlet:
         named: bool,
         limit: int,
         on_evict: Callable[[Outlet], None],
-        backlog: Backlog | None = None,
+        laggards: Laggards | None = None,
     ) -> None:
         self.type_filter = type_filter
         self.named = named
@@ -71,7 +71,7 @@ class Outlet:
         self._size = 0
         self._waiter: asyncio.Future[None] | None = None
         # Told when this subscriber falls behind and when it moves again, for burst inputs.
-        self._backlog = backlog
+        self._laggards = laggards
         self._behind = False
         # Set by the stream once its headers are out: writes a chunk to the socket
         # at once, or returns False if the socket is backed up or closing.
@@ -134,9 +134,9 @@ class Outlet:
         self._pending.append(chunk)
         self._size = len(chunk)
         waiter.set_result(None)
-        if self._backlog is not None and not self._behind:
+        if self._laggards is not None and not self._behind:
             self._behind = True
-            self._backlog.fell_behind(self)
+            self._laggards.fell_behind(self)
 
     def on_abort(self, abort: Callable[[], None]) -> None:
         """Call ``abort`` to drop the connection if this subscriber is evicted (at once, if it already is)."""
@@ -157,9 +157,9 @@ class Outlet:
         self._moved(caught_up=True)
 
     def _moved(self, *, caught_up: bool) -> None:
-        if self._behind and self._backlog is not None:
+        if self._behind and self._laggards is not None:
             self._behind = not caught_up
-            self._backlog.moved(self, caught_up=caught_up)
+            self._laggards.moved(self, caught_up=caught_up)
 
     def _wake(self) -> None:
         waiter = self._waiter

@@ -3,25 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from aiohttp import web
 
-from devbus.bus.keys import DISPATCHER, FANOUT
-from devbus.bus.outputs.sse_buffer import Outlet
-from devbus.bus.store.base import Record
+from devbus.bus import pages
+from devbus.bus.outputs.sse.fanout import Fanout
+from devbus.bus.outputs.sse.outlet import Outlet
+from devbus.bus.pages import PAGE_BYTES, PAGE_EVENTS, write_or_stall
+from devbus.bus.record import Record
+from devbus.bus.store.base import Store
 from devbus.envelope import Event, encode_json, sse_frame
 
-__all__ = ["GAP", "PAGE_BYTES", "PAGE_EVENTS", "REPLAY_STALL", "Replay", "gap_event", "write_or_stall"]
+__all__ = ["GAP", "Replay", "gap_event"]
 
 GAP = "devbus.gap"
-
-# One page of a replay: what a resuming connection holds beyond its buffer.
-PAGE_EVENTS = 1000
-PAGE_BYTES = 32 * 1024
-
-# A replaying client whose socket takes nothing of a page for this long is
-# evicted: its buffers would otherwise be held for as long as it stays connected.
-REPLAY_STALL = 10.0
 
 
 def gap_event(since: str, resume_from: str, *, run: str, timestamp: str) -> Event:
@@ -48,19 +44,26 @@ class Replay:
     the fan-out: no duplicate and no gap, however records and reads interleave.
     """
 
-    def __init__(self, request: web.Request, response: web.StreamResponse, outlet: Outlet) -> None:
-        self._dispatcher = request.app[DISPATCHER]
-        self._store = self._dispatcher.store
-        self._fanout = request.app[FANOUT]
+    def __init__(
+        self,
+        store: Store,
+        fanout: Fanout,
+        *,
+        now: Callable[[], str],
+        response: web.StreamResponse,
+        transport: asyncio.Transport,
+        outlet: Outlet,
+    ) -> None:
+        self._store = store
+        self._fanout = fanout
+        self._now = now
         self._response = response
-        self._transport = request.transport
+        self._transport = transport
         self._outlet = outlet
 
     async def run(self, since: str) -> None:
         """Replay after ``since`` (a gap event first if it is not retained); return once live."""
         transport = self._transport
-        if transport is None:
-            return
         # While replaying, wait for the socket once a page is buffered, not the
         # default 64 KiB more: a client that does not read holds one page.
         transport.set_write_buffer_limits(high=PAGE_BYTES)
@@ -74,7 +77,7 @@ class Replay:
         outlet = self._outlet
         resume = await self._store.resolve(since)
         if resume.gap:
-            gap = gap_event(since, resume.after, run=self._store.run, timestamp=self._dispatcher.now())
+            gap = gap_event(since, resume.after, run=self._store.run, timestamp=self._now())
             outlet.preload(sse_frame(encode_json(gap), event_id=gap.id, name=GAP if outlet.named else None))
         await self._write(outlet.take_now())
         after = resume.after
@@ -112,14 +115,4 @@ class Replay:
 
     async def _write(self, chunk: bytes) -> None:
         if chunk and not await write_or_stall(self._response, chunk):
-            self._fanout.evict(self._outlet, why=f"took nothing of its replay for {REPLAY_STALL:g} s")
-
-
-async def write_or_stall(response: web.StreamResponse, chunk: bytes) -> bool:
-    """Write ``chunk`` and wait for the socket to take it; False if it took nothing for REPLAY_STALL seconds."""
-    try:
-        async with asyncio.timeout(REPLAY_STALL):
-            await response.write(chunk)
-    except TimeoutError:
-        return False
-    return True
+            self._fanout.evict(self._outlet, why=f"took nothing of its replay for {pages.PAGE_STALL:g} s")

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from devbus.bus.metrics import Metrics
-from devbus.bus.outputs.backlog import Backlog
-from devbus.bus.outputs.sse_buffer import Outlet
-from devbus.bus.store.base import Record
+from devbus.bus.outputs.sse.laggards import Laggards
+from devbus.bus.outputs.sse.outlet import Outlet
+from devbus.bus.record import ReachReport, Record
 from devbus.envelope import sse_frame
 from devbus.errors import TooManySubscribers
 from devbus.typefilter import TypeFilter
@@ -51,7 +51,9 @@ class Fanout:
         self._by_type: dict[str, list[_Group]] = {}
         self._unflushed: dict[_Group, None] = {}
         self._anchoring: list[Outlet] = []
-        self.backlog = Backlog()
+        self._reports: list[ReachReport] = []
+        # Subscribers whose sockets are backed up, for the ZeroMQ ingest's burst gate.
+        self.laggards = Laggards()
         metrics.watch(metrics.subscribers, lambda: len(self._outlets))
 
     @property
@@ -59,11 +61,14 @@ class Fanout:
         """Open SSE connections (evicted ones count until their handler has ended)."""
         return len(self._outlets)
 
-    def reach(self, record: Record) -> int:
-        """How many subscribers ``record`` was queued for (or, not delivered yet, would be now)."""
-        if record.reached >= 0:
-            return record.reached
-        return sum(len(group.outlets) for group in self._matching(record.type))
+    def would_reach(self, event_type: str) -> int:
+        """How many subscribers an event of ``event_type`` would be queued for now."""
+        return sum(len(group.outlets) for group in self._matching(event_type))
+
+    def report_to(self, report: ReachReport) -> Callable[[], None]:
+        """Tell ``report``, after each batch, how many subscribers each record was queued for; return a remover."""
+        self._reports.append(report)
+        return lambda: self._reports.remove(report)
 
     def subscribe(self, type_filter: TypeFilter, *, named: bool) -> Outlet:
         """Open a slot for a subscriber (503 past the cap); it joins the live groups with :meth:`join`."""
@@ -72,7 +77,7 @@ class Fanout:
                 f"The bus already has {len(self._outlets)} subscribers (--max-subscribers); "
                 "close some streams or raise the limit"
             )
-        outlet = Outlet(type_filter, named=named, limit=self._buffer, on_evict=self.evict, backlog=self.backlog)
+        outlet = Outlet(type_filter, named=named, limit=self._buffer, on_evict=self.evict, laggards=self.laggards)
         self._outlets[outlet] = None
         return outlet
 
@@ -135,11 +140,12 @@ class Fanout:
                 outlet.anchor = first
             self._anchoring.clear()
         if not self._groups:
-            for record in records:
-                record.reached = 0
+            if self._reports:
+                self._report(records, [0] * len(records))
             return
         chunks: dict[_Group, list[bytes]] = {}
         deliveries = 0
+        counts = []
         for record in records:
             reached = 0
             plain = None
@@ -156,8 +162,10 @@ class Fanout:
                 else:
                     frames.append(frame)
                 reached += len(group.outlets)
-            record.reached = reached
+            counts.append(reached)
             deliveries += reached
+        if self._reports:
+            self._report(records, counts)
         if not chunks:
             return
         if not self._unflushed:
@@ -175,6 +183,13 @@ class Fanout:
                 outlet.push(chunk)
             self._unflushed[group] = None
         self.metrics.deliveries.inc(deliveries)
+
+    def _report(self, records: Sequence[Record], counts: list[int]) -> None:
+        for report in self._reports:
+            try:
+                report(records, counts)
+            except Exception:
+                log.exception("reach report %r failed", report)
 
     def _schedule_flush(self) -> None:
         # A request read in one loop turn publishes in the next (aiohttp starts a

@@ -1,4 +1,4 @@
-"""`--forward` on a Redis store: each target fed once per cluster, not once per bus.
+"""`--forward` on a shared Redis stream: each target fed once per cluster, not once per bus.
 
 Every target has a consumer group on the stream (``forward:<name>``), so where
 the cluster stands with it lives in Redis, and a lease (``K:forward:<name>``, a
@@ -20,16 +20,17 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from aiohttp import web
-from redis.exceptions import ResponseError
+from redis.asyncio import Redis
+from redis.exceptions import RedisError, ResponseError
 
-from devbus.bus.outputs.forward import FLUSH_TIMEOUT, Forwarder, Target
-from devbus.bus.store.redis import Entry, RedisStore, records_of
-from devbus.bus.store.redis_link import FAILURES
+from devbus.bus.outputs.forward.forwarder import Forwarder
+from devbus.bus.outputs.forward.target import FLUSH_TIMEOUT, Target
+from devbus.bus.record import Record
 
-__all__ = ["ClusterFeed"]
+__all__ = ["ClusterFeed", "SharedStream"]
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,12 @@ RENEW = 1.0  # seconds between renewals, and between tries of a bus waiting for 
 PAGE = 100  # entries read from the group at a time
 BLOCK_MS = 1000
 RETRY = 1.0  # seconds after a Redis failure
+
+# What a Redis call may fail with when Redis is gone, restarting or refusing writes.
+FAILURES = (RedisError, OSError)
+
+# A stream entry as redis-py returns it.
+Entry = tuple[bytes, dict[bytes, bytes] | None]
 
 # Renew or give up the lease only if this bus still holds it.
 _RENEW = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0"
@@ -48,14 +55,36 @@ class _LeaseLost(Exception):
     """Another bus holds the target's lease now."""
 
 
+class SharedStream(Protocol):
+    """What the feed needs of the stream: the handle the Redis store gives (``store/redis_shared.py``)."""
+
+    @property
+    def redis(self) -> Redis: ...
+
+    @property
+    def stream(self) -> str:
+        """The stream's key."""
+
+    @property
+    def key(self) -> str:
+        """The prefix under which the feed keeps its leases."""
+
+    @property
+    def consumer(self) -> str:
+        """This bus's name in the consumer groups."""
+
+    def records(self, entries: list[Entry]) -> list[Record]:
+        """The records of entries as redis-py returns them."""
+
+
 class ClusterFeed:
     """Feed the forwarder's targets from consumer groups; an aiohttp cleanup_ctx."""
 
-    def __init__(self, store: RedisStore, forwarder: Forwarder) -> None:
-        self._store = store
+    def __init__(self, shared: SharedStream, forwarder: Forwarder) -> None:
+        self._shared = shared
         self._forwarder = forwarder
-        self._redis = store.redis
-        self.consumer = store.consumer
+        self._redis = shared.redis
+        self.consumer = shared.consumer
         self._renew = self._redis.register_script(_RENEW)
         self._release = self._redis.register_script(_RELEASE)
 
@@ -71,7 +100,7 @@ class ClusterFeed:
 
     async def _feed(self, target: Target) -> None:
         group = f"forward:{target.name}"
-        lease = f"{self._store.key}:forward:{target.name}"
+        lease = f"{self._shared.key}:forward:{target.name}"
         while True:
             try:
                 await self._create_group(group)
@@ -88,7 +117,7 @@ class ClusterFeed:
     async def _create_group(self, group: str) -> None:
         try:
             # From the stream's end: a cluster forwards what arrives after its first bus started.
-            await self._redis.xgroup_create(self._store.stream, group, id="$", mkstream=True)
+            await self._redis.xgroup_create(self._shared.stream, group, id="$", mkstream=True)
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
@@ -119,7 +148,7 @@ class ClusterFeed:
                 raise _LeaseLost
 
     async def _send(self, target: Target, group: str) -> None:
-        redis, stream = self._redis, self._store.stream
+        redis, stream = self._redis, self._shared.stream
         count = min(PAGE, target.limit)
         # First what the group has pending: read by a bus that stopped before acknowledging it.
         start: bytes = b"0-0"
@@ -140,7 +169,7 @@ class ClusterFeed:
 
     async def _deliver(self, target: Target, group: str, entries: list[Entry], deleted: list[bytes]) -> None:
         """Send a page's wanted events, wait until the target took them, then acknowledge the page."""
-        for record in records_of(entries):
+        for record in self._shared.records(entries):
             if self._forwarder.wants(target, record):
                 target.offer(record.event, record.json)
         ids = [entry_id for entry_id, _ in entries] + deleted
@@ -158,4 +187,4 @@ class ClusterFeed:
 
     async def _acknowledge(self, group: str, ids: list[bytes]) -> None:
         if ids:
-            await self._redis.xack(self._store.stream, group, *ids)
+            await self._redis.xack(self._shared.stream, group, *ids)

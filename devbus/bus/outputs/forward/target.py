@@ -1,36 +1,28 @@
-"""Forward events to HTTP targets (`devbus run --forward URL`), like a webhook relay.
+"""One forward target: its URL and name, its bounded queue, and the POSTs that drain it in order.
 
 Each target has a bounded queue and one task that POSTs the queued envelopes in
-order, retrying connection errors and 5xx with capped exponential backoff. The
-dispatcher only appends to those queues, so a slow or dead target never holds up
-the bus. Loop safety: every forwarded POST carries ``X-Devbus-Forwarded: <name>``
-and events whose ``source`` is that name are never sent to that target, so a
-backend that tags what it posts back with that name cannot echo its own events.
+order, retrying connection errors and 5xx with capped exponential backoff. Loop
+safety: every forwarded POST carries ``X-Devbus-Forwarded: <name>``, and the
+forwarder never sends a target events whose ``source`` is that name.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
-from aiohttp import web
 
-from devbus import __version__
 from devbus.bus.metrics import Metrics
-from devbus.bus.store.base import Record
 from devbus.envelope import MAX_SOURCE_LENGTH, Event, check_name
 from devbus.errors import ConfigError, InvalidEvent
-from devbus.typefilter import TypeFilter
 
-__all__ = ["FORWARDED_HEADER", "Forwarder", "Target", "parse_target"]
+__all__ = ["FLUSH_TIMEOUT", "FORWARDED_HEADER", "Target", "parse_target"]
 
 log = logging.getLogger(__name__)
 
@@ -223,54 +215,3 @@ class Target:
                 time.monotonic() - self._down_since,
                 self.queued,
             )
-
-
-class Forwarder:
-    """Feed every matching event to each target; a dispatcher output and a cleanup_ctx."""
-
-    def __init__(self, targets: Sequence[str], *, types: TypeFilter, limit: int, metrics: Metrics) -> None:
-        self.types = types
-        self.targets = [Target(*parse_target(value), limit=limit, metrics=metrics) for value in targets]
-        self._metrics = metrics
-
-    def __call__(self, batch: Sequence[Record]) -> None:
-        """Queue each matching event of a delivered batch; never waits."""
-        for record in batch:
-            for target in self.targets:
-                if self.wants(target, record):
-                    # The JSON the store encoded once, shared with every other output.
-                    target.offer(record.event, record.json)
-
-    def wants(self, target: Target, record: Record) -> bool:
-        """Whether ``record`` goes to ``target``: it matches --forward-types and did not come from there."""
-        if not self.types(record.type):
-            return False
-        if record.event.source == target.name:
-            self._metrics.forward_skipped.labels(target.label).inc()
-            return False
-        return True
-
-    async def run(self, app: web.Application) -> AsyncIterator[None]:
-        """Run one delivery task per target while the app runs (an aiohttp cleanup_ctx)."""
-        if not self.targets:
-            yield
-            return
-        session = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT),
-            headers={"User-Agent": f"devbus/{__version__}"},
-        )
-        tasks = [asyncio.create_task(target.run(session), name=f"forward {target.label}") for target in self.targets]
-        try:
-            yield
-        finally:
-            # Give reachable targets a moment to take what is queued, then stop regardless.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(FLUSH_TIMEOUT):
-                    await asyncio.gather(*(t.drained() for t in self.targets if t.up))
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            await session.close()
-            for target in self.targets:
-                if target.queued:
-                    log.warning("%d events were not forwarded to %s before shutdown", target.queued, target.label)

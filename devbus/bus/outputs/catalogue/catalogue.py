@@ -9,11 +9,17 @@ Memory is bounded: at most ``max_types`` types (later ones are counted, not cata
 schema of at most ``max_schema_bytes`` (past it the type's schema stops learning), at most
 ``MAX_SHAPES`` remembered shapes and ``MAX_SOURCES`` sources per type, and an example payload
 of at most ``MAX_EXAMPLE_BYTES``.
+
+It never raises: the inputs refuse data nesting past ``MAX_DEPTH``, but a store can hold
+older data, so a payload nesting deeper stops its type's schema from learning, as does any
+failure to infer one; each is counted, and logged once (a traceback per event would be
+hundreds of kilobytes of log).
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
 import operator
 import time
 from collections import Counter
@@ -22,13 +28,17 @@ from typing import Any
 
 import msgspec
 from aiohttp import web
-from genson import SchemaBuilder
 
 from devbus.bus.metrics import Metrics
-from devbus.bus.store.base import Record, Store
+from devbus.bus.outputs.catalogue.schema import Rate, TooDeep, merged_schema, shape
+from devbus.bus.record import Record
+from devbus.bus.store.base import Store
 from devbus.envelope import Event
+from devbus.nesting import format_key
 
-__all__ = ["Catalogue"]
+__all__ = ["SHAPES_PER_SECOND", "Catalogue"]
+
+log = logging.getLogger(__name__)
 
 MAX_TYPES = 500
 MAX_SCHEMA_BYTES = 16 * 1024
@@ -44,9 +54,6 @@ MAX_SOURCES = 16
 # burst) every payload is looked at; past it an evenly spaced sample of each batch, plus the
 # first event of every new type, so that 100,000 events a second cost a few milliseconds.
 SHAPES_PER_SECOND = 2000
-# A list's shape is taken from its first and last items only: the shape is a cache key,
-# and every item is still read by genson when the payload is merged.
-LIST_ENDS = 8
 # Seeding reads the store's history in pages of this size.
 SEED_PAGE = 1000
 SEED_PAGE_BYTES = 4 * 1024 * 1024
@@ -62,72 +69,6 @@ def _same(event: Event) -> Event:
 _encode = msgspec.json.Encoder(order="sorted").encode
 _decode = msgspec.json.decode
 _encode_plain = msgspec.json.Encoder().encode  # keeps the order given: "type" first
-
-
-def _shape(value: Any) -> Any:
-    """A hashable summary of ``value``'s structure (keys and value types, not values)."""
-    kind = type(value)
-    if kind is dict:
-        return (dict, tuple([(key, _shape(item)) for key, item in value.items()]))
-    if kind is list:
-        ends = value if len(value) <= 2 * LIST_ENDS else value[:LIST_ENDS] + value[-LIST_ENDS:]
-        return (list, frozenset([_shape(item) for item in ends]))
-    return kind
-
-
-def _with_required(node: Any, *, empty: bool = True) -> Any:
-    """``node`` with an empty ``required`` on every object schema that has none (or without any).
-
-    genson reads a schema without ``required`` as "not known yet", so a field once optional
-    would turn required again when a stored schema is read back: it is given one to read,
-    and stored (and shown) without the empty ones.
-    """
-    if isinstance(node, dict):
-        kind = node.get("type")
-        if kind == "object" or (isinstance(kind, list) and "object" in kind):
-            if empty:
-                node.setdefault("required", [])
-            elif node.get("required") == []:
-                del node["required"]
-        for value in node.values():
-            _with_required(value, empty=empty)
-    elif isinstance(node, list):
-        for item in node:
-            _with_required(item, empty=empty)
-    return node
-
-
-class _Rate:
-    """A token bucket: ``per_second`` tokens a second, holding at most ``burst``."""
-
-    __slots__ = ("_burst", "_per_second", "_refilled", "_tokens")
-
-    def __init__(self, per_second: float, *, burst: float) -> None:
-        self._per_second = per_second
-        self._burst = burst
-        self._tokens = burst
-        self._refilled = time.monotonic()
-
-    def _refill(self) -> None:
-        now = time.monotonic()
-        self._tokens = min(self._burst, self._tokens + (now - self._refilled) * self._per_second)
-        self._refilled = now
-
-    def take(self, wanted: int) -> int:
-        """Take up to ``wanted`` whole tokens; return how many were taken."""
-        self._refill()
-        taken = min(wanted, max(0, int(self._tokens)))
-        self._tokens -= taken
-        return taken
-
-    def available(self) -> bool:
-        """Whether any token is left."""
-        self._refill()
-        return self._tokens > 0
-
-    def spend(self, amount: float) -> None:
-        """Take ``amount`` after the fact (the bucket may go below zero and must refill first)."""
-        self._tokens -= amount
 
 
 class _Entry:
@@ -162,8 +103,9 @@ class Catalogue:
         self._metrics = metrics
         self._max_types = max_types
         self._max_schema_bytes = max_schema_bytes
-        self._shapes = _Rate(SHAPES_PER_SECOND, burst=SHAPES_PER_SECOND)
-        self._merge_time = _Rate(MERGE_CPU_SHARE, burst=MERGE_CPU_BURST_S)
+        self._shapes = Rate(SHAPES_PER_SECOND, burst=SHAPES_PER_SECOND)
+        self._merge_time = Rate(MERGE_CPU_SHARE, burst=MERGE_CPU_BURST_S)
+        self._logged: set[str] = set()  # the reasons a schema stopped learning that were logged
         metrics.watch(metrics.catalogue_types, lambda: len(self._entries))
 
     def __len__(self) -> int:
@@ -249,20 +191,43 @@ class Catalogue:
                 entry.sources.add(event.source)
             if not entry.complete:
                 continue
-            shape = hash(_shape(event.data))
-            if shape in entry.shapes:
-                continue
-            if not self._merge_time.available():
-                continue  # not remembered: merged when it is seen again
-            started = time.perf_counter()
-            self._merge(entry, event.data)
-            self._merge_time.spend(time.perf_counter() - started)
-            if len(entry.shapes) >= MAX_SHAPES:
-                # So many shapes is a map keyed by ids or the like: stop learning it.
-                entry.complete = False
-                self._metrics.catalogue_skipped.labels("shapes").inc()
-            else:
-                entry.shapes.add(shape)
+            try:
+                self._learn_shape(entry, event.data)
+            except TooDeep as exc:
+                self._stop_learning(entry, event.type, "depth", str(exc))
+            except Exception as exc:  # whatever the payload, the catalogue carries on
+                self._stop_learning(entry, event.type, "error", f"{type(exc).__name__}: {exc}")
+
+    def _learn_shape(self, entry: _Entry, data: dict[str, Any]) -> None:
+        seen = hash(shape(data))
+        if seen in entry.shapes:
+            return
+        if not self._merge_time.available():
+            return  # not remembered: merged when it is seen again
+        started = time.perf_counter()
+        self._merge(entry, data)
+        self._merge_time.spend(time.perf_counter() - started)
+        if len(entry.shapes) >= MAX_SHAPES:
+            # So many shapes is a map keyed by ids or the like: stop learning it.
+            entry.complete = False
+            self._metrics.catalogue_skipped.labels("shapes").inc()
+        else:
+            entry.shapes.add(seen)
+
+    def _stop_learning(self, entry: _Entry, event_type: str, reason: str, why: str) -> None:
+        """Keep ``entry``'s schema as it is, marked incomplete; count it, and log the first of each reason."""
+        entry.complete = False
+        entry.shapes.clear()
+        self._metrics.catalogue_skipped.labels(reason).inc()
+        if reason not in self._logged:
+            self._logged.add(reason)
+            log.warning(
+                "the schema of %s stopped learning: %s (further ones are counted in "
+                'devbus_catalogue_skipped_total{reason="%s"}, not logged)',
+                format_key(event_type),
+                why[:200],
+                reason,
+            )
 
     @staticmethod
     def _first_of(events: Sequence[Any], types: list[str]) -> list[Any]:
@@ -278,10 +243,7 @@ class Catalogue:
         return found
 
     def _merge(self, entry: _Entry, data: dict[str, Any]) -> None:
-        builder = SchemaBuilder(schema_uri=None)
-        builder.add_schema(_with_required(_decode(entry.schema)))
-        builder.add_object(data)
-        schema = _encode(_with_required(builder.to_schema(), empty=False))
+        schema = merged_schema(entry.schema, data)
         if len(schema) > self._max_schema_bytes:
             # Keep the last schema that fitted, and stop learning this type.
             entry.complete = False

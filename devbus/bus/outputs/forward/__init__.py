@@ -1,0 +1,6 @@
+"""The forward output: events POSTed to HTTP targets (`devbus run --forward URL`)."""
+
+from devbus.bus.outputs.forward.forwarder import Forwarder
+from devbus.bus.outputs.forward.target import FORWARDED_HEADER, Target, parse_target
+
+__all__ = ["FORWARDED_HEADER", "Forwarder", "Target", "parse_target"]
