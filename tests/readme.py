@@ -290,6 +290,7 @@ class Running:
             env=env,
             cwd=cwd,
             start_new_session=True,
+            preexec_fn=_interruptible,
         )
         os.close(child)
         self._reader = threading.Thread(target=self._read, args=(terminal,), daemon=True)
@@ -352,6 +353,15 @@ class Running:
         # The whole group: bash may have left children behind (a pipeline, `devbus run &`).
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, signum)
+
+
+def _interruptible() -> None:
+    """In the child: Ctrl-C stops it, as in a terminal.
+
+    A test run started in the background of a shell inherits SIGINT ignored, and an
+    ignored signal stays ignored across exec: the command would never see its Ctrl-C.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
