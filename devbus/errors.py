@@ -22,6 +22,7 @@ class DevbusError(Exception):
 
     status = 500
     reason = "error"
+    retry_after: int | None = None  # seconds, sent as Retry-After when set
 
     def __init__(self, message: str, *, reason: str | None = None) -> None:
         super().__init__(message)
@@ -90,6 +91,9 @@ class StoreUnavailable(DevbusError):
 
     status = 503
     reason = "store_unavailable"
+    # Seconds a client should wait before trying again (HTTP Retry-After): the Redis store
+    # tries to reconnect at least this often (its backoff is capped at 2 s).
+    retry_after = 2
 
 
 class ConfigError(DevbusError):

@@ -1,3 +1,3 @@
-"""The version of devbus, in one place for the package, the bus and the command line."""
+"""The version of devbus, in one place for the package, the bus, the command line and pyproject.toml."""
 
-__version__ = "0.1.0"
+__version__ = "0.3.0.dev0"

@@ -132,7 +132,7 @@ def order_check(sinks: list[Sink], events: int) -> dict[str, Any]:
 
 
 def all_correct(check: dict[str, Any]) -> bool:
-    return check["complete"] == check["subscribers"] and check["checked_in_order"] == check["checked"]
+    return bool(check["complete"] == check["subscribers"] and check["checked_in_order"] == check["checked"])
 
 
 async def fanout(

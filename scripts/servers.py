@@ -22,6 +22,8 @@ _BASE = re.compile(r" on (http://\S+)")
 class Server:
     """A child process that prints a ready line; stopped with SIGTERM."""
 
+    port: int  # the HTTP port, read from its output once it is ready
+
     def __init__(self, name: str, command: list[str], *, ready: str, timeout: float = 30.0) -> None:
         self.name = name
         self.lines: list[str] = []

@@ -10,58 +10,27 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
-import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
-from support import ROOT, WAIT, BusProcess
-
 # The benchmark's probes of a process (memory, CPU, sockets from /proc) serve the tests too.
-sys.path.insert(0, str(ROOT / "scripts"))
 from loadgen import Probe
+from support import WAIT, BusProcess
 
 MIB = 1024 * 1024
-POLL = 0.02  # seconds between two looks at a condition
-
-
-def wait_until(condition: Callable[[], bool], *, within: float = WAIT, what: str = "the condition") -> float:
-    """Poll ``condition`` until it holds; return how long that took; fail after ``within`` seconds."""
-    started = time.monotonic()
-    while not condition():
-        if time.monotonic() - started > within:
-            raise AssertionError(f"{what} did not happen within {within}s")
-        time.sleep(POLL)
-    return time.monotonic() - started
 
 
 # ---------------------------------------------------------------- HTTP
 
 
-def request(bus: BusProcess, method: str, path: str, body: Any = None) -> Any:
-    """Send one JSON request to the bus and return the decoded answer (it must be a 200)."""
-    data = None if body is None else json.dumps(body).encode()
-    headers = {"Content-Type": "application/json"} if data is not None else {}
-    call = urllib.request.Request(bus.url + path, data=data, headers=headers, method=method)
-    with urllib.request.urlopen(call, timeout=WAIT * 3) as response:
-        assert response.status == 200
-        return json.load(response)
-
-
 def post_event(bus: BusProcess, event_type: str, data: dict[str, Any]) -> str:
     """POST one webhook event; return the id the bus acknowledged it with."""
-    answer = request(bus, "POST", "/api/dev/webhook", {"event_type": event_type, "data": data})
+    answer = bus.request("POST", "/api/dev/webhook", {"event_type": event_type, "data": data})
     assert answer["success"] is True
     event_id: str = answer["id"]
     return event_id
-
-
-def post_batch(bus: BusProcess, events: list[dict[str, Any]]) -> list[str]:
-    """POST one batch of ``{"event_type", "data"}`` items; return their ids in order."""
-    ids: list[str] = request(bus, "POST", "/api/dev/batch", {"events": events})["ids"]
-    assert len(ids) == len(events)
-    return ids
 
 
 def fill_history(bus: BusProcess, total_bytes: int, *, event_bytes: int, per_batch: int = 100) -> list[str]:
@@ -70,22 +39,15 @@ def fill_history(bus: BusProcess, total_bytes: int, *, event_bytes: int, per_bat
     ids: list[str] = []
     while len(ids) * event_bytes < total_bytes:
         first = len(ids)
-        ids += post_batch(
-            bus, [{"event_type": "fill.event", "data": {"n": first + i, "pad": pad}} for i in range(per_batch)]
-        )
+        ids += bus.post_batch([("fill.event", {"n": first + i, "pad": pad}) for i in range(per_batch)])
     return ids
 
 
 def history(bus: BusProcess, *, since: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
     """The retained events after ``since`` (else the newest), oldest first."""
     query = f"?limit={limit}" + (f"&since={since}" if since else "")
-    events: list[dict[str, Any]] = request(bus, "GET", "/api/dev/history" + query)["events"]
+    events: list[dict[str, Any]] = bus.request("GET", "/api/dev/history" + query)["events"]
     return events
-
-
-def health(bus: BusProcess) -> dict[str, Any]:
-    answer: dict[str, Any] = request(bus, "GET", "/api/dev/health")
-    return answer
 
 
 def metric(bus: BusProcess, name: str) -> float:

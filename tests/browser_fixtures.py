@@ -119,6 +119,12 @@ class PageServer:
         self._server.server_close()
         self._thread.join(timeout=5)
 
+    def __enter__(self) -> PageServer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
 
 def _quiet_handler(root: Path) -> type[http.server.SimpleHTTPRequestHandler]:
     class Handler(http.server.SimpleHTTPRequestHandler):
@@ -134,9 +140,8 @@ def _quiet_handler(root: Path) -> type[http.server.SimpleHTTPRequestHandler]:
 @pytest.fixture
 def other_origin(tmp_path: Path) -> Iterator[PageServer]:
     """A page server on another origin, as a Next.js or Vite dev server would be."""
-    server = PageServer(tmp_path)
-    yield server
-    server.close()
+    with PageServer(tmp_path) as server:
+        yield server
 
 
 class CuttableProxy:

@@ -8,8 +8,7 @@ from typing import Any
 
 import pytest
 import zmq.asyncio
-from aiohttp.test_utils import TestClient
-from support import BusFactory, BusProcess, Receiver, RedisServer, free_port, start_bus, start_redis
+from support import BusFactory, BusProcess, Client, Receiver, RedisServer, free_port, start_bus, start_redis
 
 from devbus.bus.app import create_app
 from devbus.bus.settings import Settings
@@ -21,18 +20,18 @@ pytest_plugins = ["browser_fixtures", "readme"]
 async def make_bus(aiohttp_client: Any) -> BusFactory:
     """Build an in-process bus (ZeroMQ off unless asked) and a client for it."""
 
-    async def factory(**overrides: Any) -> TestClient[Any, Any]:
+    async def factory(**overrides: Any) -> Client:
         overrides.setdefault("ingest", None)
         overrides.setdefault("egress", None)
         app = create_app(Settings(**overrides))
-        client: TestClient[Any, Any] = await aiohttp_client(app, server_kwargs={"handler_cancellation": True})
+        client: Client = await aiohttp_client(app, server_kwargs={"handler_cancellation": True})
         return client
 
     return factory
 
 
 @pytest.fixture
-async def bus(make_bus: BusFactory) -> TestClient[Any, Any]:
+async def bus(make_bus: BusFactory) -> Client:
     """An in-process bus with default settings."""
     return await make_bus()
 
@@ -58,6 +57,12 @@ def bus_process() -> Iterator[Callable[..., BusProcess]]:
     yield factory
     for bus in started:
         bus.close()
+
+
+@pytest.fixture
+def running_bus(bus_process: Callable[..., BusProcess]) -> BusProcess:
+    """A real `devbus run --quiet` on free loopback ports, stopped after the test."""
+    return bus_process("--quiet")
 
 
 @pytest.fixture

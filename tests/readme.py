@@ -35,6 +35,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import fcntl
+import json
 import os
 import pty
 import re
@@ -45,6 +46,7 @@ import subprocess
 import sys
 import termios
 import threading
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cache
@@ -165,6 +167,17 @@ class Addresses:
     def of(cls, bus: BusProcess) -> Addresses:
         """The addresses a running bus printed in its banner."""
         return cls(bus.url, bus.endpoints["ingest"], bus.endpoints["egress"])
+
+    def post_batch(self, events: list[tuple[str, dict[str, Any]]]) -> list[str]:
+        """POST ``(type, data)`` pairs to the bus a README command started, as one batch; return their ids."""
+        body = json.dumps({"events": [{"event_type": t, "data": d} for t, d in events]}).encode()
+        call = urllib.request.Request(
+            f"{self.url}/api/dev/batch", data=body, headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(call, timeout=WAIT) as reply:
+            ids: list[str] = json.load(reply)["ids"]
+        assert len(ids) == len(events)
+        return ids
 
 
 def free_addresses() -> Addresses:

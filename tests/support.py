@@ -19,7 +19,7 @@ import urllib.request
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import aiohttp
 import pytest
@@ -32,6 +32,8 @@ from devbus.bus.keys import DISPATCHER
 
 ROOT = Path(__file__).resolve().parent.parent
 WAIT = 10.0  # seconds any single wait in a test may take before it fails
+# Seconds a `devbus run` may take to print its banner: imports alone take seconds on a loaded machine.
+STARTUP = 30.0
 
 
 class SSEReader:
@@ -72,10 +74,38 @@ class SSEReader:
                 return fields
 
 
-BusFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
+Client: TypeAlias = TestClient[Any, Any]
+BusFactory: TypeAlias = Callable[..., Awaitable[Client]]
 
 
-async def open_stream(client: TestClient[Any, Any], path: str = "/api/dev/events", **kwargs: Any) -> SSEReader:
+def wait_until(condition: Callable[[], bool], *, within: float = WAIT, what: str = "the condition") -> float:
+    """Poll ``condition`` until it holds; return how long that took; fail after ``within`` seconds."""
+    started = time.monotonic()
+    while not condition():
+        if time.monotonic() - started > within:
+            raise AssertionError(f"not within {within:g} s: {what}")
+        time.sleep(0.02)  # polling a condition of another process, bounded by ``within``
+    return time.monotonic() - started
+
+
+async def post(client: Client, event_type: str, data: dict[str, Any] | None = None, **fields: Any) -> dict[str, Any]:
+    """POST one webhook event (``fields`` such as ``source`` go beside ``data``); return the bus's answer."""
+    response = await client.post("/api/dev/webhook", json={"event_type": event_type, "data": data or {}, **fields})
+    assert response.status == 200, await response.text()
+    answer: dict[str, Any] = await response.json()
+    return answer
+
+
+async def post_batch(client: Client, events: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    """POST ``(type, data)`` pairs as one batch; return their ids."""
+    body = {"events": [{"event_type": t, "data": d} for t, d in events]}
+    response = await client.post("/api/dev/batch", json=body)
+    assert response.status == 200, await response.text()
+    ids: list[str] = (await response.json())["ids"]
+    return ids
+
+
+async def open_stream(client: Client, path: str = "/api/dev/events", **kwargs: Any) -> SSEReader:
     """Open an SSE stream and consume its connected frame."""
     response = await client.get(path, **kwargs)
     assert response.status == 200, await response.text()
@@ -132,6 +162,27 @@ class BusProcess:
             self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(timeout=timeout)
 
+    def request(self, method: str, path: str, body: Any = None) -> Any:
+        """Send one JSON request to the bus and return the decoded answer (it must be a 200)."""
+        data = None if body is None else json.dumps(body).encode()
+        headers = {"Content-Type": "application/json"} if data is not None else {}
+        call = urllib.request.Request(self.url + path, data=data, headers=headers, method=method)
+        with urllib.request.urlopen(call, timeout=WAIT * 3) as response:
+            assert response.status == 200
+            return json.load(response)
+
+    def post_batch(self, events: list[tuple[str, dict[str, Any]]]) -> list[str]:
+        """POST ``(type, data)`` pairs as one batch; return their ids in order."""
+        body = {"events": [{"event_type": t, "data": d} for t, d in events]}
+        ids: list[str] = self.request("POST", "/api/dev/batch", body)["ids"]
+        assert len(ids) == len(events)
+        return ids
+
+    def health(self) -> dict[str, Any]:
+        """The bus's /health answer."""
+        answer: dict[str, Any] = self.request("GET", "/api/dev/health")
+        return answer
+
 
 def fetch_history(bus: BusProcess | str, *, types: str = "", limit: int = 10_000) -> list[dict[str, Any]]:
     """The events a real bus (or the bus at a URL) retains, oldest first."""
@@ -163,6 +214,20 @@ def bus_env(**extra: str) -> dict[str, str]:
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra)
     return env
+
+
+def run_devbus(
+    *args: str, env: dict[str, str] | None = None, timeout: float = WAIT * 3
+) -> subprocess.CompletedProcess[str]:
+    """Run `devbus ARGS...` from this checkout to its end; return what it printed (text) and its exit code."""
+    return subprocess.run(
+        [sys.executable, "-m", "devbus", *args],
+        capture_output=True,
+        text=True,
+        env=env or bus_env(),
+        cwd=ROOT,
+        timeout=timeout,
+    )
 
 
 def start_bus(*args: str, env: dict[str, str] | None = None, open_files: int | None = None) -> BusProcess:
@@ -199,7 +264,11 @@ def start_bus(*args: str, env: dict[str, str] | None = None, open_files: int | N
     )
     bus = BusProcess(proc)
     threading.Thread(target=bus._pump, daemon=True).start()
-    bus.wait_for_line(r"^ready")
+    try:
+        bus.wait_for_line(r"^ready", timeout=STARTUP)
+    except BaseException:
+        bus.close()  # a bus that never said ready must not outlive the test
+        raise
     bus.url = bus.wait_for_line(r"^devbus \S+ on (http://\S+)").group(1)
     for line in bus.lines:
         if (row := re.match(r"^  (\w+)\s+(\S+)", line)) is not None:
@@ -242,7 +311,7 @@ async def eventually(check: Callable[[], Awaitable[bool]], *, within: float = WA
             await asyncio.sleep(0.02)
 
 
-async def wait_for_total(client: TestClient[Any, Any], count: int, *, within: float = WAIT) -> None:
+async def wait_for_total(client: Client, count: int, *, within: float = WAIT) -> None:
     """Return once the bus has accepted ``count`` events in all; fail after ``within`` seconds."""
     dispatcher = client.app[DISPATCHER]
     reached = asyncio.Event()
@@ -260,7 +329,7 @@ async def wait_for_total(client: TestClient[Any, Any], count: int, *, within: fl
         remove()
 
 
-async def history(client: TestClient[Any, Any], *, count: int, token: str | None = None) -> list[dict[str, Any]]:
+async def history(client: Client, *, count: int, token: str | None = None) -> list[dict[str, Any]]:
     """Wait until the bus has ``count`` events, then return its history (up to 10,000)."""
     await wait_for_total(client, count)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -287,8 +356,6 @@ def address(url: str) -> tuple[str, int]:
 
 def require_file(path: Path, message: str) -> None:
     """Skip the test without ``path``, except in CI (CI=true), where it is a failure."""
-    import pytest
-
     if path.exists():
         return
     if os.environ.get("CI", "").lower() == "true":
@@ -315,35 +382,9 @@ def devbus_cli(bus: BusProcess, *args: str, stdin: str | None = None) -> Any:
     return CliRunner().invoke(main, list(args), input=stdin, env=env, catch_exceptions=False)
 
 
-def post_batch(url: str, events: list[tuple[str, dict[str, Any]]]) -> list[str]:
-    """POST ``(type, data)`` pairs to the bus at ``url`` as one batch; return their ids."""
-    import json
-    import urllib.request
-
-    body = json.dumps({"events": [{"event_type": t, "data": d} for t, d in events]}).encode()
-    request = urllib.request.Request(
-        f"{url}/api/dev/batch", data=body, headers={"Content-Type": "application/json"}, method="POST"
-    )
-    with urllib.request.urlopen(request, timeout=WAIT) as response:
-        ids: list[str] = json.load(response)["ids"]
-    return ids
-
-
-def bus_health(url: str) -> dict[str, Any]:
-    """GET the bus's /health."""
-    import json
-    import urllib.request
-
-    with urllib.request.urlopen(f"{url}/api/dev/health", timeout=WAIT) as response:
-        health: dict[str, Any] = json.load(response)
-    return health
-
-
 def start_recorder(bus: BusProcess, path: Path, *args: str) -> subprocess.Popen[str]:
     """Start `devbus record PATH` against ``bus``; return once its stream is connected."""
-    import time
-
-    before = bus_health(bus.url)["subscribers"]
+    before = bus.health()["subscribers"]
     proc = subprocess.Popen(
         [sys.executable, "-m", "devbus", "record", str(path), *args],
         stdout=subprocess.DEVNULL,
@@ -353,7 +394,7 @@ def start_recorder(bus: BusProcess, path: Path, *args: str) -> subprocess.Popen[
         cwd=ROOT,
     )
     deadline = time.monotonic() + WAIT
-    while bus_health(bus.url)["subscribers"] <= before:
+    while bus.health()["subscribers"] <= before:
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
             _, errors = proc.communicate(timeout=WAIT)

@@ -121,7 +121,7 @@ async def test_a_sender_is_not_read_while_its_batch_is_being_committed(
         loop.call_later(0.005, done)
         return committed
 
-    store.append = slow_commit  # type: ignore[method-assign]
+    store.append = slow_commit
     sender = await connect_sender(zmq_context, client.app[ENDPOINTS]["ingest"])
     for n in range(3000):
         await send_waiting(sender, valid(n))

@@ -36,6 +36,7 @@ def event_rows(page: Page, event_type: str) -> Locator:
     )
 
 
+@pytest.mark.slow
 def test_dashboard_lists_types_with_counts_and_schema(page: Page, shared_bus: BusProcess) -> None:
     open_dashboard(page, shared_bus.url)
     emit(shared_bus, "panel.created", {"name": "Ada", "age": 3})

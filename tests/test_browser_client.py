@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import urllib.parse
 from collections.abc import Callable
 from importlib import resources
@@ -11,7 +10,7 @@ from typing import Any
 import pytest
 from browser_fixtures import CuttableProxy, PageServer, emit
 from playwright.sync_api import Page
-from support import BusProcess
+from support import BusProcess, free_port
 
 pytestmark = pytest.mark.browser
 
@@ -181,14 +180,6 @@ def test_drop_in_helpers_keep_the_old_call_shapes(page: Page, shared_bus: BusPro
     assert calls[0] == ["connected", None]
     assert ["dropin.hello", {"message": "Hello"}] in calls
     page.evaluate("cleanup()")
-
-
-def free_port() -> int:
-    """A loopback port with nothing listening on it."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
 
 
 def test_drop_in_helpers_warn_instead_of_throwing_when_the_bus_is_down(page: Page, other_origin: PageServer) -> None:

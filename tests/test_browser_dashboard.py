@@ -208,6 +208,7 @@ def test_event_emitted_over_zeromq_by_a_python_process_appears(page: Page, share
     expect(row.locator(".data")).to_have_text('{"id":7,"via":"zmq"}')
 
 
+@pytest.mark.slow
 def test_a_forward_target_that_is_down_is_shown(page: Page, bus_process: Callable[..., BusProcess]) -> None:
     with socket.socket() as probe:  # a loopback port with nothing listening on it
         probe.bind(("127.0.0.1", 0))

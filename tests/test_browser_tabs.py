@@ -25,7 +25,8 @@ from browser_fixtures import PageServer
 from playwright.sync_api import BrowserContext, Page
 from support import ROOT, BusProcess, require_file
 
-pytestmark = pytest.mark.browser
+# Slow: Vite bundles the app once, and a test opens up to twenty tabs (14-34 s on a loaded machine).
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 APP = ROOT / "tests" / "app"
 VITE = APP / "node_modules" / ".bin" / "vite"
@@ -59,9 +60,8 @@ def app_dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def app_server(app_dist: Path) -> Iterator[PageServer]:
     """The bundled app, served on an origin other than the bus's."""
-    server = PageServer(app_dist)
-    yield server
-    server.close()
+    with PageServer(app_dist) as server:
+        yield server
 
 
 class SubscriberWatch:
@@ -90,22 +90,18 @@ class SubscriberWatch:
             assert time.monotonic() < deadline, f"the bus has {current} subscribers, expected {count}"
             self._stop.wait(0.05)
 
-    def close(self) -> None:
+    def __enter__(self) -> SubscriberWatch:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
         self._stop.set()
         self._thread.join(timeout=10)
 
 
 @pytest.fixture
-def watch(bus: BusProcess) -> Iterator[SubscriberWatch]:
-    watcher = SubscriberWatch(bus)
-    yield watcher
-    watcher.close()
-
-
-@pytest.fixture
-def bus(bus_process: Callable[..., BusProcess]) -> BusProcess:
-    """A bus of the test's own, so that its subscriber count is this test's tabs alone."""
-    return bus_process("--quiet")
+def watch(running_bus: BusProcess) -> Iterator[SubscriberWatch]:
+    with SubscriberWatch(running_bus) as watcher:
+        yield watcher
 
 
 class Tab:
@@ -191,15 +187,15 @@ def send_from(tab: Tab, variant: str, kind: str, numbers: range) -> list[tuple[s
 def test_twenty_tabs_share_one_stream_and_lose_nothing_when_the_holder_closes(
     variant: str,
     new_page: Callable[[], Page],
-    bus: BusProcess,
+    running_bus: BusProcess,
     watch: SubscriberWatch,
     app_server: PageServer,
     other_origin: PageServer,
 ) -> None:
     if variant == "package":
-        url, opened, reader = app_url(app_server, bus), PACKAGE_OPEN, package_events
+        url, opened, reader = app_url(app_server, running_bus), PACKAGE_OPEN, package_events
     else:
-        url, opened, reader = dropin_url(other_origin, bus), DROPIN_OPEN, dropin_events
+        url, opened, reader = dropin_url(other_origin, running_bus), DROPIN_OPEN, dropin_events
     tabs = [open_tab(new_page, url, opened=opened) for _ in range(TABS)]
     # The first tab was alone when it subscribed: it holds the stream, the others wait for it.
     assert [tab.streams for tab in tabs] == [1] + [0] * (TABS - 1)
@@ -227,11 +223,11 @@ def test_twenty_tabs_share_one_stream_and_lose_nothing_when_the_holder_closes(
 
 
 def test_each_tab_gets_only_the_types_it_subscribed_to(
-    new_page: Callable[[], Page], bus: BusProcess, watch: SubscriberWatch, app_server: PageServer
+    new_page: Callable[[], Page], running_bus: BusProcess, watch: SubscriberWatch, app_server: PageServer
 ) -> None:
-    agents = open_tab(new_page, app_url(app_server, bus, types="agent.*"), opened=PACKAGE_OPEN)
-    rentals = open_tab(new_page, app_url(app_server, bus, types="rental.*"), opened=PACKAGE_OPEN)
-    mixed = open_tab(new_page, app_url(app_server, bus, types="rental.*,agent.[cd]*"), opened=PACKAGE_OPEN)
+    agents = open_tab(new_page, app_url(app_server, running_bus, types="agent.*"), opened=PACKAGE_OPEN)
+    rentals = open_tab(new_page, app_url(app_server, running_bus, types="rental.*"), opened=PACKAGE_OPEN)
+    mixed = open_tab(new_page, app_url(app_server, running_bus, types="rental.*,agent.[cd]*"), opened=PACKAGE_OPEN)
     for event_type in ["agent.created", "rental.created", "agents.bulk_created", "rental.returned", "agent.last"]:
         agents.page.evaluate("(type) => bus.send(type, {})", event_type)
     rentals.page.evaluate("bus.send('rental.last', {})")
@@ -247,7 +243,7 @@ def test_each_tab_gets_only_the_types_it_subscribed_to(
     assert watch.most == 1
 
 
-def stop_scripts(context: BrowserContext, tab: Tab) -> Callable[[], None]:
+def stop_scripts(context: BrowserContext, tab: Tab) -> Callable[[], object]:
     """Stop running the tab's scripts (its timers and handlers do not run, events to it are
     dropped); return the function that starts them again.
 
@@ -260,7 +256,7 @@ def stop_scripts(context: BrowserContext, tab: Tab) -> Callable[[], None]:
     return lambda: cdp.send("Emulation.setScriptExecutionDisabled", {"value": False})
 
 
-def hang(context: BrowserContext, tab: Tab) -> Callable[[], None]:
+def hang(context: BrowserContext, tab: Tab) -> Callable[[], object]:
     """Stop the tab's JavaScript at its next statement, as a long task or a breakpoint would;
     return the function that lets it go on (with what was queued for it meanwhile)."""
     cdp = context.new_cdp_session(tab.page)
@@ -271,14 +267,14 @@ def hang(context: BrowserContext, tab: Tab) -> Callable[[], None]:
 
 @pytest.mark.parametrize("stop", [stop_scripts, hang], ids=["scripts-stopped", "hung"])
 def test_a_frozen_or_hung_holder_is_replaced_within_a_second_with_no_loss(
-    stop: Callable[[BrowserContext, Tab], Callable[[], None]],
+    stop: Callable[[BrowserContext, Tab], Callable[[], object]],
     context: BrowserContext,
     new_page: Callable[[], Page],
-    bus: BusProcess,
+    running_bus: BusProcess,
     watch: SubscriberWatch,
     app_server: PageServer,
 ) -> None:
-    tabs = [open_tab(new_page, app_url(app_server, bus), opened=PACKAGE_OPEN) for _ in range(4)]
+    tabs = [open_tab(new_page, app_url(app_server, running_bus), opened=PACKAGE_OPEN) for _ in range(4)]
     holder, others = tabs[0], tabs[1:]
     assert holder.streams == 1
     kind = f"freeze{uuid.uuid4().hex[:8]}"
@@ -320,12 +316,12 @@ SLACK_S = 1.0
 def test_tabs_connect_on_their_own_without_web_locks(
     context: BrowserContext,
     new_page: Callable[[], Page],
-    bus: BusProcess,
+    running_bus: BusProcess,
     watch: SubscriberWatch,
     app_server: PageServer,
 ) -> None:
     context.add_init_script("Object.defineProperty(Navigator.prototype, 'locks', {get: () => undefined})")
-    tabs = [open_tab(new_page, app_url(app_server, bus), opened=PACKAGE_OPEN) for _ in range(3)]
+    tabs = [open_tab(new_page, app_url(app_server, running_bus), opened=PACKAGE_OPEN) for _ in range(3)]
     # A tab's own subscriptions still share its one stream.
     tabs[0].page.evaluate("() => { window.more = []; bus.subscribe('alone*', (event) => more.push(event)); }")
     assert [tab.streams for tab in tabs] == [1, 1, 1]
@@ -340,9 +336,9 @@ def test_tabs_connect_on_their_own_without_web_locks(
 
 
 def test_the_react_hook_renders_events_in_every_tab(
-    new_page: Callable[[], Page], bus: BusProcess, watch: SubscriberWatch, app_server: PageServer
+    new_page: Callable[[], Page], running_bus: BusProcess, watch: SubscriberWatch, app_server: PageServer
 ) -> None:
-    url = app_url(app_server, bus, react="1", types="agent.*")
+    url = app_url(app_server, running_bus, react="1", types="agent.*")
     rendered_open = "document.getElementById('state')?.textContent === 'open'"
     tabs = [open_tab(new_page, url, opened=rendered_open) for _ in range(3)]
     tabs[1].page.evaluate("devbus.createDevbus().send('rental.created', {id: 1})")

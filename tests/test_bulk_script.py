@@ -14,7 +14,7 @@ import pytest
 from browser_fixtures import PageServer
 from playwright.sync_api import Page
 from readme import Addresses, example, localize, readme_example
-from support import ROOT, WAIT, BusProcess, bus_env, bus_health, wait_for_history
+from support import ROOT, WAIT, BusProcess, bus_env, wait_for_history
 
 SCRIPT = ROOT / "scripts" / "bulk_create_agents.py"
 
@@ -76,10 +76,10 @@ def test_a_browser_subscriber_prints_100_new_agents(
     snippet = localize(example("seed-page").text, Addresses.of(shared_bus))
     console: list[str] = []
     page.on("console", lambda message: console.append(message.text))
-    before = bus_health(shared_bus.url)["subscribers"]
+    before = shared_bus.health()["subscribers"]
     page.goto(other_origin.add("agents.html", f'<!doctype html><meta charset="utf-8"><title>agents</title>\n{snippet}'))
     deadline = time.monotonic() + WAIT
-    while bus_health(shared_bus.url)["subscribers"] <= before:  # until the page's stream is open
+    while shared_bus.health()["subscribers"] <= before:  # until the page's stream is open
         assert time.monotonic() < deadline, "the page did not subscribe"
         time.sleep(0.02)
     with page.expect_console_message(lambda message: message.text.endswith("new agents")):

@@ -7,8 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient
-from support import BusFactory
+from support import BusFactory, Client, post
 
 from devbus.bus.metrics import Metrics
 from devbus.bus.outputs.catalogue.catalogue import SHAPES_PER_SECOND, Catalogue
@@ -16,12 +15,7 @@ from devbus.client.typescript import to_typescript
 from devbus.envelope import MAX_DEPTH, Event
 
 
-async def post(client: TestClient[Any, Any], event_type: str, data: dict[str, Any], **extra: str) -> None:
-    response = await client.post("/api/dev/webhook", json={"event_type": event_type, "data": data, **extra})
-    assert response.status == 200, await response.text()
-
-
-async def catalogue(client: TestClient[Any, Any], **headers: str) -> dict[str, Any]:
+async def catalogue(client: Client, **headers: str) -> dict[str, Any]:
     response = await client.get("/api/dev/types", headers=headers)
     assert response.status == 200, await response.text()
     return dict(await response.json())
@@ -35,7 +29,7 @@ def event(event_type: str, data: dict[str, Any], *, seq: int = 1, timestamp: str
     return Event(id=f"r-{seq}", type=event_type, data=data, timestamp=timestamp, source="test")
 
 
-async def test_types_merges_optional_fields_nulls_numbers_and_nested_arrays(bus: TestClient[Any, Any]) -> None:
+async def test_types_merges_optional_fields_nulls_numbers_and_nested_arrays(bus: Client) -> None:
     await post(bus, "agent.created", {"name": "Ada", "age": 3, "tags": [["a"], []], "owner": None}, source="seed")
     await post(bus, "agent.created", {"name": "Bo", "age": 2.5, "tags": [["b", 1]], "owner": {"id": 7}})
     await post(bus, "agent.created", {"name": "Cy", "age": 1, "tags": [], "owner": None, "note": "x"})
@@ -147,7 +141,7 @@ def test_seed_learns_first_and_last_seen_from_the_stored_events() -> None:
 
 
 def test_the_snapshot_is_the_same_whatever_order_shapes_arrived_in() -> None:
-    payloads = [{"a": 1}, {"b": "x", "a": None}, {"c": [1.5, {"d": True}]}]
+    payloads: list[dict[str, Any]] = [{"a": 1}, {"b": "x", "a": None}, {"c": [1.5, {"d": True}]}]
     first, second = Catalogue(Metrics()), Catalogue(Metrics())
     first.observe([event("t", p, seq=n) for n, p in enumerate(payloads)])
     second.observe([event("t", p, seq=n) for n, p in enumerate(reversed(payloads))])

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from support import ROOT, WAIT, BusFactory, BusProcess, bus_env, fetch_history, history, wait_for_history
+from support import ROOT, WAIT, BusFactory, BusProcess, bus_env, fetch_history, history, wait_for_history, wait_until
 
 import devbus
 from devbus.bus.keys import ENDPOINTS
@@ -164,6 +164,7 @@ def read_sse_ids(stream: Any, count: int, seen: list[tuple[str, int]]) -> None:
                 return
 
 
+@pytest.mark.slow
 def test_a_script_that_emits_100k_events_and_exits_delivers_all_in_order(
     bus_process: Callable[..., BusProcess],
 ) -> None:
@@ -195,14 +196,6 @@ def test_a_script_that_emits_100k_events_and_exits_delivers_all_in_order(
     seqs = [int(e["id"].rsplit("-", 1)[1]) for e in events]
     assert seqs == sorted(set(seqs))
     print(f"{BURST} events from a separate process in {elapsed:.2f}s")
-
-
-def wait_until(condition: Callable[[], bool], *, within: float = WAIT) -> None:
-    """Poll ``condition`` until it holds; fail after ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.02)
 
 
 def bus_history(bus: BusProcess, types: str) -> list[dict[str, Any]]:
@@ -326,7 +319,7 @@ def test_subscriber_iterates_matching_events_from_a_real_bus(bus_process: Callab
             trigger("sync.ping")
         for event_type in ("rental.created", "agent.created", "sync.pong", "agent.deleted"):
             trigger(event_type)
-        received = []
+        received: list[devbus.Event] = []
         while len(received) < 2:
             event = subscriber.receive(timeout=WAIT)
             assert event is not None, received

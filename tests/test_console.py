@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 from support import WAIT
 
-from devbus.bus.outputs import console
 from devbus.bus.outputs.console import LINES_PER_SECOND, EventPrinter
 from devbus.bus.record import Record
 from devbus.envelope import Event, encode_json
@@ -27,7 +27,7 @@ async def test_a_burst_prints_the_first_lines_then_one_summary_when_the_second_e
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     now = [1000.2]
-    monkeypatch.setattr(console.time, "time", lambda: now[0])
+    monkeypatch.setattr(time, "time", lambda: now[0])  # the clock the console's per-second lines read
     lines: list[str] = []
     printer = EventPrinter(lines.append)
     printer(*reaching(2, [record(n, "agent.created") for n in range(LINES_PER_SECOND + 25)]))

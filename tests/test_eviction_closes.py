@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from blackbox import Stalled, health, held_peers, metric, post_batch, wait_until
-from support import BusProcess
+from blackbox import Stalled, held_peers, metric
+from support import BusProcess, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -18,7 +18,7 @@ MOST_BATCHES = 500  # 100 MB: a stalled subscriber is evicted long before
 def publish_until_evicted(bus: BusProcess, evictions: int) -> None:
     """Publish batches until the bus has evicted ``evictions`` subscribers in all."""
     for _ in range(MOST_BATCHES):
-        post_batch(bus, [{"event_type": "flood.event", "data": {"pad": PAD}}] * 50)
+        bus.post_batch([("flood.event", {"pad": PAD})] * 50)
         if metric(bus, "devbus_evictions_total") >= evictions:
             return
     raise AssertionError(f"fewer than {evictions} evictions after {MOST_BATCHES} batches")
@@ -30,14 +30,14 @@ def test_an_evicted_stalled_stream_is_closed_within_a_second(bus_process: Callab
     try:
         assert stalled.status == 200
         wait_until(lambda: stalled.port in held_peers(bus), what="the bus holding the stream")
-        assert health(bus)["subscribers"] == 1
+        assert bus.health()["subscribers"] == 1
 
         publish_until_evicted(bus, 1)
         # The bus lets go of the socket itself, within a second; it does not wait for the client to read.
         wait_until(lambda: stalled.port not in held_peers(bus), within=1.0, what="the bus closing the socket")
         # The client sees the end of the stream as soon as it reads what was already in flight.
         stalled.read_to_end(within=1.0)
-        assert health(bus)["subscribers"] == 0
+        assert bus.health()["subscribers"] == 0
     finally:
         stalled.close()
 

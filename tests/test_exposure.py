@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import socket
-import subprocess
-import sys
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from typing import Any
 
 import pytest
-from support import ROOT, WAIT, BusProcess, bus_env
+from support import WAIT, BusProcess, run_devbus
 
 from devbus.bus.serve import check_exposure
 from devbus.bus.settings import Settings
@@ -35,7 +34,7 @@ LOOPBACK = {"ingest": "tcp://127.0.0.1:8766", "egress": "tcp://127.0.0.1:8767"}
     ],
     ids=["any-ipv4", "any-ipv6", "lan-ip", "ingest-star", "ingest-any", "ingest-multicast", "egress", "egress-token"],
 )
-def test_exposed_binds_are_refused(settings: dict[str, str], refused: str) -> None:
+def test_exposed_binds_are_refused(settings: dict[str, Any], refused: str) -> None:
     with pytest.raises(ConfigError, match="--insecure") as error:
         check_exposure(Settings(**{**LOOPBACK, **settings}))
     assert refused in str(error.value)
@@ -51,19 +50,12 @@ def test_exposed_binds_are_refused(settings: dict[str, str], refused: str) -> No
     ],
     ids=["defaults", "loopback-and-ipc", "token", "insecure"],
 )
-def test_loopback_or_opted_in_binds_start(settings: dict[str, object]) -> None:
-    check_exposure(Settings(**{**LOOPBACK, **settings}))  # type: ignore[arg-type]
+def test_loopback_or_opted_in_binds_start(settings: dict[str, Any]) -> None:
+    check_exposure(Settings(**{**LOOPBACK, **settings}))
 
 
 def test_run_refuses_public_bind_and_says_what_to_do() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "devbus", "run", "--host", "0.0.0.0", "--port", "0", "--ingest", "", "--egress", ""],
-        capture_output=True,
-        text=True,
-        env=bus_env(),
-        cwd=ROOT,
-        timeout=WAIT * 3,
-    )
+    result = run_devbus("run", "--host", "0.0.0.0", "--port", "0", "--ingest", "", "--egress", "")
     assert result.returncode != 0
     assert "Refusing to listen beyond this machine (HTTP on 0.0.0.0)" in result.stderr
     assert "--token" in result.stderr and "--insecure" in result.stderr

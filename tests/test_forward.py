@@ -6,17 +6,20 @@ import asyncio
 import json
 import re
 import socket
+import urllib.request
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient
 from click.testing import CliRunner
-from support import WAIT, BusFactory, eventually, open_stream
+from readme import example, readme_example
+from support import WAIT, BusFactory, BusProcess, Client, eventually, open_stream, post, post_batch
+from test_fastapi_example import Uvicorn
 
-from devbus.bus.outputs.forward import FORWARDED_HEADER, parse_target
+from devbus.bus.outputs.forward import EPOCH_HEADER, FORWARDED_HEADER, IDEMPOTENCY_HEADER, parse_target
 from devbus.cli import main
 from devbus.errors import ConfigError
 
@@ -49,23 +52,12 @@ def down_target() -> Iterator[Callable[[], Reserved]]:
         reserved.release()
 
 
-async def post(client: TestClient[Any, Any], event_type: str, **extra: Any) -> None:
-    response = await client.post("/api/dev/webhook", json={"event_type": event_type, "data": {}, **extra})
-    assert response.status == 200, await response.text()
-
-
-async def post_batch(client: TestClient[Any, Any], types: list[str]) -> None:
-    events = [{"event_type": t, "data": {"n": i}} for i, t in enumerate(types)]
-    response = await client.post("/api/dev/batch", json={"events": events})
-    assert response.status == 200, await response.text()
-
-
-async def forward_state(client: TestClient[Any, Any]) -> list[dict[str, Any]]:
+async def forward_state(client: Client) -> list[dict[str, Any]]:
     health = await (await client.get("/api/dev/health")).json()
     return list(health["forward"])
 
 
-async def metric(client: TestClient[Any, Any], name: str) -> float:
+async def metric(client: Client, name: str) -> float:
     text = await (await client.get("/metrics")).text()
     match = re.search(rf"^{name}\{{[^}}]*\}} (\S+)$", text, re.MULTILINE)
     return float(match.group(1)) if match else 0.0
@@ -75,16 +67,19 @@ async def test_forwards_each_envelope_in_order(make_bus: BusFactory, receivers: 
     receiver = await receivers()
     client = await make_bus(forward=(receiver.url,))
     types = [f"agent.created.{i}" for i in range(200)]
-    await post_batch(client, types[:100])
+    await post_batch(client, [(t, {}) for t in types[:100]])
     for event_type in types[100:110]:
         await post(client, event_type)
-    await post_batch(client, types[110:])
+    await post_batch(client, [(t, {}) for t in types[110:]])
 
     assert await receiver.wait_accepted(200) == types
     history = await (await client.get("/api/dev/history", params={"limit": "1000"})).json()
     assert receiver.accepted == history["events"]
     assert receiver.headers[0]["Content-Type"] == "application/json"
     assert receiver.headers[0][FORWARDED_HEADER] == f"127.0.0.1:{receiver.port}"
+    # A receiver can drop a repeat by its key; the lease's epoch is a cluster's alone.
+    assert [h[IDEMPOTENCY_HEADER] for h in receiver.headers] == [e["id"] for e in receiver.accepted]
+    assert not any(EPOCH_HEADER in h for h in receiver.headers)
     assert len(receiver.attempts) == 200
     assert await metric(client, "devbus_forwarded_total") == 200
 
@@ -92,7 +87,7 @@ async def test_forwards_each_envelope_in_order(make_bus: BusFactory, receivers: 
 async def test_forward_types_limit_what_is_sent(make_bus: BusFactory, receivers: Any) -> None:
     receiver = await receivers()
     client = await make_bus(forward=(receiver.url,), forward_types=("agent.*,done",))
-    await post_batch(client, ["agent.created", "rental.created", "agent.deleted", "done"])
+    await post_batch(client, [(t, {}) for t in ["agent.created", "rental.created", "agent.deleted", "done"]])
     assert await receiver.wait_accepted(3) == ["agent.created", "agent.deleted", "done"]
 
 
@@ -115,7 +110,7 @@ async def test_client_errors_drop_that_event_and_count_it(
 ) -> None:
     receiver = await receivers(statuses=[422])
     client = await make_bus(forward=(receiver.url,))
-    await post_batch(client, ["bad.shape", "good.shape"])
+    await post_batch(client, [(t, {}) for t in ["bad.shape", "good.shape"]])
 
     assert await receiver.wait_accepted(1) == ["good.shape"]
     assert len(receiver.attempts) == 2
@@ -131,20 +126,20 @@ async def test_target_that_comes_back_gets_everything_queued_in_order(
     target = down_target()
     client = await make_bus(forward=(target.url,))
     types = [f"step.{i}" for i in range(30)]
-    await post_batch(client, types[:10])
+    await post_batch(client, [(t, {}) for t in types[:10]])
 
     async def down() -> bool:
         [state] = await forward_state(client)
         return bool(state["state"] == "down")
 
     await eventually(down)
-    await post_batch(client, types[10:20])
+    await post_batch(client, [(t, {}) for t in types[10:20]])
     [state] = await forward_state(client)
     assert state["queued"] == 20
     assert await metric(client, "devbus_forward_up") == 0
 
     receiver = await receivers(target.release())
-    await post_batch(client, types[20:])
+    await post_batch(client, [(t, {}) for t in types[20:]])
     assert await receiver.wait_accepted(30) == types
     [state] = await forward_state(client)
     assert (state["state"], state["queued"], state["dropped"]) == ("up", 0, 0)
@@ -157,7 +152,7 @@ async def test_overflow_drops_the_oldest_and_says_so(
 ) -> None:
     target = down_target()
     client = await make_bus(forward=(target.url,), forward_queue=3)
-    await post_batch(client, [f"n.{i}" for i in range(10)])
+    await post_batch(client, [(t, {}) for t in [f"n.{i}" for i in range(10)]])
 
     [state] = await forward_state(client)
     assert (state["queued"], state["dropped"]) == (3, 7)
@@ -170,7 +165,7 @@ async def test_overflow_drops_the_oldest_and_says_so(
 
 async def test_events_a_target_posts_back_are_not_sent_back_to_it(make_bus: BusFactory, receivers: Any) -> None:
     """A backend that reacts to an event by posting one must not receive its own post."""
-    bus: list[TestClient[Any, Any]] = []
+    bus: list[Client] = []
 
     async def react(request: web.Request, event: dict[str, Any]) -> None:
         if event["type"] == "order.placed":
@@ -251,7 +246,7 @@ async def test_devbus_run_forward_option(bus_process: Any, receivers: Any) -> No
     bus = await asyncio.to_thread(bus_process, "--forward", receiver.url, "--forward-types", "cli.*", "--quiet")
     async with aiohttp.ClientSession() as session:
         for event_type in ("cli.one", "other", "cli.two"):
-            body = {"event_type": event_type, "data": {}}
+            body: dict[str, Any] = {"event_type": event_type, "data": {}}
             async with session.post(f"{bus.url}/api/dev/webhook", json=body) as response:
                 assert response.status == 200
         async with session.get(f"{bus.url}/api/dev/health") as response:
@@ -259,3 +254,37 @@ async def test_devbus_run_forward_option(bus_process: Any, receivers: Any) -> No
     assert await receiver.wait_accepted(2) == ["cli.one", "cli.two"]
     assert health["forward"][0]["url"] == receiver.url
     assert await asyncio.to_thread(bus.stop) == 0
+
+
+def post_json(url: str, body: dict[str, Any], headers: dict[str, str] | None = None) -> Any:
+    """POST ``body`` as JSON; return the decoded answer, which must be a 200."""
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json", **(headers or {})}
+    )
+    with urllib.request.urlopen(request, timeout=WAIT) as answer:
+        assert answer.status == 200
+        return json.load(answer)
+
+
+@readme_example("forward-receiver")
+def test_the_readme_receiver_takes_each_event_once_in_order(
+    tmp_path: Path, bus_process: Callable[..., BusProcess]
+) -> None:
+    """The README's receiver, verbatim under uvicorn, behind a real bus; a repeat is answered and dropped."""
+    (tmp_path / "app.py").write_text(example("forward-receiver").text)
+    server = Uvicorn(tmp_path, ingest="")
+    try:
+        server.output.wait_for_line("Application startup complete")
+        bus = bus_process("--forward", f"{server.url}/dev/events", "--quiet")
+        events = [{"event_type": f"step.{n}", "data": {"n": n}} for n in range(20)]
+        ids = post_json(f"{bus.url}/api/dev/batch", {"events": events})["ids"]
+        server.output.wait_for_line(rf"took {ids[-1]} step\.19")
+        # The same event again, as a bus sends it after a lost answer: 2xx, and not handled twice.
+        again = {"id": ids[3], "type": "step.3", "data": {"n": 3}}
+        post_json(f"{server.url}/dev/events", again, {IDEMPOTENCY_HEADER: ids[3]})
+        last = post_json(f"{bus.url}/api/dev/webhook", {"event_type": "step.last"})["id"]
+        server.output.wait_for_line(rf"took {last} step\.last")
+        took = [line.split()[1] for line in server.output.lines if line.startswith("took ")]
+        assert took == [*ids, last]
+    finally:
+        server.output.close()

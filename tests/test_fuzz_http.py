@@ -9,6 +9,7 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support import WAIT, BusProcess
@@ -68,6 +69,7 @@ def check_event(event: dict[str, Any]) -> None:
     assert isinstance(event["data"], dict)
 
 
+@pytest.mark.slow
 def test_http_inputs_never_crash_the_bus_nor_record_an_invalid_event(bus_process: Callable[..., BusProcess]) -> None:
     bus = bus_process("--max-body", str(MAX_BODY), "--quiet")
     port = _split(bus.url)

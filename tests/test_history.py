@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from aiohttp.test_utils import TestClient
-from support import BusFactory
+from support import BusFactory, Client
 
 from devbus.bus.keys import DISPATCHER
 from devbus.bus.pages import PAGE_EVENTS
@@ -14,12 +11,12 @@ from devbus.envelope import Draft
 EVENTS = PAGE_EVENTS * 2 + 500  # the answers below span pages
 
 
-async def fill(client: TestClient[Any, Any]) -> list[str]:
+async def fill(client: Client) -> list[str]:
     drafts = [Draft("odd" if n % 2 else "even", {"n": n}, "test") for n in range(EVENTS)]
     return [r.id for r in await client.app[DISPATCHER].publish(drafts)]
 
 
-async def numbers(client: TestClient[Any, Any], query: str) -> list[int]:
+async def numbers(client: Client, query: str) -> list[int]:
     response = await client.get(f"/api/dev/history?{query}")
     assert response.status == 200, await response.text()
     assert response.content_type == "application/json"
@@ -41,5 +38,5 @@ async def test_events_after_since_come_oldest_first_across_pages(make_bus: BusFa
     assert await numbers(client, f"since={ids[-1]}") == []
 
 
-async def test_an_empty_bus_has_an_empty_history(bus: TestClient[Any, Any]) -> None:
+async def test_an_empty_bus_has_an_empty_history(bus: Client) -> None:
     assert await numbers(bus, "") == []

@@ -7,16 +7,14 @@ from typing import Any
 
 import msgspec
 import pytest
-from aiohttp.test_utils import TestClient
 from rawhttp import exchange
-from support import WAIT, BusProcess, address, connect_sender, wait_for_total
+from support import WAIT, BusProcess, Client, address, connect_sender, wait_for_total
 
 from devbus.bus.keys import ENDPOINTS, METRICS
 from devbus.envelope import decode_wire_event
 from devbus.errors import InvalidEvent
 from devbus.frames import encode_frames
 
-Client = TestClient[Any, Any]
 TOKEN = "k7Qm2xVb9RtL4wPz8NcY3hJd6FgS1aUe5iOo0pKlMnB"  # 43 characters, like a urlsafe 32-byte token
 
 

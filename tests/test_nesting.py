@@ -11,10 +11,10 @@ from typing import Any
 import msgspec
 import pytest
 import zmq
-from blackbox import metric, sse_stream, wait_until
+from blackbox import metric, sse_stream
 from hypothesis import example, given
 from hypothesis import strategies as st
-from support import WAIT, BusProcess, fetch_history
+from support import WAIT, BusProcess, fetch_history, wait_until
 
 from devbus.envelope import MAX_DEPTH
 from devbus.frames import WireReject, decode_frames, encode_frames
@@ -149,7 +149,7 @@ def test_zeromq_ingest_counts_data_nesting_past_the_limit_and_delivers_the_next(
     try:
         sender.setsockopt(zmq.XPUB_NODROP, 1)
         sender.connect(bus.endpoints["ingest"])
-        assert sender.poll(WAIT * 1000), "the bus never subscribed"
+        assert sender.poll(int(WAIT * 1000)), "the bus never subscribed"
         sender.recv()
         for _ in range(20):
             sender.send_multipart([b"deep.one", deep_msgpack(levels)])

@@ -22,6 +22,9 @@ from devbus.typefilter import TypeFilter, parse_patterns
 JS = ROOT / "js"
 TSC = JS / "node_modules" / ".bin" / "tsc"
 NODE_WAIT = 300.0  # npm and tsc take seconds on an idle machine, much longer on a busy one
+# Slow: every test runs npm, node or tsc (15-35 s each on a loaded machine).
+pytestmark = pytest.mark.slow
+
 SHIPPED = ["README.md", "devbus.d.ts", "devbus.js", "package.json", "react.d.ts", "react.js"]
 
 
@@ -40,7 +43,8 @@ def tarball(tmp_path_factory: pytest.TempPathFactory) -> Path:
     require_npm()
     out = tmp_path_factory.mktemp("pack")
     packed = json.loads(run(["npm", "pack", "--json", "--pack-destination", str(out)], JS).stdout)
-    return out / packed[0]["filename"]
+    filename: str = packed[0]["filename"]
+    return out / filename
 
 
 @pytest.fixture(scope="module")

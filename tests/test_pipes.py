@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from support import ROOT, WAIT, BusProcess, bus_env, post_batch
+from support import ROOT, WAIT, BusProcess, bus_env
 
 PROMPT_S = 1.0  # how long after its reader leaves a command may take to exit
 
@@ -47,7 +47,7 @@ def test_a_command_ends_within_a_second_of_its_reader_on_a_quiet_bus(
             if events:
                 # "listening to …" / "recording …": the stream is connected, so nothing posted is missed.
                 assert devbus.stderr.readline().decode().startswith(("listening to", "recording"))
-                post_batch(bus.url, [(event_type, {"n": n}) for n, event_type in enumerate(events)])
+                bus.post_batch([(event_type, {"n": n}) for n, event_type in enumerate(events)])
             lines, _ = piped.communicate(timeout=WAIT)
             left = time.monotonic()
         # The bus stays quiet from here on: nothing more is written to the closed pipe.

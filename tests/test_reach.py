@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient
-from support import BusFactory, open_stream
+from support import BusFactory, Client, open_stream
 
 from devbus.bus.inputs.reach import MAX_KEPT, ReachCounts
 from devbus.bus.record import Record
@@ -25,7 +23,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 async def test_each_answer_counts_the_subscribers_its_own_event_reached(make_bus: BusFactory, store: str) -> None:
     """Answers that wait together each get their own event's count, whichever store answers when."""
-    client: TestClient[Any, Any] = await make_bus(store=store)
+    client: Client = await make_bus(store=store)
     await open_stream(client)
     await open_stream(client, "/api/dev/events?types=agent.*")
 

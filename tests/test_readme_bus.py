@@ -25,7 +25,7 @@ from readme import (
     shell_env,
     shown,
 )
-from support import WAIT, BusProcess, RedisServer, free_port, post_batch, wait_for_history
+from support import WAIT, BusProcess, RedisServer, free_port, wait_for_history
 
 import devbus
 from devbus.cli.run import run as run_command
@@ -98,11 +98,11 @@ def test_the_sqlite_store_keeps_events_and_ids_across_a_restart(
     (tmp_path / ".devbus").mkdir()  # as the comment says
     first = background(command, env=env, cwd=tmp_path)
     first.wait_for(r"^ready")
-    [before] = post_batch(where.url, [("note.saved", {"n": 1})])
+    [before] = where.post_batch([("note.saved", {"n": 1})])
     assert first.interrupt() == 0
     second = background(command, env=env, cwd=tmp_path)
     second.wait_for(r"^ready")
-    [after] = post_batch(where.url, [("note.saved", {"n": 2})])
+    [after] = where.post_batch([("note.saved", {"n": 2})])
     run_id, seq = before.rsplit("-", 1)
     assert after == f"{run_id}-{int(seq) + 1}"
     with urllib.request.urlopen(f"{where.url}/api/dev/history", timeout=WAIT) as reply:
@@ -159,7 +159,7 @@ def test_the_backend_gets_each_forwarded_order_and_never_its_own_confirmation(
     bus = background(localize(forward, where, **{"127.0.0.1:8000": f"127.0.0.1:{port}"}), env=env, cwd=tmp_path)
     bus.wait_for(rf"^  forward\s+http://127\.0\.0\.1:{port}/dev/events  \(types: agent\.\*,order\.\*\)$")
     bus.wait_for(r"^ready")
-    post_batch(where.url, [("other.thing", {}), ("order.placed", {"order": 7})])
+    where.post_batch([("other.thing", {}), ("order.placed", {"order": 7})])
     [confirmed] = wait_for_history(where.url, 1, types="order.confirmed")
     assert confirmed["source"] == f"127.0.0.1:{port}"
     # The confirmation is skipped for the backend that sent it; only the order reached it.
@@ -183,7 +183,7 @@ def test_buses_on_one_redis_share_a_stream_per_store_key(
     for key, (where, command) in buses.items():
         bus = background(localize(command, where, **store), env=shell_env(where), cwd=tmp_path)
         bus.wait_for(r"^ready")
-        post_batch(where.url, [("hello.from", {"key": key})])
+        where.post_batch([("hello.from", {"key": key})])
     for key, (where, _) in buses.items():
         [event] = wait_for_history(where.url, 1)
         assert event["data"] == {"key": key}

@@ -21,7 +21,7 @@ from readme import (
     shell_env,
     shown,
 )
-from support import ROOT, WAIT, BusProcess, fetch_history, post_batch, wait_for_history
+from support import ROOT, WAIT, BusProcess, fetch_history, wait_for_history
 
 Background = Callable[..., Running]
 SEED = "python scripts/bulk_create_agents.py --count 100"  # run from the checkout, as the README does
@@ -30,25 +30,20 @@ SEED = "python scripts/bulk_create_agents.py --count 100"  # run from the checko
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 
-@pytest.fixture
-def bus(bus_process: Callable[..., BusProcess]) -> BusProcess:
-    return bus_process("--quiet")
-
-
 @readme_example("cli-emit")
-def test_emit_from_arguments_a_file_stdin_and_over_http(bus: BusProcess, tmp_path: Path) -> None:
+def test_emit_from_arguments_a_file_stdin_and_over_http(running_bus: BusProcess, tmp_path: Path) -> None:
     require_command("jq")
     # The files the block reads.
     (tmp_path / "agent.json").write_text('{"id": 2, "name": "Bo"}')
     (tmp_path / "agents.json").write_text('[{"id": 3}, {"id": 4}]')
-    env = shell_env(Addresses.of(bus))
+    env = shell_env(Addresses.of(running_bus))
     *over_zeromq, over_http = commands(example("cli-emit"))
     for command in over_zeromq:
         run(command, env=env, cwd=tmp_path)
-    wait_for_history(bus, 4)
+    wait_for_history(running_bus, 4)
     # The last line assigns $id: print it, to see what it holds.
     assigned = run(f'{over_http}\nprintf "%s" "$id"', env=env, cwd=tmp_path).stdout
-    events = wait_for_history(bus, 5)
+    events = wait_for_history(running_bus, 5)
     assert [(e["data"], e["source"]) for e in events] == [
         ({"id": 1, "name": "Ada"}, "zmq"),
         ({"id": 2, "name": "Bo"}, "seed"),
@@ -61,26 +56,28 @@ def test_emit_from_arguments_a_file_stdin_and_over_http(bus: BusProcess, tmp_pat
 
 
 @readme_example("cli-listen")
-def test_listen_live_filtered_piped_and_since_an_id(bus: BusProcess, tmp_path: Path, background: Background) -> None:
+def test_listen_live_filtered_piped_and_since_an_id(
+    running_bus: BusProcess, tmp_path: Path, background: Background
+) -> None:
     require_command("jq")
-    earlier = post_batch(bus.url, [("agent.created", {"id": n}) for n in range(3)])
-    env = shell_env(Addresses.of(bus))
+    earlier = running_bus.post_batch([("agent.created", {"id": n}) for n in range(3)])
+    env = shell_env(Addresses.of(running_bus))
     live, filtered, piped, since = commands(example("cli-listen"))
 
     listener = background(live, env=env, cwd=tmp_path)
     listener.wait_for(r"^listening to ")
-    [new] = post_batch(bus.url, [("agent.created", {"id": 9})])
+    [new] = running_bus.post_batch([("agent.created", {"id": 9})])
     listener.wait_for(rf'^\d\d:\d\d:\d\d\.\d{{3}}  agent\.created +http +{new} +\{{"id":9\}}$')
 
     jq = background(filtered, env=env, cwd=tmp_path)
     jq.wait_for(r"^listening to ")
-    post_batch(bus.url, [("other.thing", {"x": 1}), ("agent.created", {"id": 10})])
+    running_bus.post_batch([("other.thing", {"x": 1}), ("agent.created", {"id": 10})])
     jq.wait_for(r'^  "id": 10$')
     assert not [line for line in jq.lines if '"x"' in line]
 
     head = background(piped, env=env, cwd=tmp_path)
     head.wait_for(r"^listening to ")
-    post_batch(bus.url, [("agent.created", {"id": 11}), ("agent.created", {"id": 12})])
+    running_bus.post_batch([("agent.created", {"id": 11}), ("agent.created", {"id": 12})])
     assert head.exited() == 0
     assert [json.loads(line)["data"] for line in head.lines if line.startswith("{")] == [{"id": 11}, {"id": 12}]
 
@@ -88,16 +85,16 @@ def test_listen_live_filtered_piped_and_since_an_id(bus: BusProcess, tmp_path: P
     replaying = background(since.replace("3f9a1c2e-42", earlier[0]), env=env, cwd=tmp_path)
     for n in (1, 2, 9, 10, 11, 12):
         replaying.wait_for(rf'\{{"id":{n}\}}$')
-    post_batch(bus.url, [("agent.created", {"id": 13})])
+    running_bus.post_batch([("agent.created", {"id": 13})])
     replaying.wait_for(r'\{"id":13\}$')
     assert not [line for line in replaying.lines if line.endswith('{"id":0}')]
 
 
 @readme_example("cli-history")
-def test_history_filtered_limited_and_piped(bus: BusProcess, tmp_path: Path) -> None:
+def test_history_filtered_limited_and_piped(running_bus: BusProcess, tmp_path: Path) -> None:
     require_command("jq")
-    post_batch(bus.url, [("agent.created" if n % 5 else "rental.created", {"n": n}) for n in range(30)])
-    env = shell_env(Addresses.of(bus))
+    running_bus.post_batch([("agent.created" if n % 5 else "rental.created", {"n": n}) for n in range(30)])
+    env = shell_env(Addresses.of(running_bus))
     limited, piped = commands(example("cli-history"))
     newest = run(limited, env=env, cwd=tmp_path)
     agents = [n for n in range(30) if n % 5]
@@ -111,14 +108,14 @@ def test_history_filtered_limited_and_piped(bus: BusProcess, tmp_path: Path) -> 
 
 @readme_example("watch", "watch-output")
 def test_watch_reports_matching_files_as_the_readme_shows(
-    bus: BusProcess, tmp_path: Path, background: Background
+    running_bus: BusProcess, tmp_path: Path, background: Background
 ) -> None:
     app = tmp_path / "app"
     (app / "src" / "components").mkdir(parents=True)
     (app / "src" / "hooks").mkdir()
     button = app / "src" / "components" / "Button.tsx"
     button.write_text("export const Button = 1;\n")
-    where = Addresses.of(bus)
+    where = Addresses.of(running_bus)
     [command] = commands(example("watch"))
     watcher = background(command, env=shell_env(where), cwd=app)
     intro, ready, modified, added = example("watch-output").text.splitlines()
@@ -129,7 +126,7 @@ def test_watch_reports_matching_files_as_the_readme_shows(
     (app / "README.md").write_text("not matched by the globs\n")
     (app / "src" / "hooks" / "useAgents.ts").write_text("export {};\n")
     watcher.wait_for("^" + shown(added).pattern + "$")
-    events = wait_for_history(bus, 2)
+    events = wait_for_history(running_bus, 2)
     assert [(e["type"], e["data"], e["source"]) for e in events] == [
         ("frontend.file_changed", {"file": "src/components/Button.tsx", "change": "modified"}, "watch"),
         ("frontend.file_changed", {"file": "src/hooks/useAgents.ts", "change": "added"}, "watch"),
@@ -151,10 +148,10 @@ def test_seeding_beside_a_bus_started_in_the_background(tmp_path: Path, backgrou
 
 
 @readme_example("types", "types-ts", "types-json")
-def test_types_describes_what_the_seeding_script_sent(bus: BusProcess, tmp_path: Path) -> None:
-    env = shell_env(Addresses.of(bus))
+def test_types_describes_what_the_seeding_script_sent(running_bus: BusProcess, tmp_path: Path) -> None:
+    env = shell_env(Addresses.of(running_bus))
     run(SEED, env=env, cwd=ROOT)
-    wait_for_history(bus, 101)
+    wait_for_history(running_bus, 101)
     (tmp_path / "src" / "lib").mkdir(parents=True)  # a Next.js app's layout
     lines, typescript, schema, as_json = commands(example("types"))
     listed = run(lines, env=env, cwd=tmp_path).stdout.splitlines()
@@ -180,9 +177,11 @@ def test_types_describes_what_the_seeding_script_sent(bus: BusProcess, tmp_path:
 
 
 @readme_example("record")
-def test_record_the_seeding_script_and_replay_it(bus: BusProcess, tmp_path: Path, background: Background) -> None:
+def test_record_the_seeding_script_and_replay_it(
+    running_bus: BusProcess, tmp_path: Path, background: Background
+) -> None:
     """`devbus record … --types 'agent.*' --count 101` never ended: `agent.*` does not match `agents.bulk_created`."""
-    env = shell_env(Addresses.of(bus))
+    env = shell_env(Addresses.of(running_bus))
     everything, counted, since, seed, *replays = commands(example("record"))
     assert seed.startswith(SEED)
 
@@ -191,7 +190,7 @@ def test_record_the_seeding_script_and_replay_it(bus: BusProcess, tmp_path: Path
     recorder = background(everything, env=env, cwd=first)
     recorder.wait_for(r"^recording ")
     run(seed, env=env, cwd=ROOT)
-    wait_for_history(bus, 101)
+    wait_for_history(running_bus, 101)
     _wait_for_lines(first / "import.jsonl", 101)
     assert recorder.interrupt() == 0
     recorder.wait_for(r"^recorded 101 events to import\.jsonl$")
@@ -207,7 +206,7 @@ def test_record_the_seeding_script_and_replay_it(bus: BusProcess, tmp_path: Path
 
     third = tmp_path / "since"
     third.mkdir()
-    retained = fetch_history(bus)
+    retained = fetch_history(running_bus)
     after = background(since.replace("3f9a1c2e-42", retained[-3]["id"]), env=env, cwd=third)
     after.wait_for(r"^recording ")
     _wait_for_lines(third / "import.jsonl", 2)
@@ -216,7 +215,7 @@ def test_record_the_seeding_script_and_replay_it(bus: BusProcess, tmp_path: Path
         e["id"] for e in retained[-2:]
     ]
 
-    before = len(fetch_history(bus))
+    before = len(fetch_history(running_bus))
     for command in replays:
         replayed = run(command, env=env, cwd=second, timeout=3 * WAIT)
         rows = [line.split("\t") for line in replayed.stdout.splitlines()]
@@ -224,7 +223,7 @@ def test_record_the_seeding_script_and_replay_it(bus: BusProcess, tmp_path: Path
             (str(n), e["id"], "->", e["type"]) for n, e in enumerate(recorded, start=1)
         ]
         assert replayed.stderr == "replayed 101 events from import.jsonl\n"
-    copies = wait_for_history(bus, before + 101 * len(replays))[before:]
+    copies = wait_for_history(running_bus, before + 101 * len(replays))[before:]
     assert [e["data"] for e in copies] == [e["data"] for e in recorded] * len(replays)
     sources = [copies[n * 101]["source"] for n in range(len(replays))]
     assert sources == ["seed" if "--keep-source" in command else "replay" for command in replays]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from readme import Addresses, Running, example, readme_example, run, shell_env
-from support import WAIT, BusProcess, free_port, post_batch, wait_for_history
+from support import WAIT, BusProcess, free_port, wait_for_history
 
 # Each test starts several processes (buses, commands, a compiler): minutes on a busy machine.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -47,10 +47,10 @@ def test_the_subscriber_prints_the_types_it_asked_for(
     probes = 0
     while not any("agent.probe" in line for line in subscriber.lines):
         assert time.monotonic() < deadline, subscriber.lines
-        post_batch(bus.url, [("agent.probe", {"n": probes})])
+        bus.post_batch([("agent.probe", {"n": probes})])
         probes += 1
         time.sleep(0.05)  # the probe's pace; the loop waits for the condition above
-    ids = post_batch(bus.url, [("rental.created", {"n": 1}), ("other.thing", {}), ("agent.updated", {"n": 2})])
+    ids = bus.post_batch([("rental.created", {"n": 1}), ("other.thing", {}), ("agent.updated", {"n": 2})])
     subscriber.wait_for(rf"^{ids[2]} agent\.updated \{{'n': 2\}}$")
     assert f"{ids[0]} rental.created {{'n': 1}}" in subscriber.lines
     assert not [line for line in subscriber.lines if "other.thing" in line]

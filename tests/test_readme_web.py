@@ -12,7 +12,7 @@ import pytest
 from browser_fixtures import PageServer
 from playwright.sync_api import Page
 from readme import Addresses, commands, example, localize, readme_example, run, shell_env
-from support import ROOT, WAIT, BusProcess, bus_health, devbus_cli, post_batch, wait_for_history
+from support import ROOT, WAIT, BusProcess, devbus_cli, wait_for_history
 from test_node_publisher import require_npm
 from test_typescript import TS_DIR, TSC, TSC_WAIT, require_tsc
 
@@ -96,7 +96,7 @@ def test_a_page_imports_the_client_from_the_bus_sends_and_gets_what_follows(
     shared_bus: BusProcess, other_origin: PageServer, page: Page
 ) -> None:
     script = localize(example("browser-import").text, Addresses.of(shared_bus))
-    before = bus_health(shared_bus.url)["subscribers"]
+    before = shared_bus.health()["subscribers"]
     logged: list[list[Any]] = []
     page.on("console", lambda message: logged.append([arg.json_value() for arg in message.args]))
     page.goto(
@@ -107,10 +107,10 @@ def test_a_page_imports_the_client_from_the_bus_sends_and_gets_what_follows(
     [sent] = wait_for_history(shared_bus, 1, types="agent.created")
     assert (sent["data"], sent["source"]) == ({"id": 7}, "http")
     deadline = time.monotonic() + WAIT
-    while bus_health(shared_bus.url)["subscribers"] <= before:  # until the page's stream is open
+    while shared_bus.health()["subscribers"] <= before:  # until the page's stream is open
         assert time.monotonic() < deadline, "the page did not subscribe"
         time.sleep(0.02)
-    later = post_batch(shared_bus.url, [("agent.created", {"id": 8})])
+    later = shared_bus.post_batch([("agent.created", {"id": 8})])
     deadline = time.monotonic() + WAIT
     while ["agent.created", {"id": 8}, *later] not in logged:
         assert time.monotonic() < deadline, f"the page logged {logged}"

@@ -14,15 +14,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import ROOT, WAIT, BusProcess, bus_env, devbus_cli, post_batch, start_recorder
+from support import ROOT, WAIT, BusProcess, bus_env, devbus_cli, start_recorder
 
 from devbus.client.recording import BadLine, Recorded, batches, read_recording
 
 MIB = 1024 * 1024
 
 
-def history(bus: BusProcess) -> list[dict[str, Any]]:
-    result = devbus_cli(bus, "history", "--json", "--limit", "10000")
+def history(running_bus: BusProcess) -> list[dict[str, Any]]:
+    result = devbus_cli(running_bus, "history", "--json", "--limit", "10000")
     assert result.exit_code == 0, result.output
     return [json.loads(line) for line in result.stdout.splitlines()]
 
@@ -31,19 +31,14 @@ def envelope(event_type: str, data: dict[str, Any], at: str, *, source: str = "s
     return json.dumps({"id": f"old-{seq}", "type": event_type, "data": data, "timestamp": at, "source": source})
 
 
-@pytest.fixture
-def bus(bus_process: Callable[..., BusProcess]) -> BusProcess:
-    return bus_process("--quiet")
-
-
 def test_record_then_replay_into_a_fresh_bus_gives_the_same_events_with_new_ids(
     bus_process: Callable[..., BusProcess], tmp_path: Path
 ) -> None:
     first = bus_process("--quiet")
     recording = tmp_path / "events.jsonl"
     recorder = start_recorder(first, recording, "--count", "5")
-    post_batch(first.url, [("a.one", {"n": 1, "tags": [["x"], []]}), ("b.two", {"ok": None})])
-    post_batch(first.url, [("a.one", {"n": 2.5}), ("c.three", {}), ("a.one", {"n": 3, "extra": "x"})])
+    first.post_batch([("a.one", {"n": 1, "tags": [["x"], []]}), ("b.two", {"ok": None})])
+    first.post_batch([("a.one", {"n": 2.5}), ("c.three", {}), ("a.one", {"n": 3, "extra": "x"})])
     assert recorder.wait(timeout=WAIT) == 0
     assert recorder.stderr is not None and "recorded 5 events" in recorder.stderr.read()
     recorder.stderr.close()
@@ -65,18 +60,18 @@ def test_record_then_replay_into_a_fresh_bus_gives_the_same_events_with_new_ids(
     assert replayed[0]["timestamp"] == replayed[1]["timestamp"] != replayed[2]["timestamp"]
 
 
-def test_record_filters_by_type_and_starts_after_an_id(bus: BusProcess, tmp_path: Path) -> None:
-    ids = post_batch(bus.url, [("agent.old", {}), ("agent.kept", {"n": 1}), ("other.x", {})])
+def test_record_filters_by_type_and_starts_after_an_id(running_bus: BusProcess, tmp_path: Path) -> None:
+    ids = running_bus.post_batch([("agent.old", {}), ("agent.kept", {"n": 1}), ("other.x", {})])
     recording = tmp_path / "agents.jsonl"
-    recorder = start_recorder(bus, recording, "--types", "agent.*", "--since", ids[0], "--count", "2")
-    post_batch(bus.url, [("other.y", {}), ("agent.live", {"n": 2})])
+    recorder = start_recorder(running_bus, recording, "--types", "agent.*", "--since", ids[0], "--count", "2")
+    running_bus.post_batch([("other.y", {}), ("agent.live", {"n": 2})])
     assert recorder.wait(timeout=WAIT) == 0
     assert recorder.stderr is not None
     recorder.stderr.close()
     assert [json.loads(line)["type"] for line in recording.read_text().splitlines()] == ["agent.kept", "agent.live"]
 
 
-def test_replay_keeps_relative_timing_scaled_by_speed(bus: BusProcess, tmp_path: Path) -> None:
+def test_replay_keeps_relative_timing_scaled_by_speed(running_bus: BusProcess, tmp_path: Path) -> None:
     recording = tmp_path / "timed.jsonl"
     lines = [
         envelope("t.a", {}, "2026-01-01T00:00:00.000000Z", seq=1),
@@ -85,21 +80,21 @@ def test_replay_keeps_relative_timing_scaled_by_speed(bus: BusProcess, tmp_path:
     ]
     recording.write_text("\n".join(lines) + "\n")
     started = time.monotonic()
-    assert devbus_cli(bus, "replay", str(recording), "--speed", "4").exit_code == 0
+    assert devbus_cli(running_bus, "replay", str(recording), "--speed", "4").exit_code == 0
     assert time.monotonic() - started >= 2.0 / 4  # two seconds at four times the speed
-    assert devbus_cli(bus, "replay", str(recording), "--no-wait").exit_code == 0
-    events = history(bus)
+    assert devbus_cli(running_bus, "replay", str(recording), "--no-wait").exit_code == 0
+    events = history(running_bus)
     stamps = [datetime.fromisoformat(e["timestamp"]).timestamp() for e in events]
     assert [e["type"] for e in events] == ["t.a", "t.b", "t.c"] * 2
     assert stamps[0] == stamps[1] < stamps[2]  # accepted together, as recorded; then later
     assert stamps[3] == stamps[4] == stamps[5]  # --no-wait: one batch
 
 
-def test_replay_keep_source(bus: BusProcess, tmp_path: Path) -> None:
+def test_replay_keep_source(running_bus: BusProcess, tmp_path: Path) -> None:
     recording = tmp_path / "sources.jsonl"
     recording.write_text(envelope("s.a", {"x": 1}, "2026-01-01T00:00:00Z", source="backend") + "\n")
-    assert devbus_cli(bus, "replay", str(recording), "--keep-source").exit_code == 0
-    assert [e["source"] for e in history(bus)] == ["backend"]
+    assert devbus_cli(running_bus, "replay", str(recording), "--keep-source").exit_code == 0
+    assert [e["source"] for e in history(running_bus)] == ["backend"]
 
 
 BAD_LINES = [
@@ -113,32 +108,32 @@ BAD_LINES = [
 ]
 
 
-def test_replay_reports_bad_lines_by_number_and_skips_them(bus: BusProcess, tmp_path: Path) -> None:
+def test_replay_reports_bad_lines_by_number_and_skips_them(running_bus: BusProcess, tmp_path: Path) -> None:
     recording = tmp_path / "bad.jsonl"
     recording.write_text("\n".join(BAD_LINES) + "\n")
-    result = devbus_cli(bus, "replay", str(recording))
+    result = devbus_cli(running_bus, "replay", str(recording))
     assert result.exit_code == 0, result.output
     problems = [line for line in result.stderr.splitlines() if line.startswith(str(recording))]
     assert [p.split(":")[1] for p in problems] == ["2", "4", "5", "6"]
     assert "`type` must not contain whitespace" in problems[1]
     assert "got `array` - at `$.data`" in problems[2]
     assert "skipped 4 bad lines" in result.stderr
-    assert [e["type"] for e in history(bus)] == ["ok.first", "ok.last"]
+    assert [e["type"] for e in history(running_bus)] == ["ok.first", "ok.last"]
 
 
-def test_replay_strict_sends_nothing_when_a_line_is_bad(bus: BusProcess, tmp_path: Path) -> None:
+def test_replay_strict_sends_nothing_when_a_line_is_bad(running_bus: BusProcess, tmp_path: Path) -> None:
     recording = tmp_path / "bad.jsonl"
     recording.write_text("\n".join(BAD_LINES) + "\n")
-    result = devbus_cli(bus, "replay", str(recording), "--strict")
+    result = devbus_cli(running_bus, "replay", str(recording), "--strict")
     assert result.exit_code == 1
     assert "4 bad lines" in result.stderr and "nothing sent" in result.stderr
-    assert history(bus) == []
+    assert history(running_bus) == []
 
 
 def test_replay_says_how_far_it_got_when_the_bus_refuses(
     bus_process: Callable[..., BusProcess], tmp_path: Path
 ) -> None:
-    bus = bus_process("--quiet", "--max-body", "2000")
+    running_bus = bus_process("--quiet", "--max-body", "2000")
     recording = tmp_path / "big.jsonl"
     recording.write_text(
         "\n".join(
@@ -151,11 +146,11 @@ def test_replay_says_how_far_it_got_when_the_bus_refuses(
         )
         + "\n"
     )
-    result = devbus_cli(bus, "replay", str(recording), "--speed", "100")
+    result = devbus_cli(running_bus, "replay", str(recording), "--speed", "100")
     assert result.exit_code == 1
     assert "replay stopped after 2 events; line 3 and after were not sent" in result.stderr
     assert "(413)" in result.stderr
-    assert [e["type"] for e in history(bus)] == ["s.one", "s.two"]
+    assert [e["type"] for e in history(running_bus)] == ["s.one", "s.two"]
 
 
 def parsed(lines: list[str]) -> list[Recorded | BadLine]:

@@ -3,27 +3,15 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from support import ROOT, BusProcess, bus_env
+from support import BusProcess, bus_env, run_devbus
 
 from devbus.cli import main
-
-
-def post(url: str, body: dict[str, Any]) -> dict[str, Any]:
-    request = urllib.request.Request(
-        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}, method="POST"
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        result: dict[str, Any] = json.load(response)
-        return result
 
 
 def test_run_serves_posts_streams_and_stops_on_sigterm(bus_process: Callable[..., BusProcess]) -> None:
@@ -32,7 +20,7 @@ def test_run_serves_posts_streams_and_stops_on_sigterm(bus_process: Callable[...
         assert stream.readline() == b"retry: 1000\n"
         assert json.loads(stream.readline().removeprefix(b"data: "))["type"] == "connected"
         assert stream.readline() == b"\n"
-        sent = post(f"{bus.url}/api/dev/webhook", {"event_type": "test.event", "data": {"message": "Hello"}})
+        sent = bus.request("POST", "/api/dev/webhook", {"event_type": "test.event", "data": {"message": "Hello"}})
         assert sent["subscribers"] == 1
         assert stream.readline() == f"id: {sent['id']}\n".encode()
         event = json.loads(stream.readline().removeprefix(b"data: "))
@@ -45,7 +33,7 @@ def test_run_serves_posts_streams_and_stops_on_sigterm(bus_process: Callable[...
 
 def test_run_reads_environment_variables(bus_process: Callable[..., BusProcess]) -> None:
     bus = bus_process(env=bus_env(DEVBUS_PREFIX="/bus", DEVBUS_QUIET="1", DEVBUS_RETRY="250"))
-    assert post(f"{bus.url}/bus/trigger", {"event_type": "x"})["success"] is True
+    assert bus.request("POST", "/bus/trigger", {"event_type": "x"})["success"] is True
     with urllib.request.urlopen(f"{bus.url}/bus/events", timeout=10) as stream:
         assert stream.readline() == b"retry: 250\n"
     assert bus.stop(timeout=5) == 0
@@ -66,14 +54,7 @@ def test_run_reads_environment_variables(bus_process: Callable[..., BusProcess])
     ids=["prefix-without-slash", "port-out-of-range", "ingest-without-tcp", "egress-without-tcp"],
 )
 def test_run_refuses_a_malformed_option_before_binding_in_one_line(args: list[str], message: str) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "devbus", "run", "--port", "0", *args],
-        capture_output=True,
-        text=True,
-        env=bus_env(),
-        cwd=ROOT,
-        timeout=30,
-    )
+    result = run_devbus("run", "--port", "0", *args)
     assert result.returncode != 0
     assert message in result.stderr
     assert result.stdout == "" and "Traceback" not in result.stderr
@@ -85,14 +66,7 @@ def test_a_second_run_says_a_devbus_is_already_running_and_names_every_conflict(
     first = bus_process("--quiet")
     port = first.url.rsplit(":", 1)[1]
     same = ["--port", port, "--ingest", first.endpoints["ingest"], "--egress", first.endpoints["egress"]]
-    second = subprocess.run(
-        [sys.executable, "-m", "devbus", "run", *same],
-        capture_output=True,
-        text=True,
-        env=bus_env(),
-        cwd=ROOT,
-        timeout=30,
-    )
+    second = run_devbus("run", *same)
     assert second.returncode == 1
     [line] = second.stderr.strip().splitlines()
     assert line.startswith(f"Error: a devbus is already running at {first.url} (devbus ")
@@ -107,11 +81,17 @@ def test_the_banner_shows_forward_targets_without_secrets_and_columns_stay_align
     bus = bus_process("--forward", "http://user:pw@127.0.0.1:9/hook?token=s3cret", "--forward-types", "agent.*")
     assert bus.wait_for_line(r"^  forward +(.*)$").group(1) == "http://127.0.0.1:9/hook?…  (types: agent.*)"
     for source in ("a-much-longer-source", "http", "seed"):
-        post(f"{bus.url}/api/dev/trigger", {"event_type": "col.check", "source": source})
+        bus.request("POST", "/api/dev/trigger", {"event_type": "col.check", "source": source})
     lines = [bus.wait_for_line(rf"col\.check\s+{source} .*→").group(0) for source in ("http", "seed")]
     columns = [line.index("→") for line in lines]
     assert columns[0] == columns[1]
     assert not any("s3cret" in line or "pw@" in line for line in bus.lines)
+
+
+def test_the_banner_shows_a_named_forward_target_by_its_name(bus_process: Callable[..., BusProcess]) -> None:
+    """`--forward NAME=URL` was shown as `://backend=http://…`: the name was read as part of the URL."""
+    bus = bus_process("--forward", "backend=http://127.0.0.1:9/hook?token=s3cret")
+    assert bus.wait_for_line(r"^  forward +(.*)$").group(1) == "backend=http://127.0.0.1:9/hook?…"
 
 
 @pytest.mark.parametrize(

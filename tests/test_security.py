@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient
 from rawhttp import exchange, request_bytes
-from support import WAIT, BusFactory, open_stream
+from support import WAIT, BusFactory, Client, open_stream
 
 from devbus.bus.allowlists import check_allowlists
 from devbus.bus.settings import Settings
 from devbus.errors import ConfigError
 
-Client = TestClient[Any, Any]
 EVENT = b'{"event_type":"t.ok","data":{}}'
 PREFLIGHT = {"Origin": "http://localhost:3000", "Access-Control-Request-Method": "POST"}
 
@@ -174,29 +171,16 @@ async def test_the_bus_own_page_is_allowed_through_an_allowed_host(make_bus: Bus
     """The dashboard opened as http://devbox.lan:8765 (with --allow-host) may use the API it came from."""
     client = await make_bus(allow_hosts=("devbox.lan",))
     port = raw(client)
-    json_type = {"Content-Type": "application/json"}
-    own = request_bytes(
-        "POST",
-        "/api/dev/webhook",
-        host="devbox.lan:8765",
-        headers={**json_type, "Origin": "http://devbox.lan:8765"},
-        body=EVENT,
-    )
-    assert (await exchange(port, own)).status == 200
+
+    def webhook(host: str, origin: str) -> bytes:
+        headers = {"Content-Type": "application/json", "Origin": origin}
+        return request_bytes("POST", "/api/dev/webhook", host=host, headers=headers, body=EVENT)
+
+    assert (await exchange(port, webhook("devbox.lan:8765", "http://devbox.lan:8765"))).status == 200
     for origin in ["http://devbox.lan:9999", "https://devbox.lan:8765", "http://evil.com:8765"]:
-        other = request_bytes(
-            "POST", "/api/dev/webhook", host="devbox.lan:8765", headers={**json_type, "Origin": origin}, body=EVENT
-        )
-        assert (await exchange(port, other)).status == 403, origin
+        assert (await exchange(port, webhook("devbox.lan:8765", origin))).status == 403, origin
     # A rebound name is same-origin with itself, and still refused: the Host check comes first.
-    rebound = request_bytes(
-        "POST",
-        "/api/dev/webhook",
-        host="evil.com:8765",
-        headers={**json_type, "Origin": "http://evil.com:8765"},
-        body=EVENT,
-    )
-    assert (await exchange(port, rebound)).status == 403
+    assert (await exchange(port, webhook("evil.com:8765", "http://evil.com:8765"))).status == 403
     assert await counts(client) == (1, 0)
 
 

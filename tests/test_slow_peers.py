@@ -63,6 +63,7 @@ async def test_connections_that_trickle_headers_are_closed_after_the_header_time
     assert time.monotonic() - started < 4.9
 
 
+@pytest.mark.slow
 async def test_a_stalled_upload_is_answered_408_and_its_memory_released(bus_process: Start) -> None:
     """Regression: 300 uploads stalled just under 1 MiB held 304 MB for as long as they liked."""
     bus = bus_process("--body-timeout", "2", "--max-body", "1MiB")

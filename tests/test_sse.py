@@ -5,22 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-from typing import Any
 
 import httpx
 import pytest
-from aiohttp.test_utils import TestClient
 from httpx_sse import aconnect_sse
-from support import BusFactory, SSEReader, open_stream
-
-Client = TestClient[Any, Any]
-
-
-async def post(client: Client, event_type: str, data: dict[str, Any] | None = None) -> dict[str, Any]:
-    response = await client.post("/api/dev/webhook", json={"event_type": event_type, "data": data or {}})
-    assert response.status == 200, await response.text()
-    body: dict[str, Any] = await response.json()
-    return body
+from support import BusFactory, Client, SSEReader, open_stream, post
 
 
 async def test_stream_starts_with_retry_and_connected_frame(bus: Client) -> None:

@@ -104,17 +104,38 @@ async def test_appends_are_numbered_delivered_once_and_read_back_in_order(open_s
     assert [r.json for r in page] == [r.json for r in records[1:]]
 
 
+# The memory store commits and delivers inside append(): there is no moment in between
+# to read in. Its own test below holds that.
+@pytest.mark.parametrize("store_url", ["sqlite", "redis"], indirect=True)
 async def test_reads_never_return_a_record_before_it_is_delivered(open_store: OpenStore) -> None:
     """The SSE cursor hands over to the live fan-out at the first record delivered after it joined."""
     bus = await open_store()
     start = (await bus.store.resolve("")).after
     pending = [bus.store.append([Draft(f"e.{n}", {}, "test")], TIMESTAMP) for n in range(50)]
+    reads_in_flight = 0
     async with asyncio.timeout(10):
         while not all(future.done() for future in pending):
             page = await bus.store.read_after(start, limit=100, max_bytes=MIB)
             delivered = {r.id for r in bus.delivered}
             assert all(r.id in delivered for r in page)
+            reads_in_flight += 1
         await asyncio.gather(*pending)
+    # The reads above ran while appends were in flight: else this test proved nothing.
+    assert reads_in_flight > 0
+
+
+@pytest.mark.parametrize("store_url", ["memory"], indirect=True)
+async def test_the_memory_store_delivers_before_append_returns(open_store: OpenStore) -> None:
+    """A cursor that reads right after an append sees the record, and the fan-out has it already."""
+    bus = await open_store()
+    start = (await bus.store.resolve("")).after
+    for n in range(3):
+        future = bus.store.append([Draft(f"e.{n}", {}, "test")], TIMESTAMP)
+        assert future.done()
+        [record] = future.result()
+        assert bus.delivered[-1] is record
+        page = await bus.store.read_after(start, limit=100, max_bytes=MIB)
+        assert [r.id for r in page] == [r.id for r in bus.delivered]
 
 
 async def test_pages_are_bounded_in_count_and_bytes_but_hold_at_least_one(open_store: OpenStore) -> None:

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
-from aiohttp.test_utils import TestClient
-from support import BusFactory, open_stream
+from support import BusFactory, Client, open_stream
 
-Client = TestClient[Any, Any]
 TOKEN = "s3cret-t0ken"
 EVENT = {"event_type": "t.ok", "data": {}}
 PROTECTED = ["/api/dev/events", "/api/dev/history", "/metrics"]

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import ROOT, BusProcess, assert_agent_types, devbus_cli, post_batch, require_file
+from support import ROOT, BusProcess, assert_agent_types, devbus_cli, require_file
 
 from devbus.client.typescript import MAX_SCHEMA_DEPTH, to_json_schema, to_typescript
 
@@ -30,10 +30,10 @@ PAYLOADS: list[tuple[str, dict[str, Any]]] = [
 
 
 @pytest.fixture
-def bus(bus_process: Callable[..., BusProcess]) -> BusProcess:
-    bus = bus_process("--quiet")
-    post_batch(bus.url, PAYLOADS)
-    return bus
+def bus(running_bus: BusProcess) -> BusProcess:
+    """A real bus that has seen the payloads."""
+    running_bus.post_batch(PAYLOADS)
+    return running_bus
 
 
 def require_tsc() -> None:
@@ -48,6 +48,7 @@ def compile_ts(folder: Path, source: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 def test_generated_types_compile_strictly_and_refuse_a_wrong_field(bus: BusProcess, tmp_path: Path) -> None:
     require_tsc()
     written = devbus_cli(bus, "types", "--ts", "--out", str(tmp_path / "devbus-events.ts"))
@@ -132,7 +133,7 @@ def test_event_types_stay_string_literals_in_generated_typescript(
     """Regression: a type with `*/` ended the doc comment it was written in, and tsc compiled what followed."""
     require_tsc()
     bus = bus_process("--quiet")
-    post_batch(bus.url, [(event_type, {"n": 1}) for event_type in HOSTILE_TYPES])
+    bus.post_batch([(event_type, {"n": 1}) for event_type in HOSTILE_TYPES])
     written = devbus_cli(bus, "types", "--ts", "--out", str(tmp_path / "devbus-events.ts"))
     assert written.exit_code == 0, written.output
     generated = (tmp_path / "devbus-events.ts").read_text(encoding="utf-8")
@@ -163,7 +164,7 @@ def test_event_types_stay_string_literals_in_generated_typescript(
 
 def test_json_schema_keeps_hostile_types_as_escaped_keys(bus_process: Callable[..., BusProcess]) -> None:
     bus = bus_process("--quiet")
-    post_batch(bus.url, [(event_type, {"n": 1}) for event_type in HOSTILE_TYPES])
+    bus.post_batch([(event_type, {"n": 1}) for event_type in HOSTILE_TYPES])
     result = devbus_cli(bus, "types", "--json-schema")
     assert result.exit_code == 0, result.output
     assert "</script" not in result.stdout and "\u3164" not in result.stdout

@@ -55,7 +55,7 @@ class Events:
         self.reader = reader
 
     async def next(self, count: int = 1) -> list[dict[str, Any]]:
-        events = []
+        events: list[dict[str, Any]] = []
         while len(events) < count:
             event = json.loads((await self.reader.event())["data"])
             assert event["type"] == TYPE

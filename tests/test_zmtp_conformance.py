@@ -20,9 +20,8 @@ from typing import Any
 
 import msgspec
 import pytest
-from aiohttp.test_utils import TestClient
-from support import WAIT, BusFactory, BusProcess, bus_health, rss
-from zmtp_peers import RawPeer, error, ping, publish, raw_frame, ready_body, rejected, shorten_handshake
+from support import WAIT, BusFactory, BusProcess, Client, post_batch, rss
+from zmtp_peers import RawPeer, error, ping, raw_frame, ready_body, rejected, shorten_handshake
 
 from devbus.bus.keys import ENDPOINTS
 from devbus.zmtp import GREETING, command, message, ready
@@ -54,7 +53,7 @@ def side(request: pytest.FixtureRequest) -> Side:
 
 
 @pytest.fixture
-async def client(make_bus: BusFactory) -> TestClient[Any, Any]:
+async def client(make_bus: BusFactory) -> Client:
     """An in-process bus with both ZeroMQ endpoints on free ports."""
     return await make_bus(ingest=ANY_PORT, egress=ANY_PORT, max_message=MAX_MESSAGE)
 
@@ -63,7 +62,7 @@ Peers = Callable[[Side], Awaitable[RawPeer]]
 
 
 @pytest.fixture
-async def peers(client: TestClient[Any, Any]) -> AsyncIterator[Peers]:
+async def peers(client: Client) -> AsyncIterator[Peers]:
     """Open raw peers to the bus's endpoints; every one is closed after the test."""
     opened: list[RawPeer] = []
 
@@ -188,7 +187,7 @@ async def test_a_peer_that_breaks_the_protocol_is_closed_at_once_and_the_others_
 
 @refusals
 async def test_a_refused_peer_is_counted(
-    peers: Peers, side: Side, refusal: Refusal, client: TestClient[Any, Any], monkeypatch: pytest.MonkeyPatch
+    peers: Peers, side: Side, refusal: Refusal, client: Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     shorten_handshake(monkeypatch, 3600.0)
     peer = await peers(side)
@@ -230,7 +229,7 @@ async def test_a_peer_that_does_not_speak_zmtp_3_is_closed_without_an_error_it_c
 
 @pytest.mark.parametrize("after_ready", [True, False], ids=["after-ready", "instead-of-ready"])
 async def test_a_peer_that_sends_error_is_closed_and_counted(
-    peers: Peers, side: Side, after_ready: bool, client: TestClient[Any, Any], monkeypatch: pytest.MonkeyPatch
+    peers: Peers, side: Side, after_ready: bool, client: Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """ZMTP 3: a peer that sends ERROR closes; the bus closes its side at once (not at a deadline), unanswered."""
     shorten_handshake(monkeypatch, 3600.0)
@@ -303,10 +302,10 @@ def cancel(prefix: bytes, *, form: str) -> bytes:
     return command(b"CANCEL", prefix) if form == "command" else message([b"\x00" + prefix])
 
 
-async def settle(peer: RawPeer, client: TestClient[Any, Any], marker: str) -> None:
+async def settle(peer: RawPeer, client: Client, marker: str) -> None:
     """Publish ``marker`` until it reaches ``peer``: its subscription to it, and all sent before, are in force."""
     while True:
-        await publish(client, [(marker, {})])
+        await post_batch(client, [(marker, {})])
         try:
             while (head := (await peer.message(within=0.2))[0]) != marker.encode():
                 assert head.startswith(b"marker."), head  # an earlier marker, late; nothing else
@@ -330,13 +329,13 @@ async def received(peer: RawPeer, until: str) -> list[dict[str, Any]]:
 
 @pytest.mark.parametrize("form", ["command", "message"], ids=["zmtp-3.1-commands", "zmtp-3.0-messages"])
 async def test_a_listener_gets_the_events_it_subscribed_to_until_it_cancels(
-    peers: Peers, client: TestClient[Any, Any], form: str
+    peers: Peers, client: Client, form: str
 ) -> None:
     peer = await ready_peer(peers, EGRESS)
     peer.send(subscribe(b"match.", form=form) + subscribe(b"marker.a", form=form))
     await settle(peer, client, "marker.a")
 
-    ids = await publish(
+    ids = await post_batch(
         client, [("match.one", {"n": 0}), ("other.two", {"n": 1}), ("match.three", {"n": 2}), ("marker.a.end", {})]
     )
     envelopes = await received(peer, until="marker.a.end")
@@ -348,7 +347,7 @@ async def test_a_listener_gets_the_events_it_subscribed_to_until_it_cancels(
 
     peer.send(cancel(b"match.", form=form) + subscribe(b"marker.b", form=form))
     await settle(peer, client, "marker.b")
-    await publish(client, [("match.four", {}), ("other.five", {}), ("marker.b.end", {})])
+    await post_batch(client, [("match.four", {}), ("other.five", {}), ("marker.b.end", {})])
     assert await received(peer, until="marker.b.end") == []
 
 
@@ -376,4 +375,4 @@ def test_a_listeners_subscriptions_are_bounded(bus_process: Callable[..., BusPro
                 received += chunk  # the PONG follows every subscription read before it
         grown = rss(bus.proc.pid) - before
     assert grown < 16 * MIB, f"the bus grew by {grown / MIB:.0f} MB"
-    assert bus_health(bus.url)["status"] == "ok"
+    assert bus.health()["status"] == "ok"

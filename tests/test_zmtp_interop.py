@@ -24,9 +24,8 @@ from typing import Any
 
 import msgspec
 import pytest
-from aiohttp.test_utils import TestClient
-from support import ROOT, WAIT, BusFactory, eventually, require_file
-from zmtp_peers import Tap, publish
+from support import ROOT, WAIT, BusFactory, Client, eventually, post_batch, require_file
+from zmtp_peers import Tap
 
 from devbus.bus.keys import ENDPOINTS
 
@@ -158,7 +157,7 @@ def wire(event_type: str, data: dict[str, Any], *, source: str) -> str:
     return f"{event_type.encode().hex()} {body.hex()}"
 
 
-async def retained(client: TestClient[Any, Any], types: str) -> list[dict[str, Any]]:
+async def retained(client: Client, types: str) -> list[dict[str, Any]]:
     response = await client.get("/api/dev/history", params={"types": types, "limit": "10000"})
     assert response.status == 200, await response.text()
     events: list[dict[str, Any]] = (await response.json())["events"]
@@ -182,7 +181,7 @@ async def heartbeats_flow(tap: Tap) -> None:
     await eventually(answered)
 
 
-async def send_events(client: TestClient[Any, Any], peer: PeerProcess, role: str, tap: Tap, source: str) -> None:
+async def send_events(client: Client, peer: PeerProcess, role: str, tap: Tap, source: str) -> None:
     """A publishing peer sends EVENTS; each reaches the bus once, in order, with its envelope."""
     if role == "pub":
         await peer.say(wire("warmup.tick", {}, source=source))
@@ -208,10 +207,10 @@ async def send_events(client: TestClient[Any, Any], peer: PeerProcess, role: str
     assert all(TIMESTAMP.fullmatch(e["timestamp"]) for e in events)
 
 
-async def receive_events(client: TestClient[Any, Any], peer: PeerProcess, tap: Tap) -> None:
+async def receive_events(client: Client, peer: PeerProcess, tap: Tap) -> None:
     """A SUB peer subscribed to "interop." gets exactly EVENTS, in order, and none of the others."""
     while True:  # publish a marker until one arrives: the SUB's subscription is in force
-        await publish(client, [("interop.sync", {})])
+        await post_batch(client, [("interop.sync", {})])
         try:
             assert envelope(await peer.line(within=0.2))["type"] == "interop.sync"
             break
@@ -220,7 +219,7 @@ async def receive_events(client: TestClient[Any, Any], peer: PeerProcess, tap: T
     await heartbeats_flow(tap)
     others = [("other.event", {"n": n}) for n in range(len(EVENTS))]
     mixed = [event for pair in zip(others, EVENTS, strict=True) for event in pair]
-    ids = (await publish(client, mixed))[1::2]
+    ids = (await post_batch(client, mixed))[1::2]
     got: list[dict[str, Any]] = []
     while not got or got[-1]["type"] != "interop.end":
         received = envelope(await peer.line())

@@ -19,9 +19,8 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
-from support import WAIT
+from support import WAIT, Client
 
 from devbus.bus import zmtp_peer
 from devbus.zmtp import GREETING, FrameReader, Greeting, HandshakeError, Rejected, command, ready
@@ -278,7 +277,7 @@ class Tap:
 # -- the bus from outside ---------------------------------------------------------------------
 
 
-async def rejected(client: TestClient[Any, Any], reason: str) -> float:
+async def rejected(client: Client, reason: str) -> float:
     """How many inputs the bus refused for ``reason``, as its /metrics says."""
     text = await (await client.get("/metrics")).text()
     for family in text_string_to_metric_families(text):
@@ -286,15 +285,6 @@ async def rejected(client: TestClient[Any, Any], reason: str) -> float:
             if sample.name == "devbus_rejected_total" and sample.labels.get("reason") == reason:
                 return float(sample.value)
     return 0.0
-
-
-async def publish(client: TestClient[Any, Any], events: list[tuple[str, dict[str, Any]]]) -> list[str]:
-    """POST ``(type, data)`` pairs to the bus as one batch; return their ids."""
-    body = {"events": [{"event_type": event_type, "data": data} for event_type, data in events]}
-    response = await client.post("/api/dev/batch", json=body)
-    assert response.status == 200, await response.text()
-    ids: list[str] = (await response.json())["ids"]
-    return ids
 
 
 def shorten_handshake(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:

@@ -68,7 +68,9 @@ def _forward(app: web.Application, settings: Settings, store: Store, dispatcher:
         # shared stream means the Redis extra is installed, which the feed needs.)
         from devbus.bus.outputs.forward.cluster import ClusterFeed
 
-        app.cleanup_ctx.append(ClusterFeed(shared, forwarder).run)
+        feed = ClusterFeed(shared, forwarder)
+        dispatcher.add_output(feed)  # wakes the feed when the stream has new entries
+        app.cleanup_ctx.append(feed.run)
 
 
 def create_app(settings: Settings | None = None) -> web.Application:

@@ -68,6 +68,11 @@ class LimitedSite(web.BaseSite):
     It runs its own accept loop (asyncio's keeps accepting until the process runs
     out of descriptors, then stalls for a second and floods the log), and decides
     for each accepted connection whether it is served, displaces one, or is refused.
+
+    This leans on aiohttp internals, which is why pyproject.toml keeps aiohttp below 4:
+    BaseSite's ``_runner``, ``_backlog`` and ``_server`` (what its stop() closes), the
+    ``_kwargs`` that aiohttp's Server hands to each RequestHandler, and a handler's
+    ``_request_count``. Each place says which test fails if that changes.
     """
 
     __slots__ = ("_full", "_host", "_limit", "_metrics", "_open", "_paused", "_port", "_refusing", "_tasks")
@@ -96,7 +101,9 @@ class LimitedSite(web.BaseSite):
         await super().start()
         loop = asyncio.get_running_loop()
         listener = _listen(self._host, self._port, backlog=self._backlog)
-        # A Server that never serves, so that aiohttp finds the socket and closes it.
+        # A Server that never serves, so that aiohttp finds the socket and closes it: BaseSite.stop()
+        # closes self._server (private). tests/test_run.py's
+        # test_run_serves_posts_streams_and_stops_on_sigterm fails if the bus then does not stop cleanly.
         self._server = await loop.create_server(asyncio.Protocol, sock=listener, start_serving=False)
         loop.add_reader(listener.fileno(), self._accept, listener)
 
@@ -127,7 +134,8 @@ class LimitedSite(web.BaseSite):
             self._paused = False
             conn.setblocking(False)
             self._open += 1
-            # As aiohttp's Server.__call__ makes its handlers (its _kwargs are private).
+            # As aiohttp's Server.__call__ makes its handlers (its _kwargs are private). Every HTTP
+            # request to a `devbus run` goes through here: all of tests/test_run.py fails if that changes.
             handler = _CountedHandler(server, self._lost, loop=loop, **server._kwargs)
             task = loop.create_task(loop.connect_accepted_socket(functools.partial(_same, handler), conn))
             self._tasks.add(task)

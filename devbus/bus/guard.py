@@ -56,6 +56,8 @@ def error_response(request: web.Request, error: DevbusError) -> web.Response:
     """Turn a domain error into the JSON error response, counting the refusal."""
     request.app[METRICS].reject(error.reason)
     response = web.json_response({"success": False, "error": str(error)}, status=error.status)
+    if error.retry_after is not None:
+        response.headers["Retry-After"] = str(error.retry_after)
     if not request.content.is_eof():
         # Close instead of draining a body we refused: a client streaming
         # gigabytes learns at once, and the bus reads no more of it.

@@ -7,7 +7,7 @@ from aiohttp import web
 from devbus.bus.pages import PAGE_BYTES, PAGE_EVENTS, write_or_stall
 from devbus.bus.store.base import Store
 from devbus.envelope import check_event_id
-from devbus.errors import InvalidEvent
+from devbus.errors import InvalidEvent, StoreUnavailable
 from devbus.typefilter import TypeFilter, parse_patterns
 
 __all__ = ["History"]
@@ -75,24 +75,32 @@ async def _answer(request: web.Request, store: Store, *, limit: int) -> web.Stre
         after = (await store.resolve(since)).after
     else:
         after = await _start_of_newest(store, limit=limit, match=match)
+    # The first page is read before the 200 goes out: a store that is away is a plain 503.
+    page = await store.read_after(after, limit=PAGE_EVENTS, max_bytes=PAGE_BYTES)
     response = web.StreamResponse(headers={"Content-Type": "application/json; charset=utf-8"})
     await response.prepare(request)
     separator = b'{"events":['
     sent = 0
-    while sent < limit:
-        page = await store.read_after(after, limit=PAGE_EVENTS, max_bytes=PAGE_BYTES)
-        if not page:
-            break
-        after = page[-1].id
+    while page and sent < limit:
         picked = [r.json for r in page if match(r.type)][: limit - sent]
-        if not picked:
-            continue
-        sent += len(picked)
-        if not await write_or_stall(response, separator + b",".join(picked)):
-            if request.transport is not None:
-                request.transport.abort()
-            return response
-        separator = b","
+        if picked:
+            sent += len(picked)
+            if not await write_or_stall(response, separator + b",".join(picked)):
+                return _cut(request, response)
+            separator = b","
+        if sent < limit:
+            try:
+                page = await store.read_after(page[-1].id, limit=PAGE_EVENTS, max_bytes=PAGE_BYTES)
+            except StoreUnavailable:
+                # Too late for a 503: end the body unfinished, so the client cannot take it for all.
+                return _cut(request, response)
     await response.write(separator + b"]}" if sent == 0 else b"]}")
     await response.write_eof()
+    return response
+
+
+def _cut(request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
+    """Close the connection mid-body: the client sees an incomplete response, never a short list."""
+    if request.transport is not None:
+        request.transport.abort()
     return response

@@ -18,6 +18,7 @@ from devbus.bus.app import create_app
 from devbus.bus.connections import LimitedSite, RequestErrorLog, connection_limit, raise_fd_limit
 from devbus.bus.keys import DISPATCHER, ENDPOINTS, FANOUT, METRICS
 from devbus.bus.outputs.console import EventPrinter
+from devbus.bus.outputs.forward import parse_target
 from devbus.bus.preflight import check_addresses_free, check_options
 from devbus.bus.settings import Settings
 from devbus.errors import ConfigError
@@ -119,13 +120,15 @@ def _tune_gc() -> None:
 BACKLOG_MARGIN = 128
 
 
-def _without_secrets(url: str) -> str:
-    """A forward target as the banner shows it: no user, password or query (they may hold a token)."""
+def _without_secrets(target: str) -> str:
+    """A forward target (``URL`` or ``NAME=URL``) as the banner shows it: no user, password or query."""
+    name, url = parse_target(target)
     parts = urlsplit(url)
     host = parts.hostname or ""
     host = f"[{host}]" if ":" in host else host
     port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{host}{port}{parts.path}" + ("?…" if parts.query else "")
+    shown = f"{parts.scheme}://{host}{port}{parts.path}" + ("?…" if parts.query else "")
+    return shown if target == url else f"{name}={shown}"
 
 
 def _banner(settings: Settings, port: int, app: web.Application) -> str:

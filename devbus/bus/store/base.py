@@ -55,7 +55,11 @@ Reads
     record handed to ``deliver`` (a shared stream is readable before this bus's
     read loop delivers it: clamp to what was delivered). The SSE cursor relies
     on it to hand over to the live fan-out with no duplicate, see
-    ``devbus.bus.outputs.sse.replay``.
+    ``devbus.bus.outputs.sse.replay``. A read fails with
+    :class:`~devbus.errors.StoreUnavailable` while the store is away: at once
+    when the store knows it, within a bounded time when it hangs. The views
+    resolve a resume and read the first page before they answer, so a client
+    gets a plain 503 rather than a broken 200.
 
 Lifecycle
     :meth:`Store.open` (once, on the loop) connects or loads and starts

@@ -34,9 +34,10 @@ from typing import Any, cast
 from devbus.bus.record import Deliver, Record
 from devbus.bus.store.base import Resume, Store
 from devbus.bus.store.redis_appends import Append, AppendTracker
-from devbus.bus.store.redis_codec import APPEND_SCRIPT, FORMAT, Entry, append_argument, records_of
-from devbus.bus.store.redis_link import FAILURES, Link, StreamId, format_stream_id, id_before, parse_stream_id
-from devbus.bus.store.redis_reader import READ_COUNT, StreamReader
+from devbus.bus.store.redis_codec import APPEND_SCRIPT, FORMAT, Entry, append_argument
+from devbus.bus.store.redis_link import FAILURES, Link
+from devbus.bus.store.redis_reader import StreamReader
+from devbus.bus.store.redis_reads import StreamReads
 from devbus.bus.store.redis_shared import SharedStream
 from devbus.bus.store.sequence import new_run
 from devbus.envelope import Draft
@@ -51,10 +52,6 @@ MIN_VERSION = (6, 2)  # XAUTOCLAIM, exclusive XRANGE bounds
 SCRIPT_EVENTS = 5000  # appends joined into one Lua call (a larger single batch still goes whole)
 CLOSE_TIMEOUT = 2.0
 REFRESH_TIMEOUT = 0.5  # longest health or /metrics waits for Redis to count the stream
-
-
-def _first_id(entries: list[Entry]) -> StreamId | None:
-    return parse_stream_id(entries[0][0].decode()) if entries else None
 
 
 class RedisStore(Store):
@@ -75,6 +72,7 @@ class RedisStore(Store):
         self._reader = StreamReader(
             self._link, self._stream, history=history, tracker=self._appends, reconnected=self._meta_values
         )
+        self._reads = StreamReads(self._link, self._stream, reader=self._reader)
         self._append_script = self._link.redis.register_script(APPEND_SCRIPT)
 
     @property
@@ -212,71 +210,10 @@ class RedisStore(Store):
     # Cursors ------------------------------------------------------------------
 
     async def resolve(self, event_id: str) -> Resume:
-        wanted = parse_stream_id(event_id)
-        try:
-            first = _first_id(cast(list[Entry], await self._link.redis.xrange(self._stream, count=1)))
-            last = _first_id(cast(list[Entry], await self._link.redis.xrevrange(self._stream, count=1)))
-        except FAILURES as exc:
-            raise self._reader.failed(exc) from exc
-        if first is None or last is None:
-            return Resume(after=self._reader.head or "0-0", gap=True)
-        # From the entry before the oldest retained one (nothing between them is
-        # missing) to the newest, the client misses nothing.
-        if wanted is not None and id_before(first) <= wanted <= last and await self._reader.reached(wanted):
-            return Resume(after=event_id, gap=False)
-        return Resume(after=format_stream_id(id_before(first)), gap=True)
+        return await self._reads.resolve(event_id)
 
     async def read_after(self, after: str, *, limit: int, max_bytes: int) -> list[Record]:
-        # Never past what this bus has delivered: the rest reaches a cursor live.
-        head = self._reader.head
-        start = parse_stream_id(after)
-        if head is None or start is None or start >= (parse_stream_id(head) or (0, 0)):
-            # Nothing delivered past ``after``: no need to ask Redis, but yield like a read that
-            # does, so that a caller polling for new records lets the reader deliver them.
-            await asyncio.sleep(0)
-            return []
-        return await self._page(f"({after}", head, limit=limit, max_bytes=max_bytes, newest_first=False)
+        return await self._reads.read_after(after, limit=limit, max_bytes=max_bytes)
 
     async def read_before(self, before: str | None, *, limit: int, max_bytes: int) -> list[Record]:
-        head = self._reader.head
-        if head is None:
-            await asyncio.sleep(0)  # as in read_after
-            return []
-        end = head
-        if before is not None:
-            bound = parse_stream_id(before)
-            if bound is None:
-                return []
-            if bound <= (parse_stream_id(head) or (0, 0)):
-                end = f"({before}"
-        page = await self._page(end, "-", limit=limit, max_bytes=max_bytes, newest_first=True)
-        page.reverse()
-        return page
-
-    async def _page(self, start: str, end: str, *, limit: int, max_bytes: int, newest_first: bool) -> list[Record]:
-        """Read up to ``limit`` records or ``max_bytes`` of JSON, a few at a time so large events cost little."""
-        redis = self._link.redis
-        page: list[Record] = []
-        size = 0
-        while len(page) < limit:
-            count = max(1, min(limit - len(page), (max_bytes - size) // self._reader.record_size + 1, READ_COUNT))
-            try:
-                if newest_first:
-                    reply = await redis.xrevrange(self._stream, start, end, count=count)
-                else:
-                    reply = await redis.xrange(self._stream, start, end, count=count)
-            except FAILURES as exc:
-                raise self._reader.failed(exc) from exc
-            entries = cast(list[Entry], reply)
-            for record in records_of(entries):
-                size += len(record.json)
-                if page and size > max_bytes:
-                    return page
-                page.append(record)
-                if len(page) >= limit:
-                    return page
-            if len(entries) < count:
-                return page
-            # Go on past the last entry read: ``start`` is where reading starts, either way.
-            start = f"({entries[-1][0].decode()}"
-        return page
+        return await self._reads.read_before(before, limit=limit, max_bytes=max_bytes)

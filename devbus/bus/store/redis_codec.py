@@ -79,7 +79,7 @@ def record(entry_id: bytes, event_type: bytes, tail: bytes) -> Record:
 
 
 def records_of(entries: list[Entry]) -> list[Record]:
-    """The records of ``entries`` as redis-py returns them (XRANGE, XREADGROUP, XAUTOCLAIM)."""
+    """The records of ``entries`` as redis-py returns them (XRANGE, XREVRANGE)."""
     records = []
     for entry_id, fields in entries:
         if not fields:

@@ -59,7 +59,7 @@ class StreamReader:
         self._watchers: list[tuple[StreamId, asyncio.Future[None]]] = []
         self._task: asyncio.Task[None] | None = None
         self._recovering: asyncio.Task[None] | None = None
-        # Only the reader sends XREAD on this client (forward groups use XREADGROUP).
+        # Only the reader sends XREAD on this client (forwarding reads with Lua calls, cursors with XRANGE).
         link.redis.set_response_callback("XREAD", raw_reply)
 
     def start(self, deliver: Deliver, *, head: str | None, length: int) -> None:
@@ -129,7 +129,9 @@ class StreamReader:
                 except Exception:
                     # A bug must not stop delivery for good: say so, skip the page and go on.
                     log.exception("could not deliver %d entries of %s", len(records), self._stream)
-                if len(records) >= READ_COUNT:
+                # Only a full page can start past trimmed entries: the stream holds at most
+                # --history entries, so with --history under READ_COUNT no page reaches READ_COUNT.
+                if len(records) >= min(READ_COUNT, self._history):
                     await self._check_behind(before, records[0].id.encode())
                 else:
                     self._behind = False
@@ -140,12 +142,19 @@ class StreamReader:
             oldest = cast(list[Entry], await self._link.redis.xrange(self._stream, count=1))
         except FAILURES:
             return  # the next read notices
-        # The page began at the oldest entry left, well after where this bus was: what lay between is gone.
-        trimmed = bool(oldest) and oldest[0][0] == first and before != (0, 0)
+        # The page began at the oldest entry left (or trimming has passed it since): every entry up
+        # to where this bus was is gone, so it is --history entries behind, and what lay between
+        # them, if anything, is gone too. (Checked after the read: an XREAD that blocks cannot
+        # also ask for the oldest entry in one call.)
+        trimmed = (
+            bool(oldest)
+            and before != (0, 0)
+            and (parse_stream_id(oldest[0][0].decode()) or (0, 0)) >= (parse_stream_id(first.decode()) or (0, 0))
+        )
         if trimmed and not self._behind:
             log.warning(
-                "this bus fell more than --history (%d) events behind %s: events trimmed before it read them "
-                "were not delivered here (raise --history above the largest burst)",
+                "this bus fell --history (%d) events behind %s: events trimmed before it read them are not "
+                "delivered here (raise --history above the largest burst)",
                 self._history,
                 self._link.name,
             )

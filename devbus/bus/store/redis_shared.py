@@ -1,7 +1,7 @@
 """The handle on the stream that several buses share, for what reads it beside the store.
 
 A ``--forward`` on a Redis store feeds each target once for the whole cluster,
-through consumer groups on the stream (``devbus.bus.outputs.forward.cluster``).
+under a lease, from a cursor kept beside the stream (``devbus.bus.outputs.forward.cluster``).
 That output gets this handle, built by the store and passed on by the app: the
 client, the keys, this bus's name and how to read an entry; nothing else of the
 store.
@@ -28,7 +28,7 @@ class SharedStream:
     redis: Redis
     stream: str  # the stream's key, K:events
     key: str  # the --store-key K, under which a reader may keep keys of its own (K:forward:<name>)
-    consumer: str  # this bus's name in consumer groups
+    consumer: str  # this bus's name among the buses of the cluster (a lease holder's name)
 
     def records(self, entries: list[Entry]) -> list[Record]:
         """The records of ``entries`` as redis-py returns them, skipping what devbus did not write."""

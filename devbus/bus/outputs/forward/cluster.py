@@ -1,17 +1,22 @@
 """`--forward` on a shared Redis stream: each target fed once per cluster, not once per bus.
 
-Every target has a consumer group on the stream (``forward:<name>``), so where
-the cluster stands with it lives in Redis, and a lease (``K:forward:<name>``, a
-key that expires unless renewed) so that one bus at a time sends to it: order
-holds, and each event is sent once however many buses run. The holder reads
-the group a page at a time, sends what the target wants (the forwarder's type
-filter and loop safety), and acknowledges the page once the target took it.
+For each target, the cluster keeps in Redis where the target stands (a cursor:
+the id of the last entry it took, ``K:forward:<name>:cursor``) and a lease (see
+``lease``) so that one bus at a time sends to it. The holder reads the stream
+after the cursor a page at a time, each read fenced by the lease; POSTs each
+wanted event and waits for the answer before the next one, asking the lease's
+local deadline before every attempt; and moves the cursor behind the answers,
+fenced too. A bus that stops hands the lease over at once; one that dies or
+hangs loses it after LEASE seconds, and the next holder starts at the cursor.
 
-A bus that stops hands the lease over at once; one that dies loses it after
-LEASE seconds. The next holder first claims what is pending in the group (read
-but not acknowledged: at most a page of a bus that died mid-send, which the
-target may get twice), then goes on with new events: at least once across a
-crash, exactly once otherwise.
+What a target sees follows from one rule: every holder POSTs an event only once
+the event before it was taken (answered) by the target, or stands before the
+cursor, which only moves past taken events. So the first arrival of each event
+comes after the first arrival of the one before it, whichever bus sent either,
+and a receiver that drops a repeated ``Idempotency-Key`` takes each event once,
+in order. Repeats come only after the lease changes hands: the events the old
+holder sent after its last cursor write (those of about the last 50 ms, at most
+a page), and at most one request it had already started when it was paused.
 """
 
 from __future__ import annotations
@@ -19,14 +24,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
-from typing import Any, Protocol, cast
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, Protocol
 
 from aiohttp import web
 from redis.asyncio import Redis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisError
 
 from devbus.bus.outputs.forward.forwarder import Forwarder
+from devbus.bus.outputs.forward.lease import RENEW, Lease, LeaseLost
+from devbus.bus.outputs.forward.progress import Progress
 from devbus.bus.outputs.forward.target import FLUSH_TIMEOUT, Target
 from devbus.bus.record import Record
 
@@ -34,10 +41,7 @@ __all__ = ["ClusterFeed", "SharedStream"]
 
 log = logging.getLogger(__name__)
 
-LEASE = 3.0  # seconds a lease lasts unless renewed
-RENEW = 1.0  # seconds between renewals, and between tries of a bus waiting for the lease
-PAGE = 100  # entries read from the group at a time
-BLOCK_MS = 1000
+PAGE = 100  # entries read from the stream at a time
 RETRY = 1.0  # seconds after a Redis failure
 
 # What a Redis call may fail with when Redis is gone, restarting or refusing writes.
@@ -45,14 +49,6 @@ FAILURES = (RedisError, OSError)
 
 # A stream entry as redis-py returns it.
 Entry = tuple[bytes, dict[bytes, bytes] | None]
-
-# Renew or give up the lease only if this bus still holds it.
-_RENEW = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0"
-_RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
-
-
-class _LeaseLost(Exception):
-    """Another bus holds the target's lease now."""
 
 
 class SharedStream(Protocol):
@@ -67,124 +63,179 @@ class SharedStream(Protocol):
 
     @property
     def key(self) -> str:
-        """The prefix under which the feed keeps its leases."""
+        """The prefix under which the feed keeps its leases and cursors."""
 
     @property
     def consumer(self) -> str:
-        """This bus's name in the consumer groups."""
+        """This bus's name among the buses of the cluster."""
 
     def records(self, entries: list[Entry]) -> list[Record]:
         """The records of entries as redis-py returns them."""
 
 
 class ClusterFeed:
-    """Feed the forwarder's targets from consumer groups; an aiohttp cleanup_ctx."""
+    """Feed the forwarder's targets from the shared stream under a lease each.
+
+    An aiohttp cleanup_ctx, and a dispatcher output: a delivered batch only wakes
+    the holder's read, which takes its pages from Redis.
+    """
 
     def __init__(self, shared: SharedStream, forwarder: Forwarder) -> None:
         self._shared = shared
         self._forwarder = forwarder
-        self._redis = shared.redis
         self.consumer = shared.consumer
-        self._renew = self._redis.register_script(_RENEW)
-        self._release = self._redis.register_script(_RELEASE)
+        self._leases = {
+            target: Lease(
+                shared.redis,
+                prefix=f"{shared.key}:forward:{target.name}",
+                stream=shared.stream,
+                holder=shared.consumer,
+                group=f"forward:{target.name}",
+            )
+            for target in forwarder.targets
+        }
+        self._news = {target: asyncio.Event() for target in forwarder.targets}
+        self._stopping = asyncio.Event()
+        self._behind: set[Target] = set()
+
+    def __call__(self, batch: Sequence[Record]) -> None:
+        """New entries are in the stream: wake every holder that waits for them."""
+        for news in self._news.values():
+            news.set()
 
     async def run(self, app: web.Application) -> AsyncIterator[None]:
-        """Feed every target while the app runs."""
-        tasks = [asyncio.create_task(self._feed(t), name=f"forward group {t.label}") for t in self._forwarder.targets]
+        """Feed every target while the app runs; on stop, finish the POST in flight and hand over."""
+        for target, lease in self._leases.items():
+            target.lease = "waiting"
+            # Before the bus serves anyone, so that a new cursor starts before its first event.
+            with contextlib.suppress(TimeoutError, *FAILURES):
+                async with asyncio.timeout(RENEW):
+                    await lease.start()
+        tasks = [asyncio.create_task(self._feed(t), name=f"forward lease {t.label}") for t in self._leases]
         try:
             yield
         finally:
+            self._stopping.set()
+            if tasks:
+                await asyncio.wait(tasks, timeout=FLUSH_TIMEOUT)
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _feed(self, target: Target) -> None:
-        group = f"forward:{target.name}"
-        lease = f"{self._shared.key}:forward:{target.name}"
-        while True:
+        lease = self._leases[target]
+        while not self._stopping.is_set():
             try:
-                await self._create_group(group)
-                if await self._redis.set(lease, self.consumer, nx=True, px=int(LEASE * 1000)):
-                    await self._hold(target, group, lease)
-                else:
-                    await asyncio.sleep(RENEW)
-            except _LeaseLost:
-                log.warning("another bus took over forwarding to %s", target.label)
+                cursor = await lease.acquire()
+                if cursor is not None:
+                    await self._hold(target, lease, cursor)
+                    continue
+            except LeaseLost:
+                log.warning(
+                    "this bus lost the lease on forwarding to %s and stopped sending to it; "
+                    "the bus that holds it goes on from where the target stands",
+                    target.label,
+                )
+                continue
             except FAILURES as exc:
-                log.debug("forward group for %s: %s; retrying", target.label, exc)
-                await asyncio.sleep(RETRY)
+                log.debug("forward lease for %s: %s; retrying", target.label, exc)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), RETRY)
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), RENEW)
 
-    async def _create_group(self, group: str) -> None:
+    async def _hold(self, target: Target, lease: Lease, cursor: str) -> None:
+        """Send to ``target`` from ``cursor`` on while the lease holds; give it back when stopping."""
+        log.info("this bus forwards to %s for the cluster (lease epoch %d)", target.label, lease.epoch)
+        target.lease = "held"
+        renewing = asyncio.create_task(self._renew(lease), name=f"renew {target.label}")
+        sending = asyncio.create_task(self._send(target, lease, cursor), name=f"send {target.label}")
         try:
-            # From the stream's end: a cluster forwards what arrives after its first bus started.
-            await self._redis.xgroup_create(self._shared.stream, group, id="$", mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
-
-    async def _hold(self, target: Target, group: str, lease: str) -> None:
-        log.info("this bus forwards to %s for the cluster", target.label)
-        renewing = asyncio.create_task(self._keep(lease), name=f"lease {target.label}")
-        work = asyncio.create_task(self._send(target, group), name=f"send {target.label}")
-        try:
-            await asyncio.wait([renewing, work], return_when=asyncio.FIRST_COMPLETED)
-            if renewing.done():
-                renewing.result()  # raises why the lease ended
+            await asyncio.wait([renewing, sending], return_when=asyncio.FIRST_COMPLETED)
+            for task in (renewing, sending):
+                if task.done():
+                    task.result()  # raises why the hold ended
         finally:
-            work.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await work
-            renewing.cancel()
-            with contextlib.suppress(asyncio.CancelledError, *FAILURES):
-                await renewing
-            # Hand over at once when this bus stops, rather than after LEASE.
-            with contextlib.suppress(*FAILURES):
-                await asyncio.shield(self._release(keys=[lease], args=[self.consumer]))
+            target.lease = "waiting"
+            for task in (sending, renewing):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, LeaseLost, *FAILURES):
+                    await task
+            if self._stopping.is_set():
+                # Hand over at once rather than after the lease expires.
+                with contextlib.suppress(TimeoutError, *FAILURES):
+                    async with asyncio.timeout(FLUSH_TIMEOUT):
+                        await asyncio.shield(lease.release())
 
-    async def _keep(self, lease: str) -> None:
+    async def _renew(self, lease: Lease) -> None:
         while True:
             await asyncio.sleep(RENEW)
-            if not await self._renew(keys=[lease], args=[self.consumer, int(LEASE * 1000)]):
-                raise _LeaseLost
+            await lease.renew()
 
-    async def _send(self, target: Target, group: str) -> None:
-        redis, stream = self._redis, self._shared.stream
-        count = min(PAGE, target.limit)
-        # First what the group has pending: read by a bus that stopped before acknowledging it.
-        start: bytes = b"0-0"
-        while True:
-            claimed: list[Any] = await redis.xautoclaim(
-                stream, group, self.consumer, min_idle_time=0, start_id=start, count=count
-            )
-            # Redis 7 adds the ids of entries trimmed while pending: acknowledged, with nothing to send.
-            start, entries, trimmed = claimed[0], claimed[1], claimed[2] if len(claimed) > 2 else []
-            await self._deliver(target, group, entries, trimmed)
-            if start == b"0-0":
-                break
-        while True:
-            reply = await redis.xreadgroup(group, self.consumer, {stream: ">"}, count=count, block=BLOCK_MS)
-            if reply:
-                [(_, entries)] = cast(list[tuple[bytes, list[Entry]]], reply)
-                await self._deliver(target, group, entries, [])
-
-    async def _deliver(self, target: Target, group: str, entries: list[Entry], deleted: list[bytes]) -> None:
-        """Send a page's wanted events, wait until the target took them, then acknowledge the page."""
-        for record in self._shared.records(entries):
-            if self._forwarder.wants(target, record):
-                target.offer(record.event, record.json)
-        ids = [entry_id for entry_id, _ in entries] + deleted
+    async def _send(self, target: Target, lease: Lease, after: str) -> None:
+        progress = Progress(lease)
         try:
-            await target.drained()
-        except asyncio.CancelledError:
-            # Stopping: let what is queued go out for a moment. What is not sent by
-            # then stays pending, for the next holder to send.
-            with contextlib.suppress(TimeoutError, *FAILURES):
-                async with asyncio.timeout(FLUSH_TIMEOUT):
-                    await asyncio.shield(target.drained())
-                    await self._acknowledge(group, ids)
-            raise
-        await self._acknowledge(group, ids)
+            await self._pages(target, lease, after, progress)
+            await progress.flush()  # stopping: hand over with the cursor where the target stands
+        finally:
+            progress.cancel()
 
-    async def _acknowledge(self, group: str, ids: list[bytes]) -> None:
-        if ids:
-            await self._redis.xack(self._shared.stream, group, *ids)
+    async def _pages(self, target: Target, lease: Lease, after: str, progress: Progress) -> None:
+        count = min(PAGE, target.limit)
+        news = self._news[target]
+        while not self._stopping.is_set():
+            news.clear()
+            page, oldest = await lease.read(after, count)
+            if not page:
+                # Woken by this bus's reader, or every RENEW in case it is cut off.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(_either(news, self._stopping), RENEW)
+                continue
+            entries = [_entry(raw) for raw in page]
+            self._check_behind(target, after, entries[0][0], oldest)
+            records = {record.id: record for record in self._shared.records(entries)}
+            for entry_id, _ in entries:
+                if self._stopping.is_set():
+                    return
+                if progress.unwritten >= count:
+                    await progress.flush()  # a new holder repeats at most a page
+                record = records.get(entry_id.decode())
+                if record is not None and self._forwarder.wants(target, record):
+                    await _post(target, lease, record)
+                after = entry_id.decode()
+                progress.note(after)
+
+    def _check_behind(self, target: Target, after: str, first: bytes, oldest: list[Any]) -> None:
+        """Say so (once per episode) when the cursor was trimmed away: what lay after it is gone."""
+        # The page starts at the oldest entry left, so every entry up to the cursor is gone: the
+        # cursor is at least --history entries behind (or exactly at the edge, which is as close).
+        behind = after != "0-0" and bool(oldest) and oldest[0][0] == first
+        if behind and target not in self._behind:
+            log.warning(
+                "forwarding to %s fell behind the stream's history: events trimmed before they were sent "
+                "are not forwarded (raise --history, or bring the target back sooner)",
+                target.label,
+            )
+        (self._behind.add if behind else self._behind.discard)(target)
+
+
+async def _post(target: Target, lease: Lease, record: Record) -> None:
+    """POST one event under the lease; LeaseLost, unsent, once this bus cannot prove it holds it."""
+    if not await target.send(record.event, record.json, allowed=lease.valid, epoch=lease.epoch):
+        raise LeaseLost
+
+
+def _entry(raw: list[Any]) -> Entry:
+    """A stream entry as a Lua call returns it ([id, [field, value, …]]), as redis-py's XRANGE would."""
+    entry_id, fields = raw
+    return entry_id, dict(zip(fields[::2], fields[1::2], strict=True)) if fields else None
+
+
+async def _either(*events: asyncio.Event) -> None:
+    waits = [asyncio.create_task(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()

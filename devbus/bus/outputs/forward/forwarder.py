@@ -3,7 +3,7 @@
 The forwarder only appends to each target's bounded queue (see ``target``), so a
 slow or dead target never holds up the bus. On a log of one bus it is an output of
 the dispatcher; on a stream that several buses share, ``cluster`` feeds the same
-targets once for all of them instead.
+targets once for all of them instead, one bus at a time under a lease.
 """
 
 from __future__ import annotations
@@ -61,7 +61,9 @@ class Forwarder:
             timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT),
             headers={"User-Agent": f"devbus/{__version__}"},
         )
-        tasks = [asyncio.create_task(target.run(session), name=f"forward {target.label}") for target in self.targets]
+        for target in self.targets:
+            target.session = session
+        tasks = [asyncio.create_task(target.run(), name=f"forward {target.label}") for target in self.targets]
         try:
             yield
         finally:

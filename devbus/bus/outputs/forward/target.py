@@ -1,9 +1,13 @@
 """One forward target: its URL and name, its bounded queue, and the POSTs that drain it in order.
 
 Each target has a bounded queue and one task that POSTs the queued envelopes in
-order, retrying connection errors and 5xx with capped exponential backoff. Loop
-safety: every forwarded POST carries ``X-Devbus-Forwarded: <name>``, and the
-forwarder never sends a target events whose ``source`` is that name.
+order, retrying connection errors and 5xx with capped exponential backoff. On a
+shared stream the cluster feed calls :meth:`Target.send` itself instead, one
+event at a time, under its lease. Loop safety: every forwarded POST carries
+``X-Devbus-Forwarded: <name>``, and the forwarder never sends a target events
+whose ``source`` is that name. Every POST also carries ``Idempotency-Key: <event
+id>``, so that a receiver can drop an event it already took (a retry whose first
+answer was lost, or a page sent again after another bus took over the lease).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import logging
 import re
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -22,11 +27,13 @@ from devbus.bus.metrics import Metrics
 from devbus.envelope import MAX_SOURCE_LENGTH, Event, check_name
 from devbus.errors import ConfigError, InvalidEvent
 
-__all__ = ["FLUSH_TIMEOUT", "FORWARDED_HEADER", "Target", "parse_target"]
+__all__ = ["EPOCH_HEADER", "FLUSH_TIMEOUT", "FORWARDED_HEADER", "IDEMPOTENCY_HEADER", "Target", "parse_target"]
 
 log = logging.getLogger(__name__)
 
 FORWARDED_HEADER = "X-Devbus-Forwarded"
+IDEMPOTENCY_HEADER = "Idempotency-Key"  # the event's id: the same on every attempt and from every bus
+EPOCH_HEADER = "X-Devbus-Epoch"  # on a shared stream: the lease's fencing token, growing with each holder
 BACKOFF_FIRST = 0.1  # seconds before the first retry
 BACKOFF_MAX = 5.0  # a target that comes back is noticed within this long
 REQUEST_TIMEOUT = 10.0
@@ -69,6 +76,10 @@ class _Retry(Exception):
     """An attempt that failed in a way worth retrying."""
 
 
+def _always() -> bool:
+    return True
+
+
 class Target:
     """One forward URL: its queue, its state and the task that drains it."""
 
@@ -81,7 +92,9 @@ class Target:
         self.forwarded = 0
         self.rejected = 0
         self.dropped = 0
+        self.lease: str | None = None  # on a shared stream: "held" by this bus or "waiting"
         self._queue: deque[tuple[Event, bytes]] = deque()
+        self.session: aiohttp.ClientSession | None = None  # set by the forwarder before anything is sent
         self._in_flight = False
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
@@ -99,7 +112,7 @@ class Target:
 
     def status(self) -> dict[str, Any]:
         """This target's state, for the health endpoint and the dashboard."""
-        return {
+        status = {
             "url": self.label,
             "name": self.name,
             "state": "up" if self.up else "down",
@@ -108,6 +121,9 @@ class Target:
             "rejected": self.rejected,
             "dropped": self.dropped,
         }
+        if self.lease is not None:
+            status["lease"] = self.lease
+        return status
 
     def offer(self, event: Event, body: bytes) -> None:
         """Queue one event without waiting; past the limit the oldest waiting one is dropped."""
@@ -128,7 +144,7 @@ class Target:
         self._idle.clear()
         self._wake.set()
 
-    async def run(self, session: aiohttp.ClientSession) -> None:
+    async def run(self) -> None:
         """Deliver queued events in order, forever."""
         while True:
             if not self._queue:
@@ -138,51 +154,68 @@ class Target:
                 await self._wake.wait()
                 continue
             event, body = self._queue.popleft()
-            self._in_flight = True
             try:
-                await self._deliver(session, event, body)
+                await self.send(event, body)
             except asyncio.CancelledError:
                 self._queue.appendleft((event, body))  # not delivered: count it as still queued
                 raise
-            finally:
-                self._in_flight = False
 
     async def drained(self) -> None:
         """Return once nothing is queued or in flight."""
         await self._idle.wait()
 
-    async def _deliver(self, session: aiohttp.ClientSession, event: Event, body: bytes) -> None:
+    async def send(
+        self, event: Event, body: bytes, *, allowed: Callable[[], bool] = _always, epoch: int | None = None
+    ) -> bool:
+        """POST one event until the target takes or refuses it; False, unsent, if ``allowed()`` says no first.
+
+        ``allowed`` is asked right before every attempt, retries included: a bus
+        that cannot prove it still holds a shared target's lease sends nothing more.
+        """
+        assert self.session is not None, "send() before the forwarder started"
         headers = {
             "Content-Type": "application/json",
             FORWARDED_HEADER: self.name,
+            IDEMPOTENCY_HEADER: event.id,
             "X-Devbus-Event-Id": event.id,
             "X-Devbus-Event-Type": event.type,
         }
+        if epoch is not None:
+            headers[EPOCH_HEADER] = str(epoch)
         delay = BACKOFF_FIRST
-        while True:
-            try:
-                status = await self._post(session, body, headers)
-            except _Retry as exc:
-                self._metrics.forward_failures.labels(self.label).inc()
-                self._went_down(str(exc))
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, BACKOFF_MAX)
-                continue
-            self._came_up()
-            if 200 <= status < 300:
-                self.forwarded += 1
-                self._metrics.forwarded.labels(self.label).inc()
-            else:
-                self.rejected += 1
-                self._metrics.forward_rejected.labels(self.label).inc()
-                log.warning(
-                    "forward target %s refused event %s (%s) with HTTP %d; not retried",
-                    self.label,
-                    event.id,
-                    event.type,
-                    status,
-                )
+        self._in_flight = True
+        try:
+            while True:
+                if not allowed():
+                    return False
+                try:
+                    status = await self._post(self.session, body, headers)
+                except _Retry as exc:
+                    self._metrics.forward_failures.labels(self.label).inc()
+                    self._went_down(str(exc))
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, BACKOFF_MAX)
+                    continue
+                self._came_up()
+                self._count(event, status)
+                return True
+        finally:
+            self._in_flight = False
+
+    def _count(self, event: Event, status: int) -> None:
+        if 200 <= status < 300:
+            self.forwarded += 1
+            self._metrics.forwarded.labels(self.label).inc()
             return
+        self.rejected += 1
+        self._metrics.forward_rejected.labels(self.label).inc()
+        log.warning(
+            "forward target %s refused event %s (%s) with HTTP %d; not retried",
+            self.label,
+            event.id,
+            event.type,
+            status,
+        )
 
     async def _post(self, session: aiohttp.ClientSession, body: bytes, headers: dict[str, str]) -> int:
         try:

@@ -12,12 +12,15 @@ from devbus.bus.outputs.sse.fanout import Fanout
 from devbus.bus.outputs.sse.outlet import Outlet
 from devbus.bus.pages import PAGE_BYTES, PAGE_EVENTS, write_or_stall
 from devbus.bus.record import Record
-from devbus.bus.store.base import Store
+from devbus.bus.store.base import Resume, Store
 from devbus.envelope import Event, encode_json, sse_frame
+from devbus.errors import StoreUnavailable
 
 __all__ = ["GAP", "Replay", "gap_event"]
 
 GAP = "devbus.gap"
+RETRY_FIRST = 0.1  # seconds before reading again from a store that is away, doubling
+RETRY_MAX = 2.0
 
 
 def gap_event(since: str, resume_from: str, *, run: str, timestamp: str) -> Event:
@@ -61,21 +64,20 @@ class Replay:
         self._transport = transport
         self._outlet = outlet
 
-    async def run(self, since: str) -> None:
-        """Replay after ``since`` (a gap event first if it is not retained); return once live."""
+    async def run(self, since: str, resume: Resume) -> None:
+        """Replay from ``resume``, where the store resolved ``since`` (a gap event first); return once live."""
         transport = self._transport
         # While replaying, wait for the socket once a page is buffered, not the
         # default 64 KiB more: a client that does not read holds one page.
         transport.set_write_buffer_limits(high=PAGE_BYTES)
         try:
-            await self._replay(since)
+            await self._replay(since, resume)
         finally:
             if not transport.is_closing():
                 transport.set_write_buffer_limits()
 
-    async def _replay(self, since: str) -> None:
+    async def _replay(self, since: str, resume: Resume) -> None:
         outlet = self._outlet
-        resume = await self._store.resolve(since)
         if resume.gap:
             gap = gap_event(since, resume.after, run=self._store.run, timestamp=self._now())
             outlet.preload(sse_frame(encode_json(gap), event_id=gap.id, name=GAP if outlet.named else None))
@@ -83,7 +85,7 @@ class Replay:
         after = resume.after
         joined = False
         while not outlet.closed:
-            page = await self._store.read_after(after, limit=PAGE_EVENTS, max_bytes=PAGE_BYTES)
+            page = await self._read_after(after)
             if outlet.closed:
                 return
             done = False
@@ -103,6 +105,19 @@ class Replay:
                 return
             # A page per loop turn at most: a long replay must not hold up every other client.
             await asyncio.sleep(0)
+
+    async def _read_after(self, after: str) -> list[Record]:
+        """The next page; while the store is away, wait for it with the stream open, as a live stream does."""
+        delay = RETRY_FIRST
+        while True:
+            try:
+                return await self._store.read_after(after, limit=PAGE_EVENTS, max_bytes=PAGE_BYTES)
+            except StoreUnavailable:
+                if self._outlet.closed or self._transport.is_closing():
+                    return []
+                # The heartbeat goes on meanwhile, so a client that left is noticed and closes the outlet.
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX)
 
     def _frames(self, page: list[Record]) -> bytes:
         outlet = self._outlet

@@ -75,6 +75,7 @@ class SocketWriter:
         transport = self._transport
         # A paused protocol means the buffer is over its high-water mark: then the
         # stream's task writes through aiohttp instead, which waits for it to drain.
+        # (writing_paused: aiohttp >= 3.11; without it every SSE test fails, test_sse.py first.)
         if transport is None or transport.is_closing() or self._protocol.writing_paused:
             return False
         transport.write(_frame_chunk(chunk) if self._chunked else chunk)
@@ -102,8 +103,10 @@ class EventStream:
         type_filter = TypeFilter(parse_patterns(request.query.getall("types", [])))
         named = request.query.get("named", "").lower() in TRUE_VALUES
         since = _resume_id(request, example=self._store.last_id)
+        # Where to resume is known before the 200 goes out: a store that is away is a plain 503.
+        resume = await self._store.resolve(since) if since is not None else None
         outlet = fanout.subscribe(type_filter, named=named)
-        response = HeartbeatResponse(ping_interval=self._heartbeat, sep="\n")
+        response = HeartbeatResponse(interval=self._heartbeat)
         try:
             connected = encode_json(
                 {
@@ -115,18 +118,18 @@ class EventStream:
                 }
             )
             outlet.preload(sse_frame(connected, retry_ms=self._retry_ms))
-            if since is None:
+            if resume is None:
                 fanout.join(outlet)
             await response.prepare(request)
             transport = request.transport
             if transport is None:
                 return response
             outlet.on_abort(transport.abort)
-            if since is not None:
+            if since is not None and resume is not None:
                 replay = Replay(
                     self._store, fanout, now=self._now, response=response, transport=transport, outlet=outlet
                 )
-                await replay.run(since)
+                await replay.run(since, resume)
                 if outlet.evicted:
                     return response
             outlet.write_now = SocketWriter(request, response)
@@ -139,6 +142,5 @@ class EventStream:
             log.debug("subscriber went away")
         finally:
             fanout.release(outlet)
-            if response.is_connected():
-                response.stop_streaming()
+            await response.stop()
         return response
