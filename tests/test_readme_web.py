@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 import subprocess
 import time
 from collections.abc import Callable
@@ -75,10 +78,20 @@ def test_the_package_installs_into_an_app_whose_files_compile_strictly(tmp_path:
     [install] = commands(example("nextjs-install"))
     run(install.replace("/path/to/devbus", str(ROOT)), env=shell_env(), cwd=app, timeout=TSC_WAIT)
     installed = app / "node_modules" / "devbus"
-    assert (
-        not installed.is_symlink()
-        and (installed / "devbus.js").read_bytes() == (ROOT / "js" / "devbus.js").read_bytes()
-    )
+
+    def copied() -> bool:
+        """Whether the app holds a copy of js/, not a link to it."""
+        shipped = (installed / "devbus.js").read_bytes() == (ROOT / "js" / "devbus.js").read_bytes()
+        return not installed.is_symlink() and shipped
+
+    assert copied()
+    manifest = json.loads((app / "package.json").read_text())
+    assert manifest["dependencies"] == {"devbus": f"file:{os.path.relpath(ROOT / 'js', app)}"}
+    # The README's .npmrc: a clean install from the lock file copies the package again.
+    (app / ".npmrc").write_text("install-links=true\n")
+    shutil.rmtree(app / "node_modules")
+    run("npm ci --offline --no-audit --no-fund", env=shell_env(), cwd=app, timeout=TSC_WAIT)
+    assert copied()
     (app / "src" / "lib" / "dev-webhook.ts").write_text(example("nextjs-reexport").text)
     (app / "src" / "lib" / "dev-webhook-configured.ts").write_text(example("nextjs-configure").text)
     (app / "src" / "app" / "agents.tsx").write_text(example("nextjs-hook").text + HOOK_GIVENS)
