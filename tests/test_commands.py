@@ -134,6 +134,17 @@ def test_long_data_is_cut_to_the_terminal_in_lines_and_whole_in_json(
     assert history_json(running_bus)[0]["data"] == big
 
 
+def test_data_that_would_drive_the_terminal_is_shown_escaped(running_bus: BusProcess) -> None:
+    """JSON escapes ESC but not CSI (U+009B) or a bidi override: `devbus history` printed them raw."""
+    data = {"note": "\x9b31m red \u202e desrever \x1b[2J"}
+    running_bus.post_batch([("doc.saved", data)])
+    shown = CliRunner().invoke(main, ["history"], env={"DEVBUS_URL": running_bus.url, "COLUMNS": "200"})
+    [line] = shown.stdout.splitlines()
+    assert line.endswith('{"note":"\\x9b31m red \\u202e desrever \\u001b[2J"}'), line
+    assert line.isprintable()
+    assert history_json(running_bus)[0]["data"] == data
+
+
 class Listener:
     """A `devbus listen` child whose output lines are read with a timeout."""
 

@@ -6,6 +6,7 @@ import json
 import shutil
 from typing import Any
 
+from devbus.cli.terminal import escaped
 from devbus.text import cut
 
 __all__ = ["CUT_NOTE", "EventLines"]
@@ -18,6 +19,8 @@ FALLBACK_WIDTH = 120  # the line's width when stdout is not a terminal (a pipe, 
 class EventLines:
     """Format events as ``time  type  source  id  data``, the data cut to the terminal's width.
 
+    What the data holds that a terminal would act on (CSI, bidi overrides) shows as escapes.
+
     ``cut_any`` says whether any line lost data, so the command can say so once.
     """
 
@@ -28,7 +31,8 @@ class EventLines:
     def __call__(self, event: dict[str, Any]) -> str:
         clock = str(event.get("timestamp", ""))[11:23]
         head = f"{clock}  {event.get('type', ''):<28} {event.get('source', ''):<8} {event.get('id', ''):<14} "
-        data = json.dumps(event.get("data", {}), separators=(",", ":"), ensure_ascii=False)
+        # JSON escapes C0 controls but not C1 (CSI U+009B) or bidi overrides: data is anyone's.
+        data = escaped(json.dumps(event.get("data", {}), separators=(",", ":"), ensure_ascii=False))
         room = max(self.width - len(head), MIN_DATA)
         if len(data) > room:
             self.cut_any = True
