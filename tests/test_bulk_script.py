@@ -6,7 +6,6 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import pytest
 from browser_fixtures import PageServer
 from playwright.sync_api import Page
 from readme import Addresses, example, localize, readme_example
-from support import ROOT, WAIT, BusProcess, bus_env, wait_for_history
+from support import ROOT, BusProcess, bus_env, wait_for_history, wait_until
 
 SCRIPT = ROOT / "scripts" / "bulk_create_agents.py"
 
@@ -78,10 +77,7 @@ def test_a_browser_subscriber_prints_100_new_agents(
     page.on("console", lambda message: console.append(message.text))
     before = shared_bus.health()["subscribers"]
     page.goto(other_origin.add("agents.html", f'<!doctype html><meta charset="utf-8"><title>agents</title>\n{snippet}'))
-    deadline = time.monotonic() + WAIT
-    while shared_bus.health()["subscribers"] <= before:  # until the page's stream is open
-        assert time.monotonic() < deadline, "the page did not subscribe"
-        time.sleep(0.02)
+    wait_until(lambda: shared_bus.health()["subscribers"] > before, what="the page's stream to open")
     with page.expect_console_message(lambda message: message.text.endswith("new agents")):
         result = run_script(ingest=shared_bus.endpoints["ingest"])
         assert result.returncode == 0, result.stderr

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from readme import commands, example, readme_example, run, shell_env
+from readme import commands, example, readme_example
+from readme_shell import run, shell_env
 from support import WAIT, BusProcess, wait_for_history
 from test_client import free_endpoint
 
@@ -103,10 +104,13 @@ def test_the_readme_backend_works_without_a_bus_and_delivers_once_one_starts(
     server.stop()
 
 
-def test_shutdown_with_the_bus_away_does_not_wait_for_it_and_reports_what_it_held(
+def served_by_a_bus_that_went_away(
     uvicorn: Callable[[str], Uvicorn], bus_process: Callable[..., BusProcess]
-) -> None:
-    """Every Ctrl-C and `uvicorn --reload` stalled 6-7 s while the bus was away and events were held."""
+) -> tuple[Uvicorn, str]:
+    """The README's backend, after one event reached a bus that then stopped, once its log says so.
+
+    Returns the backend and the bus's ingest address.
+    """
     bus = bus_process("--quiet")
     ingest = bus.endpoints["ingest"]
     server = uvicorn(ingest)
@@ -114,6 +118,14 @@ def test_shutdown_with_the_bus_away_does_not_wait_for_it_and_reports_what_it_hel
     wait_for_history(bus, 1)
     assert bus.stop() == 0
     server.output.wait_for_line(rf"devbus at {ingest} is not reachable")
+    return server, ingest
+
+
+def test_shutdown_with_the_bus_away_does_not_wait_for_it_and_reports_what_it_held(
+    uvicorn: Callable[[str], Uvicorn], bus_process: Callable[..., BusProcess]
+) -> None:
+    """Every Ctrl-C and `uvicorn --reload` stalled 6-7 s while the bus was away and events were held."""
+    server, ingest = served_by_a_bus_that_went_away(uvicorn, bus_process)
     for name in ("Brook", "Cyd", "Dara"):
         server.create_agent(name)
     took = server.stop()
@@ -125,13 +137,7 @@ def test_the_log_says_at_its_default_level_when_the_bus_is_back(
     uvicorn: Callable[[str], Uvicorn], bus_process: Callable[..., BusProcess]
 ) -> None:
     """The backend said "not reachable" and never "back": that line was at info level, which uvicorn hides."""
-    first = bus_process("--quiet")
-    ingest = first.endpoints["ingest"]
-    server = uvicorn(ingest)
-    server.create_agent("Ada")
-    wait_for_history(first, 1)
-    assert first.stop() == 0
-    server.output.wait_for_line(rf"devbus at {ingest} is not reachable")
+    server, ingest = served_by_a_bus_that_went_away(uvicorn, bus_process)
     server.create_agent("Brook")
     second = bus_process("--quiet", "--ingest", ingest)
     server.output.wait_for_line(rf"devbus at {ingest} is back; delivering 1 held event$")

@@ -8,7 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from readme import Addresses, commands, example, readme_example, run, shell_env
+from readme import Addresses, commands, example, readme_example
+from readme_shell import run, shell_env
 from support import ROOT, BusProcess, wait_for_history
 
 EXAMPLE = ROOT / "examples" / "node-publisher"

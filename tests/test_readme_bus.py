@@ -13,18 +13,8 @@ from pathlib import Path
 
 import click
 import pytest
-from readme import (
-    Addresses,
-    Running,
-    commands,
-    example,
-    free_addresses,
-    localize,
-    readme_example,
-    run,
-    shell_env,
-    shown,
-)
+from readme import Addresses, commands, example, free_addresses, localize, readme_example, shown
+from readme_shell import Running, run, shell_env
 from support import WAIT, BusProcess, RedisServer, free_port, wait_for_history
 
 import devbus

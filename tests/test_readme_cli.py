@@ -9,18 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from readme import (
-    Addresses,
-    Running,
-    commands,
-    example,
-    free_addresses,
-    readme_example,
-    require_command,
-    run,
-    shell_env,
-    shown,
-)
+from readme import Addresses, commands, example, free_addresses, readme_example, shown
+from readme_shell import Running, require_command, run, shell_env
 from support import ROOT, WAIT, BusProcess, fetch_history, wait_for_history
 
 Background = Callable[..., Running]

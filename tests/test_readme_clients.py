@@ -7,7 +7,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from readme import Addresses, Running, example, readme_example, run, shell_env
+from readme import Addresses, example, readme_example
+from readme_shell import Running, run, shell_env
 from support import WAIT, BusProcess, free_port, wait_for_history
 
 # Each test starts several processes (buses, commands, a compiler): minutes on a busy machine.

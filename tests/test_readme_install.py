@@ -10,7 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from readme import Addresses, Running, commands, example, free_addresses, localize, readme_example, run, shell_env
+from readme import Addresses, commands, example, free_addresses, localize, readme_example
+from readme_shell import Running, run, shell_env
 from support import ROOT, WAIT, BusProcess, wait_for_history
 
 pytestmark = pytest.mark.slow

@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 from browser_fixtures import PageServer
 from playwright.sync_api import Page
-from readme import Addresses, commands, example, localize, readme_example, run, shell_env
-from support import ROOT, WAIT, BusProcess, devbus_cli, wait_for_history
+from readme import Addresses, commands, example, localize, readme_example
+from readme_shell import run, shell_env
+from support import ROOT, WAIT, BusProcess, devbus_cli, wait_for_history, wait_until
 from test_node_publisher import require_npm
 from test_typescript import TS_DIR, TSC, TSC_WAIT, require_tsc
 
@@ -119,10 +120,7 @@ def test_a_page_imports_the_client_from_the_bus_sends_and_gets_what_follows(
     )
     [sent] = wait_for_history(shared_bus, 1, types="agent.created")
     assert (sent["data"], sent["source"]) == ({"id": 7}, "http")
-    deadline = time.monotonic() + WAIT
-    while shared_bus.health()["subscribers"] <= before:  # until the page's stream is open
-        assert time.monotonic() < deadline, "the page did not subscribe"
-        time.sleep(0.02)
+    wait_until(lambda: shared_bus.health()["subscribers"] > before, what="the page's stream to open")
     later = shared_bus.post_batch([("agent.created", {"id": 8})])
     deadline = time.monotonic() + WAIT
     while ["agent.created", {"id": 8}, *later] not in logged:
