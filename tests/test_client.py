@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -287,3 +289,36 @@ def test_subscriber_iterates_matching_events_from_a_real_bus(bus_process: Callab
         ("agent.deleted", {"t": "agent.deleted"}, "trigger"),
     ]
     assert isinstance(received[0], devbus.Event)
+
+
+def test_events_the_bus_refuses_are_counted_once_each_and_the_reason_logged_once(
+    bus_process: Callable[..., BusProcess], caplog: pytest.LogCaptureFixture
+) -> None:
+    bus = bus_process("--quiet", "--token", "right")
+    with devbus.Publisher(ingest=bus.endpoints["ingest"], token="wrong") as publisher:
+        for n in range(5):
+            publisher.emit("refused.event", {"n": n})
+    assert publisher.rejected == 5
+    assert publisher.undelivered == 0 and publisher.dropped == 0  # settled: refused for good, not held
+    assert caplog.text.count("refused an event (zmq_token)") == 1
+    assert "missing or wrong `token`" in caplog.text
+
+
+def test_close_counts_what_the_bus_never_acknowledged(
+    bus_process: Callable[..., BusProcess], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bus that is there but does not answer (stopped): close waits its linger, then says what is owed."""
+    bus = bus_process("--quiet")
+    publisher = devbus.Publisher(ingest=bus.endpoints["ingest"], linger=0.5)
+    publisher.wait_for_bus()
+    os.kill(bus.proc.pid, signal.SIGSTOP)
+    try:
+        for n in range(10):
+            publisher.emit("never.acknowledged", {"n": n})
+        started = time.monotonic()
+        publisher.close()
+        assert time.monotonic() - started < WAIT
+    finally:
+        os.kill(bus.proc.pid, signal.SIGCONT)
+    assert publisher.undelivered == 10
+    assert "10 events not delivered" in caplog.text
