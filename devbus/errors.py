@@ -2,14 +2,16 @@
 
 DevbusError
 ├── InvalidEvent            an event or request of the wrong shape (HTTP 422)
-│   └── MalformedInput      bytes that are not JSON / MessagePack at all (HTTP 400)
+│   ├── MalformedInput      bytes that are not JSON / MessagePack at all (HTTP 400)
+│   └── KeyReused           an Idempotency-Key sent again with another request (HTTP 422)
 ├── BodyTooLarge            a request body over --max-body (HTTP 413)
 ├── RequestTimeout          a request body slower than --body-timeout (HTTP 408)
 ├── UnsupportedMediaType    a POST that is not application/json (HTTP 415)
 ├── Unauthorized            a missing or wrong token (HTTP 401)
 ├── Forbidden               a disallowed Host or Origin (HTTP 403)
 ├── TooManySubscribers      over --max-subscribers (HTTP 503)
-├── StoreUnavailable        the store (--store) cannot take or read events now (HTTP 503)
+├── StoreUnavailable        the store (--store) cannot take or read events now: nothing was stored (HTTP 503)
+├── OutcomeUnknown          the store did not say whether it stored the events (HTTP 504)
 ├── ConfigError             settings that devbus refuses to start with
 └── BusUnavailable          a client that cannot reach the bus
 """
@@ -42,6 +44,13 @@ class MalformedInput(InvalidEvent):
 
     status = 400
     reason = "malformed_json"
+
+
+class KeyReused(InvalidEvent):
+    """An Idempotency-Key that was first used with another request (method, path or body)."""
+
+    status = 422
+    reason = "idempotency_key_reused"
 
 
 class BodyTooLarge(DevbusError):
@@ -94,6 +103,17 @@ class StoreUnavailable(DevbusError):
     # Seconds a client should wait before trying again (HTTP Retry-After): the Redis store
     # tries to reconnect at least this often (its backoff is capped at 2 s).
     retry_after = 2
+
+
+class OutcomeUnknown(DevbusError):
+    """The store was asked to store events and did not answer whether it did (it went away meanwhile).
+
+    Unlike :class:`StoreUnavailable`, the events may be stored: sending them again is
+    safe only with the same Idempotency-Key (or, over ZeroMQ, the same producer and seq).
+    """
+
+    status = 504
+    reason = "outcome_unknown"
 
 
 class ConfigError(DevbusError):

@@ -18,6 +18,7 @@ KEY = {
     "replay": ("stalled_rss_growth_mb", False),
     "filters": ("ratio", True),
     "cluster": ("events_per_s", True),
+    "restart": ("lost", False),
 }
 
 
@@ -67,6 +68,16 @@ def headline(name: str, result: dict[str, Any]) -> str:
             f"ingest into 2 buses {result['events_per_s']:,} events/s; fan-out across buses "
             f"{result['fanout_per_s']:,} deliveries/s, {result['fanout_ratio']}x memory's "
             f"{result['memory_fanout_per_s']:,}; {complete}"
+        )
+    if name == "ingest":
+        return (
+            f"{result['events_per_s']:,} events/s acknowledged, {result['fire_and_forget_per_s']:,} "
+            f"fire-and-forget ({result['ratio']}x), {result['publisher_per_s']:,} from a Publisher; {complete}"
+        )
+    if name == "restart":
+        return (
+            f"lost/duplicated {result['lost']}/{result['duplicated']} over {result['kills']} kills; "
+            f"{result['stored']:,} stored, {result['dropped']:,} dropped while the bus was away (counted)"
         )
     return f"{result['events_per_s']:,} events/s; {complete}"
 

@@ -59,6 +59,12 @@ class Server:
         self.stderr.seek(0)
         return self.stderr.read().decode(errors="replace")[-2000:]
 
+    def kill(self) -> None:
+        """SIGKILL the server, as a crash would, and wait for it."""
+        self.proc.kill()
+        self.proc.wait()
+        self.stop()
+
     def stop(self, *, timeout: float = 10.0) -> int:
         """SIGTERM the server and wait for it; kill it if it hangs."""
         if self.proc.poll() is None:
@@ -84,7 +90,8 @@ class Devbus(Server):
 
     ``store`` is passed as ``--store``; for ``sqlite:PATH`` every bus gets a fresh
     database next to PATH (``PATH-1.sqlite``, ``PATH-2.sqlite``, … in a temporary
-    folder if PATH is empty), removed when it stops, so no scenario sees another's events.
+    folder if PATH is empty), removed when it stops, so no scenario sees another's events;
+    ``keep`` names a SQLite file to use instead, kept when the bus stops (a restart).
     On Redis every bus gets a fresh ``--store-key`` unless ``shared_key`` names one (buses
     of one cluster). ``store=`` overrides the class's store for one bus.
     """
@@ -94,13 +101,17 @@ class Devbus(Server):
     _numbers = itertools.count(1)
     _scratch: Path | None = None
 
-    def __init__(self, *options: str, store: str | None = None, shared_key: str | None = None) -> None:
+    def __init__(
+        self, *options: str, store: str | None = None, shared_key: str | None = None, keep: Path | None = None
+    ) -> None:
         if store is not None:
             self.store = store
+        if keep is not None:
+            self.store = f"sqlite:{keep}"
         profiler = ["-m", "cProfile", "-o", str(self.profile)] if self.profile else []
         command = [sys.executable, *profiler, "-m", "devbus", "run", "--port", "0", "--quiet"]
         command += ["--ingest", "tcp://127.0.0.1:*", "--egress", "tcp://127.0.0.1:*"]
-        self.database = self._fresh_database()
+        self.database = self._fresh_database() if keep is None else None
         if self.database is not None:
             command += ["--store", f"sqlite:{self.database}"]
         elif self.store:

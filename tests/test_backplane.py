@@ -106,7 +106,7 @@ async def test_a_sender_is_not_read_while_its_batch_is_being_committed(
     in_flight = 0
     most = 0
 
-    def slow_commit(drafts: Any, timestamp: str) -> asyncio.Future[Any]:
+    def slow_commit(drafts: Any, timestamp: str, claim: Any = None) -> asyncio.Future[Any]:
         # The store's commit takes a few milliseconds, as a disk write would.
         nonlocal in_flight, most
         in_flight += 1
@@ -116,7 +116,7 @@ async def test_a_sender_is_not_read_while_its_batch_is_being_committed(
         def done() -> None:
             nonlocal in_flight
             in_flight -= 1
-            committed.set_result(append(drafts, timestamp).result())
+            committed.set_result(append(drafts, timestamp, claim).result())
 
         loop.call_later(0.005, done)
         return committed

@@ -12,7 +12,7 @@ from support import ROOT, bus_env
 
 pytestmark = pytest.mark.slow  # the benchmark runs once per module: about 45 s
 
-SCENARIOS = ["burst", "http-fanout", "latency", "idle", "slow", "ingest", "replay", "filters"]
+SCENARIOS = ["burst", "http-fanout", "latency", "idle", "slow", "ingest", "replay", "filters", "restart"]
 # With the SQLite store: the scenarios that say most about a store (speed and replay).
 SQLITE_SCENARIOS = ["latency", "ingest", "replay"]
 

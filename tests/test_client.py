@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -19,6 +20,7 @@ from support import ROOT, WAIT, BusFactory, BusProcess, bus_env, fetch_history, 
 
 import devbus
 from devbus.bus.keys import ENDPOINTS
+from devbus.client.outbox import AWAY_LINGER_S
 
 ANY_PORT = "tcp://127.0.0.1:*"
 BURST = 100_000
@@ -223,8 +225,17 @@ def test_a_live_publisher_holds_events_while_the_bus_restarts(bus_process: Calla
     assert events[-1]["type"] == "restart.after"
 
 
+def past_a_restart(gone: float) -> None:
+    """Wait until a bus that went away at ``gone`` is no longer waited for as a restart.
+
+    The condition is time itself: how long the bus has been away (plus a margin for the
+    publisher to see it go).
+    """
+    wait_until(lambda: time.monotonic() - gone > AWAY_LINGER_S + 0.2, within=AWAY_LINGER_S + WAIT)
+
+
 def test_a_script_that_exits_while_the_bus_restarts_waits_for_it_and_delivers_everything(
-    bus_process: Callable[..., BusProcess],
+    bus_process: Callable[..., BusProcess], caplog: pytest.LogCaptureFixture
 ) -> None:
     first = bus_process("--quiet")
     ingest = first.endpoints["ingest"]
@@ -234,10 +245,12 @@ def test_a_script_that_exits_while_the_bus_restarts_waits_for_it_and_delivers_ev
     wait_until(lambda: not publisher.connected)
     for n in range(100):
         publisher.emit("restart.held", {"n": n})
-    # The script's end comes a moment after the bus went away: a restart, worth waiting for.
+    assert first.proc.wait(timeout=WAIT) == 0
+    gone = time.monotonic()
+    # The script ends during a slow restart, well after the log said that the bus is not reachable.
+    wait_until(lambda: "is not reachable" in caplog.text and time.monotonic() - gone > 1.5)
     closing = threading.Thread(target=publisher.close)
     closing.start()
-    assert first.proc.wait(timeout=WAIT) == 0
     second = bus_process("--quiet", "--ingest", ingest)
     closing.join(timeout=WAIT)
     assert not closing.is_alive()
@@ -245,7 +258,7 @@ def test_a_script_that_exits_while_the_bus_restarts_waits_for_it_and_delivers_ev
     assert [e["data"]["n"] for e in wait_for_history(second, 100, types="restart.*")] == list(range(100))
 
 
-def test_closing_after_the_bus_was_reported_unreachable_does_not_wait_and_reports_what_it_held(
+def test_closing_once_the_bus_is_away_past_a_restart_does_not_wait_and_reports_what_it_held(
     bus_process: Callable[..., BusProcess], caplog: pytest.LogCaptureFixture
 ) -> None:
     """A FastAPI backend stalled 6-7 s at every Ctrl-C and `uvicorn --reload` while the bus was away."""
@@ -254,9 +267,11 @@ def test_closing_after_the_bus_was_reported_unreachable_does_not_wait_and_report
     publisher = devbus.Publisher(ingest=ingest)
     publisher.wait_for_bus()
     assert first.stop() == 0
+    gone = time.monotonic()
     wait_until(lambda: "is not reachable" in caplog.text)
     for n in range(3):
         publisher.emit("away.held", {"n": n})
+    past_a_restart(gone)
     started = time.monotonic()
     publisher.close()
     took = time.monotonic() - started
@@ -330,3 +345,36 @@ def test_subscriber_iterates_matching_events_from_a_real_bus(bus_process: Callab
         ("agent.deleted", {"t": "agent.deleted"}, "trigger"),
     ]
     assert isinstance(received[0], devbus.Event)
+
+
+def test_events_the_bus_refuses_are_counted_once_each_and_the_reason_logged_once(
+    bus_process: Callable[..., BusProcess], caplog: pytest.LogCaptureFixture
+) -> None:
+    bus = bus_process("--quiet", "--token", "right")
+    with devbus.Publisher(ingest=bus.endpoints["ingest"], token="wrong") as publisher:
+        for n in range(5):
+            publisher.emit("refused.event", {"n": n})
+    assert publisher.rejected == 5
+    assert publisher.undelivered == 0 and publisher.dropped == 0  # settled: refused for good, not held
+    assert caplog.text.count("refused an event (zmq_token)") == 1
+    assert "missing or wrong `token`" in caplog.text
+
+
+def test_close_counts_what_the_bus_never_acknowledged(
+    bus_process: Callable[..., BusProcess], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bus that is there but does not answer (stopped): close waits its linger, then says what is owed."""
+    bus = bus_process("--quiet")
+    publisher = devbus.Publisher(ingest=bus.endpoints["ingest"], linger=0.5)
+    publisher.wait_for_bus()
+    os.kill(bus.proc.pid, signal.SIGSTOP)
+    try:
+        for n in range(10):
+            publisher.emit("never.acknowledged", {"n": n})
+        started = time.monotonic()
+        publisher.close()
+        assert time.monotonic() - started < WAIT
+    finally:
+        os.kill(bus.proc.pid, signal.SIGCONT)
+    assert publisher.undelivered == 10
+    assert "10 events not delivered" in caplog.text

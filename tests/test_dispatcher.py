@@ -11,6 +11,7 @@ import pytest
 from devbus.bus.dispatcher import Dispatcher
 from devbus.bus.metrics import Metrics
 from devbus.bus.record import Record
+from devbus.bus.store.base import Appended, Claim
 from devbus.bus.store.memory import MemoryStore
 from devbus.envelope import Draft
 
@@ -81,10 +82,12 @@ async def test_a_store_that_commits_later_delivers_after_publish_returns() -> No
     """With a store that commits in the background, outputs run when it commits, not when publish is called."""
 
     class LateStore(MemoryStore):
-        def append(self, drafts: Sequence[Draft], timestamp: str) -> asyncio.Future[list[Record]]:
+        def append(
+            self, drafts: Sequence[Draft], timestamp: str, claim: Claim | None = None
+        ) -> asyncio.Future[Appended]:
             loop = asyncio.get_running_loop()
-            late: asyncio.Future[list[Record]] = loop.create_future()
-            loop.call_soon(lambda: late.set_result(MemoryStore.append(self, drafts, timestamp).result()))
+            late: asyncio.Future[Appended] = loop.create_future()
+            loop.call_soon(lambda: late.set_result(MemoryStore.append(self, drafts, timestamp, claim).result()))
             return late
 
     dispatcher = Dispatcher(LateStore(history=10), metrics=Metrics())

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import asyncio
 import os
 import signal
 import socket
@@ -13,14 +13,16 @@ import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import zmq
+import zmq.asyncio
 from support import ROOT, WAIT, BusProcess, bus_env, rss, run_devbus, wait_until
 
 from devbus import Publisher
 from devbus.frames import encode_frames
-from devbus.zmtp import GREETING, ready
+from devbus.zmtp import GREETING, message, ready
 
 MIB = 1024 * 1024
 Start = Callable[..., BusProcess]
@@ -33,9 +35,7 @@ def metrics(bus: BusProcess) -> str:
 
 
 def health_events(bus: BusProcess) -> int:
-    with urllib.request.urlopen(f"{bus.url}/api/dev/health", timeout=WAIT) as response:
-        count: int = json.load(response)["events"]
-        return count
+    return int(bus.health()["events"])
 
 
 def raw_publisher(endpoint: str) -> socket.socket:
@@ -233,3 +233,64 @@ def test_a_message_left_unfinished_is_dropped_with_its_connection_after_the_body
     assert time.monotonic() - started < WAIT * 3
     assert 'devbus_rejected_total{reason="zmq_timeout"} 1.0' in metrics(bus)
     peer.close()
+
+
+def test_a_sender_that_closes_before_the_bus_writes_to_it_loses_nothing_it_sent(
+    bus_process: Start, tmp_path: Path
+) -> None:
+    """Regression: the bus's first write to a sender that had already flushed and closed failed (EPIPE),
+    and asyncio dropped the connection with what it had sent still unread: 265-619 of 3,000 lost, uncounted."""
+    private = tmp_path / "devbus"
+    private.mkdir(mode=0o700)
+    endpoint = f"ipc://{private}/ingest.sock"
+    bus = bus_process("--ingest", endpoint, "--quiet")
+    events = 1500  # about 100 KB: more than one read of the bus, less than what the socket holds
+    wire = GREETING + ready(b"PUB")
+    wire += b"".join(message(encode_frames("flushed.early", {"n": n, "pad": "x" * 20})) for n in range(events))
+    os.kill(bus.proc.pid, signal.SIGSTOP)  # the bus accepts nothing and writes nothing meanwhile
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sender:
+            sender.connect(str(private / "ingest.sock"))
+            sender.sendall(wire)
+    finally:
+        os.kill(bus.proc.pid, signal.SIGCONT)  # its greeting now goes to a closed socket
+    wait_until(lambda: health_events(bus) >= events, what=f"the bus has {health_events(bus)} of {events} events")
+    assert health_events(bus) == events
+
+
+@pytest.mark.parametrize("store", ["memory", "slow store"])
+async def test_a_sender_that_keeps_sending_is_never_closed_by_the_message_deadline(
+    make_bus: Any, zmq_context: zmq.asyncio.Context, store: str
+) -> None:
+    """Regression: a read that ended mid-message started the deadline, which ran on while the next reads
+    ended mid-message too and while the bus paused reading for a commit: a healthy sender was closed."""
+    from support import connect_sender, history, send_waiting
+
+    from devbus.bus.keys import DISPATCHER, ENDPOINTS
+
+    client = await make_bus(ingest="tcp://127.0.0.1:*", body_timeout=0.3)
+    if store == "slow store":
+        # Each commit takes longer than the deadline, as a disk under load may.
+        dispatcher = client.app[DISPATCHER]
+        append = dispatcher.store.append
+        loop = asyncio.get_running_loop()
+
+        def slow(drafts: Any, timestamp: str, claim: Any = None) -> asyncio.Future[Any]:
+            committed: asyncio.Future[Any] = loop.create_future()
+            loop.call_later(0.4, lambda: committed.set_result(append(drafts, timestamp, claim).result()))
+            return committed
+
+        dispatcher.store.append = slow
+    sender = await connect_sender(zmq_context, client.app[ENDPOINTS]["ingest"])
+    started = loop_time = asyncio.get_running_loop().time()
+    count = 0
+    # Long enough to cross many reads (each ends inside a message) and several deadlines: with the
+    # slow store, about 300 KB (five reads, two seconds of commits); else a second and a half of stream.
+    while count < 1500 or (store == "memory" and loop_time - started < 1.5):
+        await send_waiting(sender, encode_frames("steady.stream", {"n": count, "pad": "y" * 150}))
+        count += 1
+        loop_time = asyncio.get_running_loop().time()
+    events = await history(client, count=count)
+    assert [e["data"]["n"] for e in events[-100:]] == list(range(count - 100, count))
+    metrics_text = await (await client.get("/metrics")).text()
+    assert 'reason="zmq_timeout"' not in metrics_text

@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 
 from devbus.bus.metrics import Metrics
 from devbus.bus.record import Record
-from devbus.bus.store.base import Store
+from devbus.bus.store.base import Appended, Claim, Store
 from devbus.envelope import Draft
 
 __all__ = ["Dispatcher", "Output"]
@@ -80,19 +80,32 @@ class Dispatcher:
         """Commit what is in flight and close the store."""
         await self.store.close()
 
-    def publish(self, drafts: Sequence[Draft]) -> asyncio.Future[list[Record]]:
-        """Append ``drafts`` in order; the future resolves to their records once the store has committed them."""
+    async def producer_seq(self, producer: str) -> int:
+        """The last seq the store has for a ZeroMQ producer (0 if none)."""
+        return await self.store.producer_seq(producer)
+
+    def publish(self, drafts: Sequence[Draft], claim: Claim | None = None) -> asyncio.Future[Appended]:
+        """Append ``drafts`` in order (those ``claim`` lets through); the future resolves to their
+        records once the store has committed them (see :class:`~devbus.bus.store.base.Appended`)."""
         # One accepted batch is one moment: stamping it once keeps a burst cheap.
-        future = self.store.append(drafts, self._clock.now())
+        future = self.store.append(drafts, self._clock.now(), claim)
         if future.done():
             self._committed(future, drafts)
         else:
             future.add_done_callback(lambda done: self._committed(done, drafts))
         return future
 
-    def _committed(self, future: asyncio.Future[list[Record]], drafts: Sequence[Draft]) -> None:
-        if not future.cancelled() and future.exception() is None:
-            self._count_in(drafts)
+    def _committed(self, future: asyncio.Future[Appended], drafts: Sequence[Draft]) -> None:
+        if future.cancelled() or future.exception() is not None:
+            return
+        appended = future.result()
+        if appended.replayed is not None:
+            self.metrics.repeats.inc(len(drafts))
+            return
+        if appended.skipped:
+            self.metrics.repeats.inc(appended.skipped)
+        if appended:
+            self._count_in(drafts[appended.skipped :])
 
     def _count_in(self, drafts: Sequence[Draft]) -> None:
         # One counter update per source and batch: a labelled Prometheus

@@ -30,7 +30,8 @@ from devbus.errors import (
 __all__ = ["add_cors_headers", "error_response", "expect_continue", "guard", "token_matches"]
 
 ALLOW_METHODS = "GET, POST, OPTIONS"
-ALLOW_HEADERS = "Authorization, Content-Type, Last-Event-ID, Cache-Control"
+ALLOW_HEADERS = "Authorization, Content-Type, Last-Event-ID, Cache-Control, Idempotency-Key"
+EXPOSE_HEADERS = "Idempotent-Replayed"  # what a page may read of an answer beyond the safelisted headers
 PREFLIGHT_MAX_AGE = "600"
 # Served without a token: the same bytes in every install, and a page has to load
 # before it can read ?token= from its own URL. Host and Origin still apply.
@@ -146,6 +147,7 @@ async def add_cors_headers(request: web.Request, response: web.StreamResponse) -
     if origin is None or not origin_allowed(origin, settings) or not host_allowed(request.host, settings):
         return
     response.headers["Access-Control-Allow-Origin"] = origin
+    response.headers["Access-Control-Expose-Headers"] = EXPOSE_HEADERS
     if request.method == "OPTIONS":
         response.headers["Access-Control-Allow-Methods"] = ALLOW_METHODS
         response.headers["Access-Control-Allow-Headers"] = ALLOW_HEADERS

@@ -27,6 +27,12 @@ class Metrics:
         self.rejected = Counter(
             "devbus_rejected", "Inputs and ZeroMQ connections refused, by reason.", ["reason"], registry=self.registry
         )
+        self.repeats = Counter(
+            "devbus_repeats",
+            "Events sent again and not stored twice: a ZeroMQ producer's seq already stored, or an "
+            "Idempotency-Key already used.",
+            registry=self.registry,
+        )
         self.egress_dropped = Counter(
             "devbus_egress_dropped",
             "Events not sent to a ZeroMQ egress listener that fell --egress-buffer bytes behind.",

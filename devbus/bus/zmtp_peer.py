@@ -4,11 +4,15 @@ The bus speaks ZMTP itself (``devbus/zmtp.py`` is the codec) so that what a peer
 sends or is sent is bounded in bytes. :class:`ZmtpPeer` is everything a
 connection does whatever its role:
 
-- the greeting exchange: ours goes out whole with our READY as the connection
-  opens; theirs is checked as it arrives (ZMTP 3, NULL mechanism);
-- READY: the peer's socket type must be one the role accepts;
-- deadlines: greeting and READY within HANDSHAKE_TIMEOUT, then any message in
-  progress within ``message_timeout`` (a message holds up to its size limit);
+- the greeting exchange: ours goes out whole as the connection opens; theirs is
+  checked as it arrives (ZMTP 3, NULL mechanism);
+- READY: the peer's socket type must be one the role accepts; ours goes out once
+  theirs is read, because it depends on it (the ingest is a SUB to a PUB and a
+  ROUTER to a DEALER). libzmq, and every ZMTP 3 peer, sends its READY without
+  waiting for ours (``tests/test_zmtp_interop.py`` holds that);
+- deadlines (``deadline.py``): greeting and READY within HANDSHAKE_TIMEOUT,
+  then each message within ``message_timeout`` of its first byte, counting only
+  the time the bus reads the connection;
 - PING is answered with PONG; the peer's ERROR closes the connection;
 - refusals: a peer refused at READY, for its mechanism or for breaking the
   protocol after its greeting is sent an ERROR command saying why (ZMTP 3.1;
@@ -18,8 +22,13 @@ connection does whatever its role:
   SUBSCRIBE/CANCEL commands, both handed to the role as :meth:`on_subscribe`
   and :meth:`on_cancel`;
 - one write path, :meth:`ZmtpPeer.write`, for every byte sent to the peer
-  (greeting, READY, subscriptions, PONG, ERROR, events), so that one flow control
-  and one memory budget can hold them all.
+  (greeting, READY, subscriptions, PONG, ERROR, acks, events), so that one flow
+  control and one memory budget can hold them all; ``writing_paused`` says when
+  the peer's socket is backed up (asyncio's high-water mark), for a role that
+  must then stop producing bytes for it;
+- a write error (the peer closed, EPIPE) never throws away what the peer sent
+  before: what the kernel still holds is read and handed on before the
+  connection is gone (asyncio would drop it).
 
 A role subclasses :class:`ZmtpPeer`, names its socket type and the peer types it
 accepts, and overrides the ``on_*`` hooks it needs.
@@ -29,8 +38,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 from typing import ClassVar
 
+from devbus.bus.deadline import Deadline
 from devbus.bus.metrics import Metrics
 from devbus.zmtp import (
     GREETING,
@@ -45,12 +57,16 @@ from devbus.zmtp import (
     ready,
 )
 
-__all__ = ["HANDSHAKE_TIMEOUT", "Refusals", "ZmtpPeer"]
+__all__ = ["HANDSHAKE_TIMEOUT", "Item", "Refusals", "ZmtpPeer"]
 
 log = logging.getLogger(__name__)
 
 HANDSHAKE_TIMEOUT = 10.0  # seconds a peer has to greet and say READY before it is closed
 PUBLISHERS = frozenset({b"PUB", b"XPUB"})
+REST_READ = 64 * 1024  # bytes read at a time from a connection lost to a write error
+
+# What one read brings a role, in the order it came: whole messages, and those the reader refused.
+Item = list[bytes] | Rejected
 
 
 class Refusals:
@@ -78,7 +94,7 @@ class ZmtpPeer(asyncio.BufferedProtocol):
     connections: asyncio fills it and calls :meth:`buffer_updated` at once.
     """
 
-    #: Our socket type, sent in our READY.
+    #: Our socket type, sent in our READY (see :meth:`socket_type_for`).
     SOCKET_TYPE: ClassVar[bytes]
     #: The peer socket types accepted in the peer's READY.
     ACCEPTS: ClassVar[frozenset[bytes]]
@@ -89,11 +105,14 @@ class ZmtpPeer(asyncio.BufferedProtocol):
         self.reader = FrameReader(max_message=max_message, max_frames=max_frames)
         self.transport: asyncio.Transport | None = None
         self.ready = False  # the peer's READY was accepted
+        self.peer_type = b""  # the socket type its READY announced
+        self.writing_paused = False  # the peer's socket is backed up: write nothing more that can wait
+        self._socket: socket.socket | None = None  # to read what is left after a write error
         self._message_timeout = message_timeout
         self._read_buffer = read_buffer
         self._greeting = Greeting()
         self._paused = False
-        self._deadline: asyncio.TimerHandle | None = None  # for the handshake, then for a message in progress
+        self._deadline = Deadline(self._too_slow, message_timeout=message_timeout)
         self._takes_subscriptions = self.SOCKET_TYPE in PUBLISHERS
 
     # -- hooks for the role ------------------------------------------------------
@@ -110,8 +129,8 @@ class ZmtpPeer(asyncio.BufferedProtocol):
     def on_read(self) -> None:
         """Bytes arrived (before they are parsed)."""
 
-    def on_messages(self, messages: list[list[bytes]], rejected: list[Rejected]) -> None:
-        """Whole messages of one read, and those the reader refused (not called for a PUB end)."""
+    def on_messages(self, items: list[Item]) -> None:
+        """Whole messages of one read, and those the reader refused, in order (not called for a PUB end)."""
 
     def on_subscribe(self, prefix: bytes) -> None:
         """The peer subscribed to ``prefix`` (a PUB end only)."""
@@ -121,6 +140,13 @@ class ZmtpPeer(asyncio.BufferedProtocol):
 
     def on_refused(self, kind: str, text: str) -> None:
         """The connection is closed for ``kind`` ("handshake", "timeout" or "error", the peer's ERROR)."""
+
+    def on_backed_up(self) -> None:
+        """``writing_paused`` changed: the peer's socket backed up, or took what was waiting."""
+
+    def socket_type_for(self, peer_type: bytes) -> bytes:
+        """Our socket type for a peer of ``peer_type`` (one of ACCEPTS)."""
+        return self.SOCKET_TYPE
 
     # -- writing -----------------------------------------------------------------
 
@@ -145,30 +171,74 @@ class ZmtpPeer(asyncio.BufferedProtocol):
             self.transport.close()
 
     def pause_reading(self, paused: bool) -> None:
-        """Stop reading the peer (it then waits, its socket's queue full), or read it again."""
+        """Stop reading the peer (it then waits, its socket's queue full), or read it again.
+
+        A message in progress is not timed while the bus does not read it.
+        """
         if self.transport is None or paused == self._paused:
             return
         self._paused = paused
         if paused:
             self.transport.pause_reading()
+            if self.ready:
+                self._deadline.pause()
         else:
             self.transport.resume_reading()
+            if self.ready:
+                self._deadline.resume(in_progress=self.reader.in_progress)
+
+    def pause_writing(self) -> None:
+        self.writing_paused = True
+        self.on_backed_up()
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        self.on_backed_up()
 
     # -- the connection ----------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
-        self.write(GREETING + ready(self.SOCKET_TYPE))
+        self._socket = transport.get_extra_info("socket")
+        self.write(GREETING)
         self.on_connected()
-        self._deadline = asyncio.get_running_loop().call_later(HANDSHAKE_TIMEOUT, self._too_slow)
+        self._deadline.start(HANDSHAKE_TIMEOUT)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self.transport = None
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
+        self._deadline.stop()
+        if exc is not None:
+            self._read_rest()
+        self._socket = None
         self.on_lost()
+
+    def _read_rest(self) -> None:
+        """Hand on what the peer sent before the connection failed (asyncio drops what it did not read).
+
+        A write to a peer that closed fails with EPIPE or ECONNRESET while what it wrote
+        before closing still waits in our socket; asyncio then aborts the transport without
+        reading it. The socket is still open while connection_lost runs (an asyncio detail:
+        _SelectorTransport closes it after; tests/test_hostile_zmq.py's sender that closes
+        before the bus writes catches a change): read a duplicate of it to its end.
+        """
+        sock = self._socket
+        if sock is None:
+            return
+        try:
+            rest = socket.socket(fileno=os.dup(sock.fileno()))
+        except OSError:
+            return
+        with rest:
+            rest.setblocking(False)
+            while True:
+                try:
+                    data = rest.recv(REST_READ)
+                except OSError:  # BlockingIOError: nothing more; anything else: nothing to read
+                    return
+                if not data:
+                    return
+                self.data_received(data)
 
     def _too_slow(self) -> None:
         if self.ready:
@@ -178,17 +248,6 @@ class ZmtpPeer(asyncio.BufferedProtocol):
         else:
             self.on_refused("handshake", f"closed a connection that sent no READY within {HANDSHAKE_TIMEOUT:g} s")
         self.close()
-
-    def _time_message(self) -> None:
-        # A message in progress holds up to its size limit: it must finish in bounded time.
-        if not self.ready:
-            return
-        if not self.reader.in_progress:
-            if self._deadline is not None:
-                self._deadline.cancel()
-                self._deadline = None
-        elif self._deadline is None:
-            self._deadline = asyncio.get_running_loop().call_later(self._message_timeout, self._too_slow)
 
     # -- reading -----------------------------------------------------------------
 
@@ -205,34 +264,37 @@ class ZmtpPeer(asyncio.BufferedProtocol):
             rest = self._greeting.take(data)
             if rest is None:
                 return
-            messages: list[list[bytes]] = []
-            rejected: list[Rejected] = []
+            was_in_progress = self.reader.in_progress
+            items: list[Item] = []
+            finished = False
             for item in self.reader.feed(rest):
-                if isinstance(item, list):
-                    messages.append(item)
-                elif isinstance(item, Rejected):
-                    rejected.append(item)
-                elif not self._command(*item):
-                    return  # closed
-            if messages and not self.ready:
-                raise HandshakeError("sent a message before READY")
+                if isinstance(item, tuple):
+                    finished = True
+                    if not self._command(*item):
+                        return  # closed
+                    continue
+                if not self.ready:
+                    raise HandshakeError("sent a message before READY")
+                finished = finished or isinstance(item, list)
+                items.append(item)
             if self._takes_subscriptions:
-                for frames in messages:
-                    self._subscription(frames[0])
-            elif messages or rejected:
-                self.on_messages(messages, rejected)
-            self._time_message()
+                for frames in items:
+                    if isinstance(frames, list):
+                        self._subscription(frames[0])
+            elif items:
+                self.on_messages(items)
+            if self.ready and self.transport is not None:
+                self._deadline.read(in_progress=self.reader.in_progress, new=finished or not was_in_progress)
         except HandshakeError as exc:
             self._refuse(exc)
 
     def _command(self, name: bytes, body: bytes) -> bool:
         """Act on one command; False once the connection is closed."""
         if name == b"READY" and not self.ready:
-            check_ready(body, allowed=self.ACCEPTS, role=self.ROLE)
+            self.peer_type = check_ready(body, allowed=self.ACCEPTS, role=self.ROLE)
+            self.write(ready(self.socket_type_for(self.peer_type)))
             self.ready = True
-            if self._deadline is not None:
-                self._deadline.cancel()
-                self._deadline = None
+            self._deadline.stop()
             self.on_ready()
         elif name == b"PING":
             self.write(pong(body))

@@ -1,25 +1,31 @@
-"""Publishers: push events onto the bus over ZeroMQ; never break the app that uses them.
+"""Publishers: push events onto the bus over ZeroMQ, acknowledged; never break the app that uses them.
 
-``Publisher`` (sync) and ``AsyncPublisher`` share one constructor and one outbox
-(``devbus.client.outbox``): ``emit`` appends to it and returns, the outbox's
-thread delivers in order once a bus listens, and ``close`` waits a bounded time
-for what is held and says what it could not deliver.
+``Publisher`` (sync) and ``AsyncPublisher`` share one constructor, one outbox
+(``devbus.client.outbox``: the events not yet acknowledged) and one link
+(``devbus.client.link``: the socket and its thread): ``emit`` appends to the
+outbox and returns, the link delivers in order once a bus answers and keeps
+each event until the bus has stored it, and ``close`` waits a bounded time for
+the rest and says what it could not deliver.
 """
 
 from __future__ import annotations
 
 import asyncio
 import atexit
+import logging
 import os
 import threading
 from types import TracebackType
 from typing import Any, ClassVar
 
+from devbus.client.link import Link
 from devbus.client.outbox import Outbox, State
 from devbus.defaults import MIB
 from devbus.frames import encode_frames
 
 __all__ = ["AsyncPublisher", "Publisher", "emit"]
+
+log = logging.getLogger("devbus.client.outbox")  # where a publisher's warnings have always been logged
 
 RETRY_S = 0.005  # longest an async emit waits for room before trying again
 
@@ -46,9 +52,10 @@ class _Publisher:
         ``ingest`` and ``token`` default to DEVBUS_INGEST and DEVBUS_TOKEN; ``source`` is
         the default source of its events; ``timeout`` is how long a bus that never
         answered is waited for before events are held (and how long ``wait_for_bus``
-        waits); ``hold`` bounds the events held while no bus is there; ``linger`` is
-        how long ``close`` waits for them to be delivered; ``max_message`` is the
-        bus's --max-message, so an event it would refuse is refused here.
+        waits); ``hold`` bounds the events not yet acknowledged by the bus (those held
+        while no bus is there included); ``linger`` is how long ``close`` waits for them
+        to be acknowledged; ``max_message`` is the bus's --max-message, so an event it
+        would refuse is refused here.
         """
         self._options: dict[str, Any] = {
             "ingest": ingest,
@@ -60,13 +67,26 @@ class _Publisher:
         }
         self._linger = linger
         self._outbox: Outbox | None = None
+        self._link: Link | None = None
         if self._STARTS_AT_ONCE:
             self._start()
 
     def _start(self) -> Outbox:
         if self._outbox is None:
-            self._outbox = Outbox(**self._options)
+            outbox = Outbox(**self._options)
+            self._link = Link(outbox)
+            self._outbox = outbox
         return self._outbox
+
+    def _close(self, *, warn: bool) -> None:
+        outbox = self._start()
+        if outbox.closed:
+            return
+        outbox.settle(self._linger)
+        assert self._link is not None
+        outbox.undelivered = self._link.close()
+        if warn and outbox.owes_report:
+            log.warning("%s", outbox.report())
 
     @property
     def dropped(self) -> int:
@@ -75,12 +95,17 @@ class _Publisher:
 
     @property
     def undelivered(self) -> int:
-        """Events still held when ``close`` gave up waiting for the bus."""
+        """Events the bus had not acknowledged when ``close`` gave up waiting for it."""
         return self._outbox.undelivered if self._outbox is not None else 0
 
     @property
+    def rejected(self) -> int:
+        """Events the bus refused for good (each reason logged once): a wrong token, a limit of the bus."""
+        return self._outbox.rejected if self._outbox is not None else 0
+
+    @property
     def connected(self) -> bool:
-        """Whether the bus is listening right now."""
+        """Whether a bus has answered this publisher's current connection."""
         return self._outbox is not None and self._outbox.state is State.UP
 
 
@@ -113,7 +138,7 @@ class Publisher(_Publisher):
     def close(self, *, warn: bool = True) -> None:
         """Deliver what is held (up to ``linger`` seconds), then close; warn (unless told not to,
         for a caller that reports ``undelivered`` itself) about what was not delivered."""
-        self._start().close(self._linger, warn=warn)
+        self._close(warn=warn)
 
     def __enter__(self) -> Publisher:
         return self
@@ -147,14 +172,14 @@ class AsyncPublisher(_Publisher):
         """Send one event; wait only while a bus is there but slow, hold it while none is."""
         outbox = self._start()
         frames = outbox.frames(event_type, data, source)
-        # Room appears as ZeroMQ hands events to the kernel, which signals no asyncio object.
+        # Room appears as the bus acknowledges, on the link's thread, which signals no asyncio object.
         while not outbox.offer(frames, block=False):  # noqa: ASYNC110
             await asyncio.sleep(RETRY_S)
 
     async def aclose(self) -> None:
         """Deliver what is held (up to ``linger`` seconds), then close."""
         if self._outbox is not None:
-            await asyncio.to_thread(self._outbox.close, self._linger, warn=True)
+            await asyncio.to_thread(self._close, warn=True)
 
     async def __aenter__(self) -> AsyncPublisher:
         return await self.connect()

@@ -1,23 +1,38 @@
 """The HTTP inputs: POST {prefix}/webhook, /trigger and /batch, answered once the store has the events.
 
 The guard in front of them has checked Host, Origin, token and media type; the
-body is read here, within --max-body bytes and --body-timeout seconds.
+body is read here, within --max-body bytes and --body-timeout seconds. A request
+with an ``Idempotency-Key`` is stored at most once per key (``idempotency.py``).
+
+An answer tells the truth about the store: 200 once it has the events, 503 only
+when it stored none of them, and 504 when it could not say within
+``PUBLISH_WAIT`` seconds (Redis went away after the call reached it): then the
+event may be stored, and only a retry with the same key is safe.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
 
 from devbus.bus.dispatcher import Dispatcher
+from devbus.bus.inputs.idempotency import Answers, claim_of
 from devbus.bus.inputs.reach import ReachCounts
 from devbus.bus.record import Record
-from devbus.envelope import decode_batch, decode_http_event
-from devbus.errors import BodyTooLarge, RequestTimeout
+from devbus.bus.store.base import Appended, Claim
+from devbus.envelope import Draft, decode_batch, decode_http_event
+from devbus.errors import BodyTooLarge, OutcomeUnknown, RequestTimeout
 from devbus.text import plural
 
-__all__ = ["HttpInput", "read_body", "too_large"]
+__all__ = ["PUBLISH_WAIT", "HttpInput", "read_body", "too_large"]
+
+# Seconds a request waits for the store to say whether it stored its events. SQLite
+# answers within a commit; Redis asks again after losing its connection, and answers
+# within a second of coming back: ten seconds covers a restart.
+PUBLISH_WAIT = 10.0
 
 
 def too_large(limit: int) -> BodyTooLarge:
@@ -55,35 +70,88 @@ class HttpInput:
         self._reach = reach
         self._max_body = max_body
         self._body_timeout = body_timeout
+        self._answers = Answers()
 
     async def _body(self, request: web.Request) -> bytes:
         return await read_body(request, limit=self._max_body, time_limit=self._body_timeout)
 
-    async def _publish_one(self, request: web.Request, *, default_source: str) -> tuple[Record, int]:
-        draft = decode_http_event(await self._body(request), default_source=default_source)
-        with self._reach.waiting():
-            [record] = await self._dispatcher.publish([draft])
-            return record, self._reach.of(record)
+    async def _publish(self, drafts: list[Draft], claim: Claim | None) -> Appended:
+        """Publish and wait (bounded) for the store's word; the append goes on if the request gives up."""
+        committed = self._dispatcher.publish(drafts, claim)
+        try:
+            async with asyncio.timeout(PUBLISH_WAIT):
+                return await asyncio.shield(committed)
+        except TimeoutError:
+            again = "with the same Idempotency-Key" if claim is not None else "with an Idempotency-Key next time"
+            raise OutcomeUnknown(
+                f"The store {self._dispatcher.store.name} did not say within {PUBLISH_WAIT:g} s whether it stored "
+                f"the event(s): they may be stored; send them again only {again}"
+            ) from None
+
+    async def _respond(
+        self,
+        request: web.Request,
+        drafts: list[Draft],
+        body: bytes,
+        answer: Callable[[list[Record]], dict[str, Any]],
+        rebuild: Callable[[list[str]], dict[str, Any]],
+    ) -> web.Response:
+        """Publish ``drafts`` and answer with ``answer(records)``, once per Idempotency-Key (``rebuild(ids)``
+        answers a replay that this process did not answer first)."""
+        claim = claim_of(request, body)
+
+        async def publish() -> tuple[dict[str, Any], list[str] | None]:
+            with self._reach.waiting():
+                records = await self._publish(drafts, claim)
+                if records.replayed is not None:
+                    return {}, records.replayed
+                return answer(records), None
+
+        if claim is None:
+            return web.json_response((await publish())[0])
+        return await self._answers.answer(claim, publish, rebuild)
+
+    async def _one(
+        self, request: web.Request, body: bytes, draft: Draft, shape: Callable[[str, int], dict[str, Any]]
+    ) -> web.Response:
+        """Publish one event and answer with ``shape(id, subscribers reached)``."""
+        return await self._respond(
+            request,
+            [draft],
+            body,
+            lambda records: shape(records[0].id, self._reach.of(records[0])),
+            lambda ids: shape(ids[0], self._reach.now(draft.type)),
+        )
 
     async def webhook(self, request: web.Request) -> web.Response:
         """Broadcast one event (the old dev-webhook contract)."""
-        record, reached = await self._publish_one(request, default_source="http")
-        return web.json_response(
-            {
-                "success": True,
-                "id": record.id,
-                "message": f"Event {record.type} broadcasted to {plural(reached, 'subscriber')}",
-                "subscribers": reached,
-            }
-        )
+        body = await self._body(request)
+        draft = decode_http_event(body, default_source="http")
+
+        def shape(event_id: str, reached: int) -> dict[str, Any]:
+            message = f"Event {draft.type} broadcasted to {plural(reached, 'subscriber')}"
+            return {"success": True, "id": event_id, "message": message, "subscribers": reached}
+
+        return await self._one(request, body, draft, shape)
 
     async def trigger(self, request: web.Request) -> web.Response:
         """Broadcast one event sent by a backend or script."""
-        record, reached = await self._publish_one(request, default_source="trigger")
-        return web.json_response({"success": True, "id": record.id, "subscribers_notified": reached})
+        body = await self._body(request)
+        draft = decode_http_event(body, default_source="trigger")
+
+        def shape(event_id: str, reached: int) -> dict[str, Any]:
+            return {"success": True, "id": event_id, "subscribers_notified": reached}
+
+        return await self._one(request, body, draft, shape)
 
     async def batch(self, request: web.Request) -> web.Response:
         """Broadcast many events in order, all or none."""
-        drafts = decode_batch(await self._body(request), default_source="http")
-        records = await self._dispatcher.publish(drafts)
-        return web.json_response({"success": True, "ids": [r.id for r in records]})
+        body = await self._body(request)
+        drafts = decode_batch(body, default_source="http")
+        return await self._respond(
+            request,
+            drafts,
+            body,
+            lambda records: {"success": True, "ids": [r.id for r in records]},
+            lambda ids: {"success": True, "ids": ids},
+        )

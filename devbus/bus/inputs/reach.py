@@ -54,6 +54,10 @@ class ReachCounts:
             if not self._waiting:
                 self._counts.clear()
 
+    def now(self, event_type: str) -> int:
+        """How many subscribers an event of ``event_type`` would reach now."""
+        return self._now(event_type)
+
     def of(self, record: Record) -> int:
         """How many subscribers ``record`` reached (within :meth:`waiting`)."""
         count = self._counts.pop(record.id, None)

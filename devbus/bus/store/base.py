@@ -38,12 +38,33 @@ Delivery (``deliver``)
 
 Acknowledgement (:meth:`Store.append`)
     Returns a future that resolves, on the loop, to the appended records in
-    order once they are committed (durable as far as the store goes), or fails
-    with :class:`~devbus.errors.StoreUnavailable`. Nothing is acknowledged to a
-    sender before then. Calls are ordered: records of an earlier call come first
-    in the log. ``append`` itself never blocks the loop: a store that writes to
-    disk or a network does it in a thread or a task, batching what arrives in
-    one loop turn.
+    order (an :class:`Appended`) once they are committed (durable as far as the
+    store goes). It fails with :class:`~devbus.errors.StoreUnavailable` only when
+    nothing of the call was stored, and with
+    :class:`~devbus.errors.OutcomeUnknown` when the store cannot tell (it went
+    away after the call reached it, and did not come back before the store
+    closed): a store that loses its connection in the middle of a call asks
+    again, with the call's own token, until it learns what happened. Nothing is
+    acknowledged to a sender before then. Calls are ordered: records of an
+    earlier call come first in the log. ``append`` itself never blocks the loop:
+    a store that writes to disk or a network does it in a thread or a task,
+    batching what arrives in one loop turn.
+
+Idempotency (the :class:`Claim` an append may carry)
+    Checked and recorded in the same transaction (or Lua call) as the append,
+    so that no crash can separate them, and kept across restarts by the SQLite
+    and Redis stores:
+
+    - ``producer`` and ``seqs``: a ZeroMQ producer numbers its events 1, 2, 3, …;
+      the store keeps the last seq it stored per producer (the newest
+      ``MAX_PRODUCERS`` producers) and does not store a draft whose seq is not
+      above it. Seqs increase within a claim, so what is skipped is a prefix
+      (``Appended.skipped``). :meth:`Store.producer_seq` reads the last seq.
+    - ``key`` (and ``fingerprint``): the append as a whole is stored once per key
+      within ``KEY_WINDOW`` seconds (the newest ``MAX_KEYS`` keys); the same key
+      again stores nothing and resolves to no records, with the ids the first
+      append got in ``Appended.replayed``; the same key with another fingerprint
+      fails with :class:`~devbus.errors.KeyReused`.
 
 Reads
     :meth:`Store.read_after`, :meth:`Store.read_before` and :meth:`Store.resolve`
@@ -81,7 +102,45 @@ import msgspec
 from devbus.bus.record import Deliver, Record
 from devbus.envelope import Draft
 
-__all__ = ["Resume", "Store"]
+__all__ = ["KEY_WINDOW", "MAX_KEYS", "MAX_PRODUCERS", "Appended", "Claim", "Resume", "Store"]
+
+# Producers whose last seq a store keeps (the most recently seen): a dev machine runs a
+# handful of publishers at a time, each a new producer; this many is weeks of restarts.
+MAX_PRODUCERS = 10_000
+# Idempotency keys a store keeps, and for how long: a client retries within seconds or
+# minutes (a request that timed out, a process restarted); the count bounds a flood of keys.
+MAX_KEYS = 10_000
+KEY_WINDOW = 600.0
+
+
+class Claim(msgspec.Struct, frozen=True):
+    """What makes an append idempotent (see the module docstring): a producer's seqs, a key, or both.
+
+    ``seqs`` holds one seq per draft, increasing. ``fingerprint`` names what the key
+    was sent with (an HTTP request's method, path and body), so that a key reused
+    for another request is refused instead of answered with the first one's ids.
+    """
+
+    key: str | None = None
+    fingerprint: bytes = b""
+    producer: str | None = None
+    seqs: tuple[int, ...] = ()
+
+
+class Appended(list[Record]):
+    """The records one append stored, in order, and what it found already stored.
+
+    ``skipped``: leading drafts of the claim's producer that were stored before
+    (not stored again, no records). ``replayed``: for a claim whose key was used
+    before, the ids the first append got (nothing was stored this time).
+    """
+
+    __slots__ = ("replayed", "skipped")
+
+    def __init__(self, records: Sequence[Record] = (), *, skipped: int = 0, replayed: list[str] | None = None) -> None:
+        super().__init__(records)
+        self.skipped = skipped
+        self.replayed = replayed
 
 
 class Resume(msgspec.Struct, frozen=True):
@@ -127,8 +186,12 @@ class Store(abc.ABC):
         """Commit what is in flight, then stop delivering and release resources."""
 
     @abc.abstractmethod
-    def append(self, drafts: Sequence[Draft], timestamp: str) -> asyncio.Future[list[Record]]:
-        """Number ``drafts`` (all stamped ``timestamp``) and commit them; resolve once committed."""
+    def append(self, drafts: Sequence[Draft], timestamp: str, claim: Claim | None = None) -> asyncio.Future[Appended]:
+        """Number ``drafts`` (all stamped ``timestamp``) and commit those ``claim`` allows; resolve once committed."""
+
+    @abc.abstractmethod
+    async def producer_seq(self, producer: str) -> int:
+        """The last seq stored for ``producer`` (0 for one the store does not know)."""
 
     @abc.abstractmethod
     async def resolve(self, event_id: str) -> Resume:

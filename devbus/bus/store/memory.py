@@ -8,9 +8,11 @@ from collections import deque
 from collections.abc import Sequence
 
 from devbus.bus.record import Deliver, Record
-from devbus.bus.store.base import Resume, Store
+from devbus.bus.store.base import Appended, Claim, Resume, Store
+from devbus.bus.store.claims import Claims
 from devbus.bus.store.sequence import format_id, new_run, number, parse_id, resume, take_page
 from devbus.envelope import Draft
+from devbus.errors import KeyReused
 
 __all__ = ["MemoryStore"]
 
@@ -34,6 +36,7 @@ class MemoryStore(Store):
         self._bytes = 0
         self._seq = 0
         self._deliver: Deliver | None = None
+        self._claims = Claims()
 
     @property
     def run(self) -> str:
@@ -61,9 +64,23 @@ class MemoryStore(Store):
         """Stop delivering; what is retained is dropped with the store."""
         self._deliver = None
 
-    def append(self, drafts: Sequence[Draft], timestamp: str) -> asyncio.Future[list[Record]]:
-        """Number, retain and deliver ``drafts`` now; return them in an already resolved future."""
+    def append(self, drafts: Sequence[Draft], timestamp: str, claim: Claim | None = None) -> asyncio.Future[Appended]:
+        """Number, retain and deliver the ``drafts`` that ``claim`` lets through now; the future is already resolved."""
+        future: asyncio.Future[Appended] = asyncio.get_running_loop().create_future()
+        skipped = 0
+        if claim is not None:
+            try:
+                skipped, replayed = self._claims.check(claim)
+            except KeyReused as exc:
+                future.set_exception(exc)
+                return future
+            if replayed is not None:
+                future.set_result(Appended(replayed=replayed))
+                return future
+            drafts = drafts[skipped:]
         records = number(self._run, self._seq + 1, drafts, timestamp)
+        if claim is not None and records:
+            self._claims.record(claim, records, [])
         self._seq += len(records)
         retained = self._records
         retained.extend(records)
@@ -77,9 +94,12 @@ class MemoryStore(Store):
         # The outputs have used the envelopes; what --history-bytes bounds is the JSON kept.
         for record in records:
             record.drop_event()
-        future: asyncio.Future[list[Record]] = asyncio.get_running_loop().create_future()
-        future.set_result(records)
+        future.set_result(Appended(records, skipped=skipped))
         return future
+
+    async def producer_seq(self, producer: str) -> int:
+        """The last seq stored for ``producer`` in this run."""
+        return self._claims.seq(producer)
 
     def _first_seq(self) -> int | None:
         return self._seq - len(self._records) + 1 if self._records else None

@@ -14,10 +14,17 @@ Redis without sharing events use different keys):
     ``format`` (of the entries, checked at start) and ``run`` (the log's
     identity: a new one means Redis lost the stream).
 
-A bus answers an append only once Redis has it (the batch in one Lua call: one
-round trip, contiguous in the stream, all or nothing) and its own reader
+``K:producers``, ``K:keys``, ``K:calls`` (and their ``:seen`` sorted sets)
+    What makes appends idempotent, checked and written in the append's own Lua
+    call: see ``redis_script``.
+
+A bus answers an append only once Redis has it (``redis_writer``: the batch in
+one Lua call, one round trip, contiguous in the stream, all or nothing) and its own reader
 (``redis_reader``) has delivered it (``redis_appends``), so the answer can say
-whom the events reached and a read of this bus right after sees them.
+whom the events reached and a read of this bus right after sees them. A call
+whose answer was lost (Redis went away after it was sent) is sent again, with
+the same token, once Redis answers: the answer then says what the first one did,
+so the bus never stores a batch twice and never answers 503 for what is stored.
 """
 
 from __future__ import annotations
@@ -32,13 +39,14 @@ from collections.abc import Sequence
 from typing import Any, cast
 
 from devbus.bus.record import Deliver, Record
-from devbus.bus.store.base import Resume, Store
-from devbus.bus.store.redis_appends import Append, AppendTracker
-from devbus.bus.store.redis_codec import APPEND_SCRIPT, FORMAT, Entry, append_argument
+from devbus.bus.store.base import Appended, Claim, Resume, Store
+from devbus.bus.store.redis_appends import AppendTracker
+from devbus.bus.store.redis_codec import FORMAT, Entry
 from devbus.bus.store.redis_link import FAILURES, Link
 from devbus.bus.store.redis_reader import StreamReader
 from devbus.bus.store.redis_reads import StreamReads
 from devbus.bus.store.redis_shared import SharedStream
+from devbus.bus.store.redis_writer import AppendWriter
 from devbus.bus.store.sequence import new_run
 from devbus.envelope import Draft
 from devbus.errors import ConfigError
@@ -49,7 +57,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_KEY = "devbus"
 MIN_VERSION = (6, 2)  # XAUTOCLAIM, exclusive XRANGE bounds
-SCRIPT_EVENTS = 5000  # appends joined into one Lua call (a larger single batch still goes whole)
 CLOSE_TIMEOUT = 2.0
 REFRESH_TIMEOUT = 0.5  # longest health or /metrics waits for Redis to count the stream
 
@@ -66,14 +73,15 @@ class RedisStore(Store):
         self.consumer = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self._history = history
         self._run = ""
-        self._queue: list[Append] = []
-        self._writer: asyncio.Task[None] | None = None
         self._appends = AppendTracker(lambda: self._reader.position)
         self._reader = StreamReader(
             self._link, self._stream, history=history, tracker=self._appends, reconnected=self._meta_values
         )
+        self._writer = AppendWriter(
+            self._link, self._reader, self._appends, key=key, history=history, bus=self.consumer
+        )
+        self._producers = f"{key}:producers"
         self._reads = StreamReads(self._link, self._stream, reader=self._reader)
-        self._append_script = self._link.redis.register_script(APPEND_SCRIPT)
 
     @property
     def run(self) -> str:
@@ -156,56 +164,27 @@ class RedisStore(Store):
     async def close(self) -> None:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(CLOSE_TIMEOUT):
-                if self._writer is not None:
-                    await self._writer
+                await self._writer.drain()
                 waits = self._appends.futures()
                 if waits:
                     await asyncio.wait(waits)
-        for append in self._queue:
-            append.future.set_exception(self._link.unavailable())
-        self._queue.clear()
+        await self._writer.close()
         self._appends.settle_all()
         await self._reader.stop()
         await self._link.close()
 
     # Appending --------------------------------------------------------------
 
-    def append(self, drafts: Sequence[Draft], timestamp: str) -> asyncio.Future[list[Record]]:
-        append = Append(drafts, timestamp)
-        if not self._link.up:
-            # Refuse at once while the reader reconnects, instead of one timeout per sender.
-            append.future.set_exception(self._link.unavailable())
-            return append.future
-        self._queue.append(append)
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.create_task(self._write(), name=f"write {self.name}")
-        return append.future
+    def append(self, drafts: Sequence[Draft], timestamp: str, claim: Claim | None = None) -> asyncio.Future[Appended]:
+        return self._writer.append(drafts, timestamp, claim)
 
-    async def _write(self) -> None:
-        # One call in flight at a time: calls stay in order, and what arrives
-        # meanwhile goes in the next one.
-        while self._queue:
-            batch: list[Append] = []
-            size = 0
-            while self._queue and (not batch or size + len(self._queue[0]) <= SCRIPT_EVENTS):
-                append = self._queue.pop(0)
-                batch.append(append)
-                size += len(append)
-            entries = (pair for append in batch for pair in zip(append.types, append.tails, strict=True))
-            self._appends.writing()
-            try:
-                ids = await self._append_script(keys=[self._stream], args=[self._history, append_argument(entries)])
-            except FAILURES as exc:
-                self._appends.written(batch, None)
-                error = self._reader.failed(exc)
-                for append in batch + self._queue:
-                    append.future.set_exception(error)
-                self._queue.clear()
-                return
-            except BaseException:
-                self._appends.written(batch, None)
-                raise
-            self._appends.written(batch, ids)
+    async def producer_seq(self, producer: str) -> int:
+        """The last seq stored for ``producer`` by any bus on the stream."""
+        try:
+            seq = await self._link.redis.hget(self._producers, producer)
+        except FAILURES as exc:
+            raise self._reader.failed(exc) from exc
+        return int(seq or 0)
 
     # Cursors ------------------------------------------------------------------
 

@@ -14,23 +14,28 @@ from collections import deque
 from collections.abc import Callable, Sequence
 
 from devbus.bus.record import Record
+from devbus.bus.store.base import Appended, Claim
+from devbus.bus.store.claims import key_reused
 from devbus.bus.store.redis_codec import entry_tail, record
 from devbus.bus.store.redis_link import StreamId, parse_stream_id
+from devbus.bus.store.redis_script import Outcome
 from devbus.envelope import Draft
 
 __all__ = ["Append", "AppendTracker"]
 
 
 class Append:
-    """One append call: its entries, then their ids, then the records this bus delivered for them."""
+    """One append call: its entries and claim, then their ids, then the records this bus delivered for them."""
 
-    __slots__ = ("future", "ids", "last", "missing", "records", "slots", "tails", "types")
+    __slots__ = ("claim", "future", "ids", "last", "missing", "records", "skipped", "slots", "tails", "types")
 
-    def __init__(self, drafts: Sequence[Draft], timestamp: str) -> None:
-        self.future: asyncio.Future[list[Record]] = asyncio.get_running_loop().create_future()
+    def __init__(self, drafts: Sequence[Draft], timestamp: str, claim: Claim | None) -> None:
+        self.future: asyncio.Future[Appended] = asyncio.get_running_loop().create_future()
+        self.claim = claim
         self.types = [draft.type.encode() for draft in drafts]
         self.tails = [entry_tail(draft, timestamp) for draft in drafts]
         self.ids: list[bytes] = []
+        self.skipped = 0
         self.last: StreamId = (0, 0)
         self.slots: dict[str, int] = {}
         self.records: list[Record | None] = []
@@ -39,13 +44,22 @@ class Append:
     def __len__(self) -> int:
         return len(self.tails)
 
-    def stored(self, ids: list[bytes]) -> None:
-        """Note the ids Redis gave the entries."""
-        self.ids = ids
-        self.last = parse_stream_id(ids[-1].decode()) or (0, 0)
-        self.slots = {entry_id.decode(): index for index, entry_id in enumerate(ids)}
-        self.records = [None] * len(ids)
-        self.missing = len(ids)
+    def stored(self, outcome: Outcome) -> bool:
+        """Note what Redis did with the entries; True if it stored any (the reader will deliver them)."""
+        if outcome.conflict or outcome.replayed is not None or not outcome.ids:
+            # Nothing stored: answered now (what a key or a producer repeats is in Redis already).
+            if self.claim is not None and outcome.conflict:
+                self.future.set_exception(key_reused(self.claim.key or ""))
+            elif not self.future.done():
+                self.future.set_result(Appended(skipped=outcome.skipped, replayed=outcome.replayed))
+            return False
+        self.ids = outcome.ids
+        self.skipped = outcome.skipped
+        self.last = parse_stream_id(self.ids[-1].decode()) or (0, 0)
+        self.slots = {entry_id.decode(): index for index, entry_id in enumerate(self.ids)}
+        self.records = [None] * len(self.ids)
+        self.missing = len(self.ids)
+        return True
 
     def match(self, delivered: Record) -> None:
         """Take ``delivered`` as the record of one of the entries."""
@@ -57,11 +71,13 @@ class Append:
     def settle(self) -> None:
         """Answer with the records delivered, and for an entry this bus did not read (it lost
         Redis meanwhile, or Redis trimmed it first), a record built from what was sent: it is stored."""
+        skip = self.skipped
         records = [
-            delivered or record(self.ids[i], self.types[i], self.tails[i]) for i, delivered in enumerate(self.records)
+            delivered or record(self.ids[i], self.types[skip + i], self.tails[skip + i])
+            for i, delivered in enumerate(self.records)
         ]
         if not self.future.done():
-            self.future.set_result(records)
+            self.future.set_result(Appended(records, skipped=skip))
 
 
 class AppendTracker:
@@ -78,7 +94,7 @@ class AppendTracker:
         self._writing = False
         self._read_while_writing: list[Record] = []
 
-    def futures(self) -> list[asyncio.Future[list[Record]]]:
+    def futures(self) -> list[asyncio.Future[Appended]]:
         """The answers still to come."""
         return [append.future for append in self._waiting]
 
@@ -86,18 +102,16 @@ class AppendTracker:
         """A write is in flight: keep what the reader delivers meanwhile."""
         self._writing = True
 
-    def written(self, batch: list[Append], ids: list[bytes] | None) -> None:
-        """The write of ``batch`` returned ``ids`` (None: it failed); match what was read meanwhile."""
+    def written(self, batch: list[Append], outcomes: list[Outcome] | None) -> None:
+        """The write of ``batch`` did ``outcomes`` (None: it failed); match what was read meanwhile."""
         self._writing = False
         read, self._read_while_writing = self._read_while_writing, []
-        if ids is None:
+        if outcomes is None:
             return
-        start = 0
-        for append in batch:
-            append.stored(ids[start : start + len(append)])
-            start += len(append)
-            self._expected.update(dict.fromkeys(append.slots, append))
-            self._waiting.append(append)
+        for append, outcome in zip(batch, outcomes, strict=True):
+            if append.stored(outcome):
+                self._expected.update(dict.fromkeys(append.slots, append))
+                self._waiting.append(append)
         self._match(read)
 
     def delivered(self, records: list[Record]) -> None:

@@ -10,17 +10,14 @@ fields left) is skipped by every reader.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 from devbus.bus.record import Record
 from devbus.envelope import Draft, Event, encode_json
 
 __all__ = [
-    "APPEND_SCRIPT",
     "FORMAT",
     "Entry",
-    "append_argument",
     "entry_tail",
     "raw_reply",
     "read_reply",
@@ -35,42 +32,11 @@ Entry = tuple[bytes, dict[bytes, bytes] | None]
 
 _NO_ID = b'{"id":"",'  # how an envelope's JSON starts when its id is empty
 
-# KEYS: the stream. ARGV: the length to trim to, then every entry's type and JSON, each
-# followed by a newline (see append_argument). Returns the new ids, in order: the batch
-# is contiguous in the stream, all or nothing.
-APPEND_SCRIPT = """
-local batch, newline, ids = ARGV[2], string.char(10), {}
-local at = 1
-while at <= #batch do
-  local type_end = string.find(batch, newline, at, true)
-  local json_end = string.find(batch, newline, type_end + 1, true)
-  local t, j = string.sub(batch, at, type_end - 1), string.sub(batch, type_end + 1, json_end - 1)
-  ids[#ids + 1] = redis.call('XADD', KEYS[1], '*', 't', t, 'j', j)
-  at = json_end + 1
-end
-redis.call('XTRIM', KEYS[1], 'MAXLEN', '=', ARGV[1])
-return ids
-"""
-
 
 def entry_tail(draft: Draft, timestamp: str) -> bytes:
     """The envelope's JSON after its id (the ``j`` field), which Redis completes with the entry's id."""
     event = Event(id="", type=draft.type, data=draft.data, timestamp=timestamp, source=draft.source)
     return encode_json(event)[len(_NO_ID) :]
-
-
-def append_argument(entries: Iterable[tuple[bytes, bytes]]) -> bytes:
-    """The (type, tail) of every entry as APPEND_SCRIPT's one batch argument.
-
-    One argument instead of two per event: redis-py packs each argument in Python, and
-    at a few hundred events per call that cost more than Redis spends on the XADDs.
-    Neither part can hold a newline: types have no whitespace, compact JSON escapes it.
-    """
-    lines: list[bytes] = []
-    for pair in entries:
-        lines.extend(pair)
-    lines.append(b"")
-    return b"\n".join(lines)
 
 
 def record(entry_id: bytes, event_type: bytes, tail: bytes) -> Record:
@@ -105,7 +71,7 @@ def read_reply(reply: Any) -> tuple[bytes, list[Record]] | None:
     [entries] = reply.values() if isinstance(reply, dict) else [stream[1] for stream in reply]
     records = []
     for entry_id, fields in entries:
-        # Fields as APPEND_SCRIPT writes them: t, type, j, JSON.
+        # Fields as the append script writes them: t, type, j, JSON.
         if len(fields) == 4 and fields[0] == b"t" and fields[2] == b"j":
             records.append(record(entry_id, fields[1], fields[3]))
     return entries[-1][0], records

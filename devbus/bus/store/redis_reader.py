@@ -11,7 +11,6 @@ here until this bus has read that far (:meth:`StreamReader.reached`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import cast
@@ -19,7 +18,7 @@ from typing import cast
 from devbus.bus.record import Deliver, Record
 from devbus.bus.store.redis_appends import AppendTracker
 from devbus.bus.store.redis_codec import Entry, raw_reply, read_reply
-from devbus.bus.store.redis_link import FAILURES, Link, StreamId, format_stream_id, parse_stream_id
+from devbus.bus.store.redis_link import FAILURES, Link, StreamId, format_stream_id, parse_stream_id, stop_task
 from devbus.errors import StoreUnavailable
 
 __all__ = ["StreamReader"]
@@ -74,15 +73,17 @@ class StreamReader:
         """Stop reading and reconnecting."""
         for task in (self._task, self._recovering):
             if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                await stop_task(task)
 
     def failed(self, exc: BaseException) -> StoreUnavailable:
         """Note a failed call (logged once per outage), start reconnecting, and return the error for senders."""
         error = self._link.failed(exc)
         self._recover()
         return error
+
+    def recovering(self) -> asyncio.Task[None]:
+        """The task that reconnects (started if none runs): done once Redis answers again."""
+        return self._recover()
 
     def _recover(self) -> asyncio.Task[None]:
         """The one task that reconnects after a failure (the reader waits for it; senders get 503 meanwhile)."""

@@ -10,6 +10,13 @@ cursor never reads past what the outputs have been handed.
 Invariant: retained records hold consecutive seqs ``_first`` to ``_delivered``,
 in the ``events`` table; the run identity is kept in ``meta``, so ids continue
 across restarts and a client resumes after one with no gap.
+
+Idempotency: what a claim lets through is decided on the loop from the
+producers and keys held in memory (``sqlite_claims.py``), which mirror the
+``producers`` and ``keys`` tables: each change is written in the transaction of
+the events it belongs to, and taken back in memory if that transaction fails.
+An append resolves with its transaction, also one that stores nothing (a repeat
+of an event still being committed is answered only once that commit is).
 """
 
 from __future__ import annotations
@@ -23,11 +30,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from devbus.bus.record import Deliver, Record
-from devbus.bus.store.base import Resume, Store
+from devbus.bus.store.base import Appended, Claim, Resume, Store
 from devbus.bus.store.sequence import format_id, number, parse_id, resume
+from devbus.bus.store.sqlite_claims import ClaimRows, FileClaims, Transaction
 from devbus.bus.store.sqlite_file import connect, fetch_page, load
 from devbus.envelope import Draft
-from devbus.errors import ConfigError, StoreUnavailable
+from devbus.errors import ConfigError, KeyReused, StoreUnavailable
 
 __all__ = ["SqliteStore"]
 
@@ -35,16 +43,6 @@ log = logging.getLogger(__name__)
 
 # Bytes committed between checkpoints of the WAL into the database file.
 CHECKPOINT_BYTES = 4 * 1024 * 1024
-
-
-class _Pending:
-    """Records numbered on the loop, waiting for the writer's next transaction."""
-
-    __slots__ = ("futures", "records")
-
-    def __init__(self) -> None:
-        self.records: list[Record] = []
-        self.futures: list[tuple[asyncio.Future[list[Record]], int, int]] = []
 
 
 class SqliteStore(Store):
@@ -62,12 +60,13 @@ class SqliteStore(Store):
         self._sizes: deque[int] = deque()  # JSON sizes of the retained records, oldest first
         self._bytes = 0
         self._deliver: Deliver | None = None
-        self._pending = _Pending()
+        self._pending = Transaction()
         self._writing: asyncio.Future[None] | None = None
         self._scheduled = False
         self._unchecked = 0  # bytes committed since the last checkpoint
         self._checkpointing = False
         self._failed: str | None = None
+        self._claims = FileClaims()
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="devbus-sqlite-writer")
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="devbus-sqlite-reader")
         self._write_db: sqlite3.Connection | None = None
@@ -121,11 +120,12 @@ class SqliteStore(Store):
             self._seq = self._delivered = loaded.sizes[-1][0]
             self._sizes.extend(size for _, size in loaded.sizes)
             self._bytes = sum(self._sizes)
+        self._claims.load_file(loaded)
         return loaded.db
 
     async def close(self) -> None:
         """Commit what is pending, then close the file."""
-        while self._writing is not None or self._pending.records:
+        while self._writing is not None or self._pending.answers:
             if self._writing is None:
                 self._submit()
             writing = self._writing
@@ -139,23 +139,42 @@ class SqliteStore(Store):
             executor.shutdown(wait=False)
         self._write_db = self._read_db = None
 
-    def append(self, drafts: Sequence[Draft], timestamp: str) -> asyncio.Future[list[Record]]:
+    def append(self, drafts: Sequence[Draft], timestamp: str, claim: Claim | None = None) -> asyncio.Future[Appended]:
         """Number ``drafts`` now; commit them with the rest of this loop turn's in the writer thread."""
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[list[Record]] = loop.create_future()
+        future: asyncio.Future[Appended] = loop.create_future()
         if self._write_db is None:
             future.set_exception(StoreUnavailable(f"The store {self.name} is closed"))
             return future
+        skipped, replayed = 0, None
+        if claim is not None:
+            try:
+                skipped, replayed = self._claims.check(claim)
+            except KeyReused as exc:
+                future.set_exception(exc)
+                return future
+            if replayed is not None:
+                drafts = ()
+            elif skipped:
+                drafts = drafts[skipped:]
         records = number(self._run, self._seq + 1, drafts, timestamp)
-        pending = self._pending
-        pending.futures.append((future, len(pending.records), len(records)))
-        pending.records.extend(records)
+        self._pending.add(future, records, skipped, replayed)
+        if claim is not None and records:
+            self._claims.stored(claim, records, self._seq + 1, self._pending)
         self._seq += len(records)
         if self._writing is None and not self._scheduled:
             # One loop turn later: appends made together share one transaction.
             self._scheduled = True
             loop.call_soon(self._submit)
         return future
+
+    async def producer_seq(self, producer: str) -> int:
+        """The last seq stored for ``producer``, once committed (kept across restarts)."""
+        seq = self._claims.seq(producer)
+        if self._writing is not None or self._pending.answers:
+            # It may be in a transaction still to commit: answer once everything numbered so far is.
+            await self.append((), "")
+        return seq
 
     def _keep_from(self, sizes: list[int]) -> int:
         """The oldest seq to keep once records of ``sizes`` are added (the bounds of memory)."""
@@ -172,18 +191,22 @@ class SqliteStore(Store):
 
     def _submit(self) -> None:
         self._scheduled = False
-        if self._writing is not None or not self._pending.records:
+        if self._writing is not None or not self._pending.answers:
             return
-        pending, self._pending = self._pending, _Pending()
+        pending, self._pending = self._pending, Transaction()
+        if not pending.records:
+            pending.answer()  # only appends that store nothing (repeats): what they repeat is committed by now
+            return
         start = self._delivered + 1
         rows = [(start + i, r.type, r.json) for i, r in enumerate(pending.records)]
         sizes = [len(r.json) for r in pending.records]
         keep_from = self._keep_from(sizes)
+        claims = self._claims.rows(pending)
         loop = asyncio.get_running_loop()
-        self._writing = writing = loop.run_in_executor(self._writer, self._write, rows, keep_from)
+        self._writing = writing = loop.run_in_executor(self._writer, self._write, rows, keep_from, claims)
         writing.add_done_callback(lambda done: self._write_done(done, pending, sizes, keep_from))
 
-    def _write_done(self, done: asyncio.Future[None], pending: _Pending, sizes: list[int], keep_from: int) -> None:
+    def _write_done(self, done: asyncio.Future[None], pending: Transaction, sizes: list[int], keep_from: int) -> None:
         self._writing = None
         error = done.exception() if not done.cancelled() else StoreUnavailable("write cancelled")
         if error is not None:
@@ -191,19 +214,20 @@ class SqliteStore(Store):
         else:
             self._written(pending, sizes, keep_from)
 
-    def _write(self, rows: list[tuple[int, str, bytes]], keep_from: int) -> None:
+    def _write(self, rows: list[tuple[int, str, bytes]], keep_from: int, claims: ClaimRows) -> None:
         db = self._write_db
         assert db is not None  # closed only after the last write
         db.execute("BEGIN IMMEDIATE")
         try:
             db.executemany("INSERT INTO events VALUES (?, ?, ?)", rows)
             db.execute("DELETE FROM events WHERE seq < ?", (keep_from,))
+            claims.write(db)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
 
-    def _written(self, pending: _Pending, sizes: list[int], keep_from: int) -> None:
+    def _written(self, pending: Transaction, sizes: list[int], keep_from: int) -> None:
         self._failed = None
         self._sizes.extend(sizes)
         self._bytes += sum(sizes)
@@ -211,15 +235,13 @@ class SqliteStore(Store):
             self._bytes -= self._sizes.popleft()
             self._first += 1
         self._delivered += len(pending.records)
-        if self._deliver is not None:
+        if self._deliver is not None and pending.records:
             self._deliver(pending.records)
-        for future, start, count in pending.futures:
-            if not future.done():
-                future.set_result(pending.records[start : start + count])
+        pending.answer()
         self._unchecked += sum(sizes)
         if self._unchecked > CHECKPOINT_BYTES and not self._checkpointing:
             self._checkpoint()
-        if self._pending.records:
+        if self._pending.answers:
             self._submit()
 
     def _checkpoint(self) -> None:
@@ -241,17 +263,18 @@ class SqliteStore(Store):
 
         checkpoint.add_done_callback(done)
 
-    def _fail(self, error: BaseException, pending: _Pending) -> None:
+    def _fail(self, error: BaseException, pending: Transaction) -> None:
         if self._failed is None:
             log.error("could not write to %s: %s", self.name, error)
         self._failed = str(error)
         failure = StoreUnavailable(f"The store {self.name} could not save the event(s): {error}")
         # Records numbered after the failed ones fail with them, so that seqs stay consecutive.
-        later, self._pending = self._pending, _Pending()
-        for future, _, _ in pending.futures + later.futures:
-            if not future.done():
-                future.set_exception(failure)
+        later, self._pending = self._pending, Transaction()
+        pending.fail(failure)
+        later.fail(failure)
         self._seq = self._delivered
+        # What they claimed was not committed: forget it, the newest first.
+        self._claims.undo(pending.undo + later.undo)
 
     async def resolve(self, event_id: str) -> Resume:
         """Resume after ``event_id`` if it is this file's and nothing after it was dropped, else a gap."""

@@ -1,4 +1,10 @@
-"""The SQLite store's file: connecting, the schema and its version, loading what it holds, reading pages."""
+"""The SQLite store's file: connecting, the schema and its version, loading what it holds, reading pages.
+
+Schema versions: 1 held the events and the meta table; 2 adds what makes appends
+idempotent (``producers``: each producer's last stored seq; ``keys``: recent
+idempotency keys and the seqs their append got). A version-1 file is migrated in
+place when it is opened; a file of a later version is refused.
+"""
 
 from __future__ import annotations
 
@@ -11,11 +17,21 @@ from devbus.errors import ConfigError
 
 __all__ = ["SCHEMA_VERSION", "Loaded", "connect", "fetch_page", "load"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+_READABLE = ("1", str(SCHEMA_VERSION))  # versions this one opens (1 is migrated)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY, type TEXT NOT NULL, json BLOB NOT NULL);
+"""
+# Version 2: written in the same transaction as the events they describe.
+_CLAIMS = """
+CREATE TABLE IF NOT EXISTS producers (id TEXT PRIMARY KEY, seq INTEGER NOT NULL, seen REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS keys (
+    key TEXT PRIMARY KEY, fingerprint BLOB NOT NULL, first INTEGER NOT NULL, count INTEGER NOT NULL,
+    created REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS keys_created ON keys (created);
 """
 
 
@@ -33,12 +49,23 @@ def connect(path: str) -> sqlite3.Connection:
 
 
 class Loaded:
-    """An open file: its connection, its run identity, and the (seq, JSON size) of each event it holds."""
+    """An open file: its connection, its run identity, the (seq, JSON size) of each event it holds,
+    the (id, seq) of each producer, least recently seen first, and the (key, fingerprint, first seq,
+    count, created) of each key, oldest first."""
 
-    def __init__(self, db: sqlite3.Connection, run: str, sizes: list[tuple[int, int]]) -> None:
+    def __init__(
+        self,
+        db: sqlite3.Connection,
+        run: str,
+        sizes: list[tuple[int, int]],
+        producers: list[tuple[str, int]],
+        keys: list[tuple[str, bytes, int, int, float]],
+    ) -> None:
         self.db = db
         self.run = run
         self.sizes = sizes
+        self.producers = producers
+        self.keys = keys
 
 
 def load(path: str, *, name: str) -> Loaded:
@@ -53,19 +80,38 @@ def load(path: str, *, name: str) -> Loaded:
         version = meta.get("schema_version")
         if version is None:
             run = new_run()
+            db.executescript(_CLAIMS)
             db.executemany("INSERT INTO meta VALUES (?, ?)", [("schema_version", str(SCHEMA_VERSION)), ("run", run)])
-        elif version != str(SCHEMA_VERSION) or "run" not in meta:
+        elif version not in _READABLE or "run" not in meta:
             raise ConfigError(
                 f"--store {name} was written by another devbus version (schema {version}, "
-                f"this one reads {SCHEMA_VERSION}); move the file away or pass another --store"
+                f"this one reads {' and '.join(_READABLE)}); move the file away or pass another --store"
             )
         else:
             run = meta["run"]
+            if version != str(SCHEMA_VERSION):
+                _migrate(db)
         sizes = db.execute("SELECT seq, length(json) FROM events ORDER BY seq").fetchall()
+        producers = db.execute("SELECT id, seq FROM producers ORDER BY seen").fetchall()
+        keys = db.execute("SELECT key, fingerprint, first, count, created FROM keys ORDER BY created").fetchall()
     except BaseException:
         db.close()
         raise
-    return Loaded(db, run, sizes)
+    return Loaded(db, run, sizes, producers, keys)
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Bring a version-1 file to version 2 in one transaction: its events stay as they are."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        for statement in _CLAIMS.split(";"):
+            if statement.strip():
+                db.execute(statement)
+        db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
 
 
 def fetch_page(db: sqlite3.Connection, query: str, args: tuple[int, int, int], max_bytes: int) -> list[Any]:
