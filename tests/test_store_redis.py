@@ -7,6 +7,7 @@ import json
 import logging
 import urllib.request
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -15,6 +16,7 @@ import zmq
 import zmq.asyncio
 from aiohttp.test_utils import TestServer
 from click.testing import CliRunner
+from redis.asyncio import Redis
 from support import (
     WAIT,
     BusFactory,
@@ -28,6 +30,7 @@ from support import (
     free_port,
     open_stream,
     post,
+    start_redis,
     wait_for_total,
 )
 
@@ -335,3 +338,47 @@ async def test_an_event_comes_back_from_redis_byte_for_byte(make_bus: BusFactory
     assert sent.status == 200, await sent.text()
     event = json.loads((await stream.event())["data"])
     assert (event["type"], event["data"], event["source"]) == ('odd"type\\é', data, "ünï")
+
+
+async def retained_counts(bus: Client) -> tuple[int, int, float]:
+    """What health says is retained (top level and under store), and the history gauge of /metrics."""
+    health = await (await bus.get("/api/dev/health")).json()
+    metrics = await (await bus.get("/metrics")).text()
+    [gauge] = [line for line in metrics.splitlines() if line.startswith("devbus_history_events ")]
+    return health["retained"], health["store"]["retained"], float(gauge.split()[1])
+
+
+@pytest.mark.parametrize("loss", ["flushall", "restart"], ids=["flushall", "restart-without-persistence"])
+async def test_health_and_metrics_count_what_the_stream_holds_after_redis_lost_its_data(
+    make_bus: BusFactory, tmp_path: Path, loss: str
+) -> None:
+    """After Redis lost its data, /health said 7 retained and devbus_history_events 7 while the stream held 3."""
+    server = start_redis(tmp_path, appendonly=False)
+    redis = Redis.from_url(server.url)
+    try:
+        bus = await make_bus(store=server.url)
+        for n in range(7):
+            await post(bus, "before", {"n": n})
+        assert await retained_counts(bus) == (7, 7, 7.0)
+        if loss == "flushall":
+            await redis.flushall()
+        else:
+            server.restart()
+        sent = 0
+
+        async def accepted() -> bool:
+            nonlocal sent
+            response = await bus.post("/api/dev/webhook", json={"event_type": "after", "data": {}})
+            sent += response.status == 200
+            return response.status == 200
+
+        await eventually(accepted)  # a restarted Redis: 503 until the bus is back on it
+        while sent < 3:
+            await post(bus, "after")
+            sent += 1
+        held = await redis.xlen("devbus:events")
+        assert held == 3
+        assert await retained_counts(bus) == (held, held, float(held))
+    finally:
+        await redis.aclose()
+        server.kill()
