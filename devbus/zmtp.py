@@ -213,15 +213,29 @@ class FrameReader:
         # every frame of every message (measured: 3 frames per message, 1.25 -> 0.9 us).
         message, held, skip, skipping = self._message, self._size, self._skip, self._skipping
         max_message, max_frames = self.max_message, self.max_frames
-        at = 0
+        # A short frame (at most 255 bytes) fits the bound beside this much of its message.
+        short_room = max_message - 255
         end = len(data)
+        at = min(skip, end)  # the rest of a frame being thrown away
+        skip -= at
         while at < end:
-            if skip:
-                taken = min(skip, end - at)
-                skip -= taken
-                at += taken
-                continue
             flags = data[at]
+            if flags <= 1 and not skipping and held <= short_room and len(message) < max_frames and at + 1 < end:
+                # The common case, in the fewest steps: a short frame of a message (no flag but MORE)
+                # within the bounds; measured per frame, 4.7k-5.0k instructions -> 3.3k. Anything else,
+                # or a frame not whole yet, takes the general steps below.
+                start = at + 2
+                stop = start + data[at + 1]
+                if stop <= end:
+                    message.append(data[start:stop])
+                    if flags:
+                        held += stop - start
+                    else:
+                        out.append(message)
+                        message = []
+                        held = 0
+                    at = stop
+                    continue
             if flags & LONG:
                 if end - at < 9:
                     self._need = 9
@@ -262,8 +276,8 @@ class FrameReader:
                 held = 0
             if skipping:
                 # Throw the frame away as it arrives, never holding it.
-                at = start
-                skip = size
+                at = min(start + size, end)
+                skip = start + size - at
                 skipping = bool(more)
                 continue
             if end - start < size:
