@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis
-from blackbox import metric, post_event
-from support import ROOT, WAIT, BusProcess, RedisServer, bus_env, wait_until
+from blackbox import SSEFrames, expected_frame, history, metric, post_event
+from support import ROOT, BusProcess, RedisServer, bus_env, wait_until
 
 STREAM = "devbus:events"
 TIMESTAMP = b"2026-01-01T00:00:00.000000Z"
@@ -56,47 +54,6 @@ PRETTY = [
 ]
 
 
-class Frames:
-    """An SSE stream of a real bus, read line by line: every frame after the connected one, exactly as sent."""
-
-    def __init__(self, bus: BusProcess, *, named: bool = False, last_event_id: str | None = None) -> None:
-        headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
-        call = urllib.request.Request(bus.url + "/api/dev/events" + ("?named=1" if named else ""), headers=headers)
-        self.response = urllib.request.urlopen(call, timeout=WAIT * 3)
-        self.named = named
-        assert b'"type":"connected"' in self.frame()[-1]
-
-    def frame(self) -> list[bytes]:
-        """The lines of the next frame (heartbeat comments left out)."""
-        lines: list[bytes] = []
-        while True:
-            line = self.response.readline()
-            if not line:
-                raise EOFError("the stream ended")
-            if line == b"\n":
-                if lines:
-                    return lines
-            elif not line.startswith(b":"):
-                lines.append(line.rstrip(b"\n"))
-
-    def until(self, last_id: str) -> list[list[bytes]]:
-        """Every frame up to the one of ``last_id``."""
-        frames = [self.frame()]
-        while frames[-1][0] != b"id: " + last_id.encode():
-            frames.append(self.frame())
-        return frames
-
-    def close(self) -> None:
-        self.response.close()
-
-
-def expected_frame(event: dict[str, Any], *, named: bool) -> list[bytes]:
-    """The exact lines of an event's frame: its id, its name on a named stream, its JSON on one line."""
-    data = json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode()
-    name = [b"event: " + event["type"].encode()] if named else []
-    return [b"id: " + event["id"].encode(), *name, b"data: " + data]
-
-
 def xadd(writer: redis.Redis, fields: list[bytes]) -> str:
     """Add an entry of ``fields`` (names and values in turn) as another program would; return its id."""
     entry_id = writer.xadd(STREAM, dict(zip(fields[::2], fields[1::2], strict=True)))
@@ -104,23 +61,15 @@ def xadd(writer: redis.Redis, fields: list[bytes]) -> str:
     return entry_id.decode()
 
 
-def history(bus: BusProcess) -> list[dict[str, Any]]:
-    """GET /history, checked to be one valid JSON document."""
-    with urllib.request.urlopen(bus.url + "/api/dev/history?limit=1000", timeout=WAIT) as response:
-        body = response.read()
-    events: list[dict[str, Any]] = json.loads(body)["events"]  # raises on invalid JSON
-    return events
-
-
 def test_foreign_entries_are_skipped_counted_and_never_framed_while_every_event_reaches_every_bus(
     bus_process: Callable[..., BusProcess], redis_server: RedisServer
 ) -> None:
     a = bus_process("--store", redis_server.url)
     b = bus_process("--store", redis_server.url, "--quiet")
-    live = [Frames(a), Frames(a, named=True), Frames(b), Frames(b, named=True)]
+    live = [SSEFrames(a), SSEFrames(a, named=True), SSEFrames(b), SSEFrames(b, named=True)]
     writer = redis.Redis.from_url(redis_server.url)
     good: list[str] = []
-    resumed: list[Frames] = []
+    resumed: list[SSEFrames] = []
     try:
         for n, fields in enumerate(FOREIGN.values()):
             good.append(post_event(a if n % 2 else b, "good.event", {"n": n}))
@@ -129,9 +78,9 @@ def test_foreign_entries_are_skipped_counted_and_never_framed_while_every_event_
         good.append(post_event(a, "good.event", {"n": "last"}))
 
         # Both buses go on: /history of each is valid JSON holding exactly the events.
-        events = history(a)
+        events = history(a, limit=1000)
         assert [event["id"] for event in events] == good
-        assert history(b) == events
+        assert history(b, limit=1000) == events
         assert events[-2] == {
             "id": good[-2],
             "type": "pretty.event",
@@ -140,7 +89,7 @@ def test_foreign_entries_are_skipped_counted_and_never_framed_while_every_event_
             "source": "x",
         }
         # Every stream, live or resumed from the store, plain or named, frames exactly those events.
-        resumed += [Frames(a, named=True, last_event_id=good[0]), Frames(b, last_event_id=good[0])]
+        resumed += [SSEFrames(a, named=True, last_event_id=good[0]), SSEFrames(b, last_event_id=good[0])]
         for stream in live:
             assert stream.until(good[-1]) == [expected_frame(event, named=stream.named) for event in events]
         for stream in resumed:
@@ -188,7 +137,7 @@ def test_a_reader_task_that_fails_is_started_again_and_health_says_so(
     bus_process: Callable[..., BusProcess], redis_server: RedisServer, failing_reader: dict[str, str]
 ) -> None:
     bus = bus_process("--store", redis_server.url, "--quiet", env=failing_reader)
-    stream = Frames(bus)
+    stream = SSEFrames(bus)
     try:
         # The first event's page makes the reader fail: it is read again by the restarted reader.
         ids = [post_event(bus, "after.failure", {"n": n}) for n in range(20)]
