@@ -12,6 +12,11 @@ type the store keeps beside it, a source that is a valid name, nesting within
 the limit. JSON spread over several lines (valid, but not one SSE ``data:``
 line) is encoded again on one.
 
+Checking costs about 1.9 µs a record (measured on a Redis reader's page of
+2,000 ordinary events: 2.2 µs each where making them cost 0.4), half of it
+msgspec decoding the envelope; the record keeps the envelope, so the outputs
+that need it (ZeroMQ egress, forwarding, the console) no longer decode it again.
+
 A record that fails is skipped by every reader, counted by reason (health's
 ``store.skipped``, ``devbus_store_skipped`` in /metrics) and logged: the first
 of each reason at once, then at most once a minute per reason, with the count.
@@ -28,7 +33,7 @@ from collections import OrderedDict
 from typing import Any
 
 from devbus.bus.record import Record
-from devbus.envelope import check_name, decode_stored_event, encode_json
+from devbus.envelope import INVALID_TYPE, decode_stored_event, encode_json
 from devbus.errors import InvalidEvent, MalformedInput
 from devbus.nesting import TOO_DEEP
 
@@ -38,7 +43,6 @@ log = logging.getLogger(__name__)
 
 # Why a record is skipped, as counted in health and /metrics.
 REASONS = {
-    "id": "its id is not of the store's form",
     "fields": "it lacks the type or the JSON",
     "type": "its type is not a valid event type",
     "json": "its JSON is not valid UTF-8 JSON",
@@ -46,6 +50,7 @@ REASONS = {
     "depth": "its data nests too deep",
 }
 REMEMBERED = 4096  # ids of skipped records kept, so that one read again is not counted again
+_REASONS = {INVALID_TYPE: "type", TOO_DEEP: "depth"}  # InvalidEvent's reasons, as counted here
 LOG_EVERY = 60.0  # seconds between log lines about skipped records, per reason
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
@@ -71,19 +76,17 @@ def check(event_id: str, event_type: object, json: object) -> Record:
         raise Skip("fields", f"its JSON is {_kind(json)}, not text")
     try:
         name = event_type.decode()
-        check_name(name, field="type")
     except UnicodeDecodeError as exc:
         raise Skip("type", f"its type is not UTF-8 ({exc})") from exc
-    except InvalidEvent as exc:
-        raise Skip("type", str(exc)) from exc
     try:
         event = decode_stored_event(json, event_id=event_id, event_type=name)
     except MalformedInput as exc:
         raise Skip("json", str(exc)) from exc
     except InvalidEvent as exc:
-        raise Skip("depth" if exc.reason == TOO_DEEP else "event", str(exc)) from exc
-    if b"\n" in json or b"\r" in json:
-        # Valid JSON holds line breaks only between its tokens: one line says the same.
+        raise Skip(_REASONS.get(exc.reason, "event"), str(exc)) from exc
+    # Valid JSON holds line breaks only between its tokens: one line says the same. (Bytes
+    # searched by value: 20 ns each, where a bytes needle took 220 ns.)
+    if 10 in json or 13 in json:
         json = encode_json(event)
     return Record(event_id, name, json, event)
 
