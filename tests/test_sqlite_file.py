@@ -351,3 +351,26 @@ def test_a_file_that_is_not_a_store_is_said_in_one_line(
     damage(path)
     line = one_error_line(run_devbus_second(store))
     assert said in line, line
+
+
+def test_a_run_of_bad_rows_longer_than_a_page_is_read_past_not_taken_for_the_end(
+    bus_process: Callable[..., BusProcess], tmp_path: Path
+) -> None:
+    path = tmp_path / "bus.sqlite"
+    first = bus_process("--store", f"sqlite:{path}", "--quiet")
+    ids = first.post_batch([("row.event", {"n": n}) for n in range(1200)])
+    assert first.stop() == 0
+    with sqlite3.connect(path) as db:  # 1,099 rows: more than a page (1,000 rows or 32 KiB) of them
+        db.execute("UPDATE events SET json = CAST('not json' AS BLOB) WHERE seq BETWEEN 2 AND 1100")
+    db.close()
+    good = [ids[0], *ids[1100:]]
+
+    bus = bus_process("--store", f"sqlite:{path}", "--quiet")
+    assert [event["id"] for event in history(bus, limit=10_000)] == good
+    assert [event["id"] for event in history(bus, since=ids[0], limit=10_000)] == good[1:]
+    stream = SSEFrames(bus, last_event_id=ids[0])
+    try:
+        assert [frame[0] for frame in stream.until(ids[-1])] == [b"id: " + i.encode() for i in good[1:]]
+    finally:
+        stream.close()
+    assert store_state(bus)["skipped"]["count"] == 1099

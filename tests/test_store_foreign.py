@@ -152,3 +152,22 @@ def test_a_reader_task_that_fails_is_started_again_and_health_says_so(
     [said] = [line for line in bus.lines if "stopped (RuntimeError" in line]
     assert said.endswith("starting it again in 0.05s")
     wait_until(lambda: bus.proc.poll() is not None)
+
+
+def test_a_run_of_foreign_entries_longer_than_a_read_is_read_past(
+    bus_process: Callable[..., BusProcess], redis_server: RedisServer
+) -> None:
+    bus = bus_process("--store", redis_server.url, "--quiet")
+    first = post_event(bus, "before.run", {})
+    writer = redis.Redis.from_url(redis_server.url)
+    try:
+        with writer.pipeline(transaction=False) as pipe:
+            for n in range(2500):  # more than one XREAD (2,000 entries) and one page of a resume (1,000)
+                pipe.xadd(STREAM, {b"t": b"foreign.event", b"j": b"%d" % n})
+            pipe.execute()
+    finally:
+        writer.close()
+    last = post_event(bus, "after.run", {})
+    assert [event["id"] for event in history(bus, limit=10_000)] == [first, last]
+    assert [event["id"] for event in history(bus, since=first)] == [last]
+    assert bus.health()["store"]["skipped"]["count"] == 2500
