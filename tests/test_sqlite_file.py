@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 from blackbox import SSEFrames, expected_frame, history, metric, post_event
-from support import ROOT, WAIT, BusProcess, bus_env, run_devbus, wait_until
+from support import WAIT, BusProcess, bus_env_running_first, run_devbus, wait_until
 
 
 def publish(bus: BusProcess, event_type: str, data: dict[str, Any]) -> tuple[int, dict[str, str], dict[str, Any]]:
@@ -258,6 +258,17 @@ def test_a_read_only_file_is_said_in_one_line(
     assert line.startswith(f"Error: Cannot use --store {new}: the file system is read-only ([Errno 30] ")
 
 
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes to a file whatever its mode (the tmpfs test covers root)")
+def test_a_file_of_mode_444_is_said_in_one_line(bus_process: Callable[..., BusProcess], tmp_path: Path) -> None:
+    path = tmp_path / "bus.sqlite"
+    bus = bus_process("--store", f"sqlite:{path}", "--quiet")
+    post_event(bus, "kept", {})
+    assert bus.stop() == 0
+    path.chmod(0o444)
+    line = one_error_line(run_devbus_second(f"sqlite:{path}"))
+    assert line.startswith(f"Error: Cannot use --store sqlite:{path}: the file is read-only (mode 444); ")
+
+
 def fill(disk: Path, bus: BusProcess) -> tuple[list[str], int]:
     """Publish 64 KiB events until the disk is full; return the ids acknowledged and the refusals."""
     acknowledged: list[str] = []
@@ -300,12 +311,12 @@ def test_a_full_disk_is_said_in_one_line_and_events_are_taken_again_once_there_i
 @pytest.fixture
 def size_limited(tmp_path: Path) -> dict[str, str]:
     """The environment of a bus whose files may grow to 1 MiB (ulimit -f), and that is not killed past it."""
-    (tmp_path / "sitecustomize.py").write_text(
+    return bus_env_running_first(
+        tmp_path,
         "import resource, signal\n"
         "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
-        "resource.setrlimit(resource.RLIMIT_FSIZE, (1024 * 1024, resource.RLIM_INFINITY))\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (1024 * 1024, resource.RLIM_INFINITY))\n",
     )
-    return bus_env(PYTHONPATH=f"{tmp_path}{os.pathsep}{ROOT}")
 
 
 def test_a_file_past_the_size_limit_is_said_in_one_line_and_events_are_taken_again_once_it_is_raised(

@@ -9,14 +9,13 @@ streams; /history answered 200 with invalid JSON.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import redis
 from blackbox import SSEFrames, expected_frame, history, metric, post_event
-from support import ROOT, BusProcess, RedisServer, bus_env, wait_until
+from support import BusProcess, RedisServer, bus_env_running_first, wait_until
 
 STREAM = "devbus:events"
 TIMESTAMP = b"2026-01-01T00:00:00.000000Z"
@@ -119,7 +118,8 @@ def test_foreign_entries_are_skipped_counted_and_never_framed_while_every_event_
 @pytest.fixture
 def failing_reader(tmp_path: Path) -> dict[str, str]:
     """The environment of a bus whose Redis reader raises once, on its first page of entries."""
-    (tmp_path / "sitecustomize.py").write_text(
+    return bus_env_running_first(
+        tmp_path,
         "import devbus.bus.store.redis_reader as reader\n"
         "real = reader.read_reply\n"
         "failed = []\n"
@@ -128,9 +128,8 @@ def failing_reader(tmp_path: Path) -> dict[str, str]:
         "        failed.append(True)\n"
         "        raise RuntimeError('a reply nobody expected')\n"
         "    return real(checker, reply)\n"
-        "reader.read_reply = read_reply\n"
+        "reader.read_reply = read_reply\n",
     )
-    return bus_env(PYTHONPATH=f"{tmp_path}{os.pathsep}{ROOT}")
 
 
 def test_a_reader_task_that_fails_is_started_again_and_health_says_so(

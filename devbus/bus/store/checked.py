@@ -108,7 +108,9 @@ class Checker:
             return check(event_id, event_type, json)
         except Skip as skip:
             self.skipped(event_id, skip.reason, str(skip))
-            return None
+        except Exception as exc:  # a record no rule foresaw: skipped too, never a reader stopped on it for good
+            self.skipped(event_id, "event", f"it could not be checked ({type(exc).__name__}: {exc})")
+        return None
 
     def skipped(self, event_id: str, reason: str, problem: str) -> None:
         """Count and log (as the module docstring says) the record ``event_id``, skipped for ``reason``."""

@@ -34,6 +34,7 @@ import socket
 import sqlite3
 import time
 from typing import Any
+from urllib.parse import quote
 
 from devbus.bus.store.supervised import Supervised
 from devbus.errors import ConfigError, StoreUnavailable
@@ -147,7 +148,7 @@ class FileHold:
     def _holder(self) -> str:
         """The owner the file's meta table names (best effort: the holder may not have written it yet)."""
         try:
-            db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=1.0)
+            db = sqlite3.connect(f"file:{quote(self.path)}?mode=ro", uri=True, timeout=1.0)
             try:
                 row = db.execute("SELECT value FROM meta WHERE key = 'owner'").fetchone()
             finally:
