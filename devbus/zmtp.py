@@ -36,6 +36,10 @@ GREETING_SIZE = 64
 # Signature, version 3.0, mechanism NULL, as-server 0, filler: sent whole at once.
 GREETING = b"\xff" + b"\x00" * 8 + b"\x7f" + b"\x03\x00" + b"NULL".ljust(20, b"\x00") + b"\x00" + b"\x00" * 31
 
+# Bytes of a PING's context echoed in its PONG: ZMTP 3.1 allows up to 16, and libzmq cuts a
+# longer one to that, so that a peer cannot make the bus echo a 1 MiB context per PING.
+PING_CONTEXT = 16
+
 MORE = 0x01
 LONG = 0x02
 COMMAND = 0x04
@@ -99,8 +103,8 @@ def check_ready(body: bytes, *, allowed: frozenset[bytes], role: str) -> bytes:
 
 
 def pong(body: bytes) -> bytes:
-    """The answer to a ZMTP 3.1 PING: a PONG with the context it carries (after its 2-byte TTL)."""
-    return command(b"PONG", body[2:])
+    """The answer to a ZMTP 3.1 PING: a PONG with the context it carries (after its 2-byte TTL), cut to 16 bytes."""
+    return command(b"PONG", body[2 : 2 + PING_CONTEXT])
 
 
 def error(reason: str) -> bytes:

@@ -13,6 +13,7 @@ import zmq.asyncio
 from aiohttp.test_utils import TestClient
 from support import WAIT, BusFactory, RedisServer, eventually, history
 
+from devbus.bus.budget import MemoryBudget
 from devbus.bus.dispatcher import Dispatcher
 from devbus.bus.inputs.zeromq import Ingest
 from devbus.bus.keys import DISPATCHER, ENDPOINTS
@@ -248,7 +249,9 @@ async def test_a_sender_whose_socket_backs_up_with_acks_is_read_no_more_until_it
     it makes no more acks for it, and reads on once the socket drains."""
     dispatcher = Dispatcher(MemoryStore(history=1000), metrics=Metrics())
     await dispatcher.start()
-    ingest = Ingest(dispatcher=dispatcher, readers=NobodyBehind(), metrics=dispatcher.metrics, max_size=1 << 20)
+    metrics = dispatcher.metrics
+    budget = MemoryBudget(1 << 30, metrics=metrics)
+    ingest = Ingest(dispatcher=dispatcher, readers=NobodyBehind(), metrics=metrics, budget=budget, max_size=1 << 20)
     host, _, port = (await ingest.bind("tcp://127.0.0.1:*")).removeprefix("tcp://").rpartition(":")
     reader, writer = await asyncio.open_connection(host, int(port))
     try:
