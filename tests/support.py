@@ -216,6 +216,15 @@ def bus_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def bus_env_running_first(directory: Path, code: str) -> dict[str, str]:
+    """The environment of a child that runs ``code`` before anything else (as ``sitecustomize``).
+
+    For what no option sets: a fault injected into a bus, or a limit set on it from inside.
+    """
+    (directory / "sitecustomize.py").write_text(code)
+    return bus_env(PYTHONPATH=f"{directory}{os.pathsep}{ROOT}")
+
+
 def run_devbus(
     *args: str, env: dict[str, str] | None = None, timeout: float = WAIT * 3
 ) -> subprocess.CompletedProcess[str]:

@@ -88,6 +88,22 @@ def create_app(settings: Settings | None = None) -> web.Application:
     )
     dispatcher = app[DISPATCHER] = Dispatcher(store, metrics=metrics)
     metrics.store_up.labels(store.name).set_function(lambda: 1 if store.status()["state"] == "up" else 0)
+    metrics.count_from(
+        "devbus_store_skipped",
+        "Records read back from the store that were not events (another program wrote them), skipped, by reason.",
+        "reason",
+        lambda: store.status().get("skipped", {}).get("reasons", {}),
+    )
+    metrics.count_from(
+        "devbus_store_restarts",
+        "Times a store's background task (the Redis reader, the SQLite file's watcher) failed and was started again.",
+        "task",
+        lambda: {
+            name: part["restarts"]
+            for name, part in store.status().items()
+            if isinstance(part, dict) and "restarts" in part
+        },
+    )
     app.cleanup_ctx.append(_store)
 
     budget = app[BUDGET] = MemoryBudget(settings.memory_budget, metrics=metrics)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
 
@@ -125,6 +127,10 @@ class Metrics:
         """Count one refused input."""
         self.rejected.labels(reason).inc()
 
+    def count_from(self, name: str, documentation: str, label: str, read: Callable[[], Mapping[str, int]]) -> None:
+        """Expose a counter whose values, by ``label``, a part of the bus counts itself (read at scrape time)."""
+        self.registry.register(_ReadCounts(name, documentation, label, read))
+
     def watch(self, gauge: Gauge, read: Callable[[], float]) -> None:
         """Make ``gauge`` read its value from ``read`` at scrape time."""
         gauge.set_function(read)
@@ -132,3 +138,19 @@ class Metrics:
     def render(self) -> bytes:
         """Return the Prometheus text exposition."""
         return generate_latest(self.registry)
+
+
+class _ReadCounts(Collector):
+    """A counter family whose values are read at scrape time from who counts them."""
+
+    def __init__(self, name: str, documentation: str, label: str, read: Callable[[], Mapping[str, int]]) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._label = label
+        self._read = read
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(self._name, self._documentation, labels=[self._label])
+        for value, count in self._read().items():
+            family.add_metric([value], count)
+        yield family

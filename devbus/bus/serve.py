@@ -151,8 +151,12 @@ def _without_secrets(target: str) -> str:
     return shown if target == url else f"{name}={shown}"
 
 
+def _base_url(settings: Settings, port: int) -> str:
+    return f"http://{settings.host if ':' not in settings.host else f'[{settings.host}]'}:{port}"
+
+
 def _banner(settings: Settings, port: int, app: web.Application) -> str:
-    base = f"http://{settings.host if ':' not in settings.host else f'[{settings.host}]'}:{port}"
+    base = _base_url(settings, port)
     rows = [
         ("dashboard", f"{base}/"),
         ("events", f"{base}{settings.api}/events  (SSE)"),
@@ -211,6 +215,7 @@ async def serve(settings: Settings, *, quiet: bool = False, write: Callable[[str
         except OSError as exc:
             raise ConfigError(f"Cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}") from exc
         port = runner.addresses[0][1]
+        app[DISPATCHER].store.announce(_base_url(settings, port))  # a second bus on its file names it
         # Handle signals before saying "ready": a stop sent right after must still be clean.
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -40,6 +40,7 @@ from typing import Any, cast
 
 from devbus.bus.record import Deliver, Record
 from devbus.bus.store.base import Appended, Claim, Resume, Store
+from devbus.bus.store.checked import Checker
 from devbus.bus.store.redis_appends import AppendTracker
 from devbus.bus.store.redis_codec import FORMAT, Entry
 from devbus.bus.store.redis_link import FAILURES, Link
@@ -74,8 +75,14 @@ class RedisStore(Store):
         self._history = history
         self._run = ""
         self._appends = AppendTracker(lambda: self._reader.position)
+        self._checker = Checker(self.name)
         self._reader = StreamReader(
-            self._link, self._stream, history=history, tracker=self._appends, reconnected=self._meta_values
+            self._link,
+            self._stream,
+            history=history,
+            tracker=self._appends,
+            checker=self._checker,
+            reconnected=self._meta_values,
         )
         self._writer = AppendWriter(
             self._link, self._reader, self._appends, key=key, history=history, bus=self.consumer
@@ -103,11 +110,20 @@ class RedisStore(Store):
                 self._reader.length = await self._link.redis.xlen(self._stream)
 
     def status(self) -> dict[str, Any]:
-        return {"name": self.name, "key": self.key, "retained": len(self), **self._link.status()}
+        return {
+            "name": self.name,
+            "key": self.key,
+            "retained": len(self),
+            **self._link.status(),
+            "reader": self._reader.task.status(),
+            "skipped": self._checker.status(),
+        }
 
     def shared_stream(self) -> SharedStream:
         """The handle other buses' readers of this stream get (a cluster-wide --forward)."""
-        return SharedStream(redis=self._link.redis, stream=self._stream, key=self.key, consumer=self.consumer)
+        return SharedStream(
+            redis=self._link.redis, stream=self._stream, key=self.key, consumer=self.consumer, checker=self._checker
+        )
 
     async def open(self, deliver: Deliver) -> None:
         try:
