@@ -127,10 +127,17 @@ async def test_a_repeat_is_acknowledged_not_stored_and_a_gap_asks_once_for_the_r
     await sender.send(event(3), event(4))  # repeats
     assert await sender.ack() == Ack(5)
     await sender.send(event(8), event(9), event(12))  # a gap: 6 and 7 never came
-    assert await sender.ack() == Ack(5, resend=True)
+    # The repeats may have come in two reads, each acknowledged: the ask follows those.
+    acks = [await sender.ack()]
+    while not acks[-1].resend:
+        acks.append(await sender.ack())
+    assert acks == [Ack(5)] * (len(acks) - 1) + [Ack(5, resend=True)]
+    assert len(acks) <= 2
     await sender.send(event(13))  # still out of order: skipped without another ask
     await sender.send(*(event(seq) for seq in range(6, 10)))
-    assert (await sender.acks_until(9))[-1] == Ack(9)
+    later = await sender.acks_until(9)
+    assert later[-1] == Ack(9)
+    assert not any(ack.resend for ack in later)
     events = await history(client, count=9)
     assert [e["data"]["n"] for e in events] == list(range(1, 10))
     assert await metric(client, "devbus_repeats_total") == "2.0"  # 3 and 4 (8 and 9 were never taken)
