@@ -18,7 +18,7 @@ from aiohttp import web
 from devbus.bus import views
 from devbus.bus.backplane import backplane
 from devbus.bus.dispatcher import Dispatcher
-from devbus.bus.guard import add_cors_headers, expect_continue, guard
+from devbus.bus.guard import Gate
 from devbus.bus.history import History
 from devbus.bus.inputs.http import HttpInput
 from devbus.bus.inputs.reach import ReachCounts
@@ -76,7 +76,8 @@ def _forward(app: web.Application, settings: Settings, store: Store, dispatcher:
 def create_app(settings: Settings | None = None) -> web.Application:
     """Build the bus: dispatcher, routes, guards and background services."""
     settings = settings or Settings()
-    app = web.Application(middlewares=[guard, unrouted_as_json], client_max_size=settings.max_body)
+    gate = Gate(settings)
+    app = web.Application(middlewares=[gate.guard, unrouted_as_json], client_max_size=settings.max_body)
     metrics = Metrics()
     app[SETTINGS] = settings
     app[METRICS] = metrics
@@ -104,9 +105,9 @@ def create_app(settings: Settings | None = None) -> web.Application:
     inputs = HttpInput(dispatcher, reach, max_body=settings.max_body, body_timeout=settings.body_timeout)
     events = EventStream(fanout, store, now=dispatcher.now, heartbeat=settings.heartbeat, retry_ms=settings.retry_ms)
     api = settings.api
-    app.router.add_post(f"{api}/webhook", inputs.webhook, expect_handler=expect_continue)
-    app.router.add_post(f"{api}/trigger", inputs.trigger, expect_handler=expect_continue)
-    app.router.add_post(f"{api}/batch", inputs.batch, expect_handler=expect_continue)
+    app.router.add_post(f"{api}/webhook", inputs.webhook, expect_handler=gate.expect_continue)
+    app.router.add_post(f"{api}/trigger", inputs.trigger, expect_handler=gate.expect_continue)
+    app.router.add_post(f"{api}/batch", inputs.batch, expect_handler=gate.expect_continue)
     app.router.add_get(f"{api}/events", events.handle)
     app.router.add_get(f"{api}/history", History(store, max_limit=settings.history).handle)
     app.router.add_get(f"{api}/health", views.health)
@@ -115,7 +116,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app.router.add_get("/", views.static_file("dashboard.html", prefix=api))
     for name in ("dashboard.js", "devbus.js", "devbus.d.ts"):
         app.router.add_get(f"/{name}", views.static_file(name, prefix=api))
-    app.on_response_prepare.append(add_cors_headers)
+    app.on_response_prepare.append(gate.add_cors_headers)
     app.on_shutdown.append(_close_streams)
     if settings.ingest or settings.egress:
         app.cleanup_ctx.append(backplane)
