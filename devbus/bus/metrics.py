@@ -64,7 +64,9 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.events_in = LoopCounter("devbus_events", "Events accepted, by source.", "source", registry=self.registry)
-        self.deliveries = LoopCounter("devbus_deliveries", "Event frames queued to subscribers.", registry=self.registry)
+        self.deliveries = LoopCounter(
+            "devbus_deliveries", "Event frames queued to subscribers.", registry=self.registry
+        )
         self.evictions = Counter(
             "devbus_evictions", "Subscribers disconnected for falling behind.", registry=self.registry
         )
