@@ -113,8 +113,9 @@ def _token_ok(request: web.Request, token: str) -> bool:
 class Gate:
     """Every check a request passes before any work, built once from the bus's settings.
 
-    :meth:`guard` is the middleware, :meth:`add_cors_headers` the response hook and
-    :meth:`expect_continue` the POST routes' answer to ``Expect: 100-continue``.
+    :meth:`guarded` puts a route's handler behind the checks, :meth:`add_cors_headers`
+    is the response hook and :meth:`expect_continue` the POST routes' answer to
+    ``Expect: 100-continue``.
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -183,20 +184,27 @@ class Gate:
             "send the header 'Content-Type: application/json'"
         )
 
-    @web.middleware
-    async def guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        """Refuse disallowed requests before any work; answer preflights; map errors."""
-        try:
-            self._check_request(request)
-            if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
-                return web.Response(status=204)
-            self._check_token(request)
-            if request.method == "POST" and request.match_info.http_exception is None:
-                # Every POST route of the bus takes a JSON body (an unknown one answers 404 or 405 instead).
-                self._check_media_type(request)
-            return await handler(request)
-        except DevbusError as error:
-            return error_response(request, error)
+    def guarded(self, handler: Handler, *, json_body: bool = False) -> Handler:
+        """``handler`` behind every check (``json_body``: it reads a JSON body); refusals become JSON errors.
+
+        Every route of the bus is added in this form, the catch-all for unknown paths
+        and methods included, instead of through a middleware: aiohttp runs a chain of
+        middlewares through two extra coroutines a request (5 µs before any check).
+        """
+
+        async def checked(request: web.Request) -> web.StreamResponse:
+            try:
+                self._check_request(request)
+                if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+                    return web.Response(status=204)
+                self._check_token(request)
+                if json_body:
+                    self._check_media_type(request)
+                return await handler(request)
+            except DevbusError as error:
+                return error_response(request, error)
+
+        return checked
 
     async def add_cors_headers(self, request: web.Request, response: web.StreamResponse) -> None:
         """Echo an allowed Origin (never '*'), on every response including streams."""
