@@ -88,6 +88,9 @@ class HttpInput:
         committed = self._dispatcher.publish(drafts, claim)
         if committed.done():
             return committed.result()  # a store of this process's memory answers at once
+        return await self._committed(committed, claim)
+
+    async def _committed(self, committed: asyncio.Future[Appended], claim: Claim | None) -> Appended:
         try:
             async with asyncio.timeout(PUBLISH_WAIT):
                 return await asyncio.shield(committed)
@@ -128,7 +131,8 @@ class HttpInput:
         if HEADER not in request.headers:
             # The common case, kept short: a request without a key is published and answered here.
             with self._reach:
-                record = (await self._publish([draft], None))[0]
+                committed = self._dispatcher.publish([draft])
+                record = (committed.result() if committed.done() else await self._committed(committed, None))[0]
                 return json_answer(shape(record.id, self._reach.of(record)))
         return await self._respond(
             request,

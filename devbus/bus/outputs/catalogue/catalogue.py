@@ -118,7 +118,7 @@ class Catalogue:
             event = records[0].event
             entry.count += 1
             entry.last_seen = event.timestamp
-            if self._shapes.take(1):
+            if self._shapes.take_one():
                 self._learn((event,))
         elif records:
             self._observe(records, _event_of, every=False)
