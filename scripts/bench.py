@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import json
 import multiprocessing
+import os
 import socket
 import sys
 import time
@@ -203,6 +204,8 @@ async def scenario_burst(sizes: Sizes) -> dict[str, Any]:
     finally:
         bare.stop()
     result["ratio"] = round(result["deliveries_per_s"] / result["bare"]["deliveries_per_s"], 2)
+    # Where the sinks, not the server, set the pace, the CPU each server spent says more than the rate.
+    result["cpu_ratio"] = round(result["bare"]["bus_cpu_s"] / max(result["bus_cpu_s"], 0.01), 2)
     result["correct"] = all_correct(result) and all_correct(result["bare"])
     result["met"] = result["correct"] and result["deliveries_per_s"] >= 2_000_000 and result["ratio"] >= 0.9
     return result
@@ -275,6 +278,9 @@ async def scenario_post(sizes: Sizes) -> dict[str, Any]:
     result["generator"] = generator
     result["connections"] = connections
     result["ratio"] = round(result["requests_per_s"] / result["bare"]["requests_per_s"], 2)
+    # The CPU each request cost, bare over devbus: steadier than the rates on a shared machine.
+    result["cpu_ratio"] = round(result["bare"]["cpu_us_per_request"] / result["cpu_us_per_request"], 2)
+    result["load"] = round(os.getloadavg()[0], 2)
     stored = sum(r["stored"] for r in runs["devbus"])
     answered = result["requests"]
     result["stored"] = stored

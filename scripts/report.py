@@ -94,10 +94,14 @@ def reference_cell(name: str, result: dict[str, Any]) -> str:
     if name == "post" and bare:
         return (
             f"bare aiohttp {bare['requests_per_s']:,} requests/s, p99 {bare['p99_ms']} ms, "
-            f"{bare['cpu_us_per_request']} µs CPU each; devbus {result['ratio']}x"
+            f"{bare['cpu_us_per_request']} µs CPU each; devbus {result['ratio']}x the rate, "
+            f"{result['cpu_ratio']}x the CPU efficiency (load {result['load']})"
         )
     if name == "burst" and bare:
-        return f"bare aiohttp + pyzmq {bare['deliveries_per_s']:,} deliveries/s; devbus {result['ratio']}x"
+        return (
+            f"bare aiohttp + pyzmq {bare['deliveries_per_s']:,} deliveries/s, {bare['bus_cpu_s']} s CPU; "
+            f"devbus {result['ratio']}x the rate, {result['cpu_ratio']}x the CPU efficiency"
+        )
     reference = result.get("reference")
     if not reference:
         return ""
