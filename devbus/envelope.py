@@ -21,6 +21,7 @@ __all__ = [
     "HttpEventIn",
     "RecordedIn",
     "WireEventIn",
+    "check_event_id",
     "check_name",
     "decode_batch",
     "decode_http_event",
@@ -121,6 +122,22 @@ def check_name(value: str, *, field: str, max_length: int = MAX_TYPE_LENGTH) -> 
                 )
     if len(_valid_names) < MAX_CACHED_NAMES:
         _valid_names.add(value)
+    return value
+
+
+# The ids every store gives: ``<run>-<seq>`` (memory, SQLite: eight hex digits, a number)
+# and ``<ms>-<seq>`` (Redis stream ids). A resume id of that form from another run or
+# store is a stale bookmark (a gap, then everything retained); anything else is a mistake.
+_EVENT_ID = re.compile(r"[0-9A-Za-z]{1,32}-[0-9]{1,20}\Z")
+
+
+def check_event_id(value: str, *, field: str, example: str | None) -> str:
+    """Return ``value`` if it has the form of a devbus event id, else raise InvalidEvent naming ``field``."""
+    if _EVENT_ID.match(value) is None:
+        raise InvalidEvent(
+            f"{field} must be an event id such as {example or '3f9a1c2e-1'!r} (got {value[:80]!r}); "
+            "take one from an event's `id`"
+        )
     return value
 
 

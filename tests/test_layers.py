@@ -8,7 +8,7 @@ module that no layer names fails the test until it is placed.
 shared
     The modules at the top of ``devbus/`` that both sides use: envelopes, the nesting
     limit, frames, errors, the ZMTP codec, type filters, addresses, logging, defaults,
-    the version.
+    the version, text for people (counts, cut columns).
     They import only each other: never ``devbus.bus``, ``devbus.client``,
     ``devbus.cli``, ``devbus.watch`` or the package's ``__init__``.
 bus base
@@ -76,6 +76,7 @@ SHARED_MODULES = {
     "devbus.frames",
     "devbus.logs",
     "devbus.nesting",
+    "devbus.text",
     "devbus.typefilter",
     "devbus.version",
     "devbus.zmtp",

@@ -23,6 +23,7 @@ from devbus.bus.preflight import check_addresses_free, check_options
 from devbus.bus.settings import Settings
 from devbus.errors import ConfigError
 from devbus.logs import REDACTED
+from devbus.text import plural
 from devbus.version import __version__
 
 __all__ = ["check_exposure", "serve"]
@@ -203,5 +204,5 @@ async def serve(settings: Settings, *, quiet: bool = False, write: Callable[[str
     finally:
         await runner.cleanup()
     # After cleanup, which reads what senders had already written to the ingest.
-    out(f"devbus stopped after {app[DISPATCHER].total} events")
+    out(f"devbus stopped after {plural(app[DISPATCHER].total, 'event')}")
     sys.stdout.flush()

@@ -19,6 +19,7 @@ __all__ = ["health", "metrics", "static_file", "types"]
 async def health(request: web.Request) -> web.Response:
     """Report liveness and a few numbers; needs no token."""
     dispatcher = request.app[DISPATCHER]
+    await dispatcher.store.refresh()
     return web.json_response(
         {
             "status": "ok",
@@ -42,6 +43,7 @@ async def types(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     """Expose Prometheus metrics."""
+    await request.app[DISPATCHER].store.refresh()
     body = request.app[METRICS].render()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

@@ -25,6 +25,7 @@ from devbus.bus.record import Record
 from devbus.bus.store.base import Appended, Claim
 from devbus.envelope import Draft, decode_batch, decode_http_event
 from devbus.errors import BodyTooLarge, OutcomeUnknown, RequestTimeout
+from devbus.text import plural
 
 __all__ = ["PUBLISH_WAIT", "HttpInput", "read_body", "too_large"]
 
@@ -148,7 +149,7 @@ class HttpInput:
         draft = decode_http_event(body, default_source="http")
 
         def shape(event_id: str, reached: int) -> dict[str, Any]:
-            message = f"Event {draft.type} broadcasted to {reached} subscribers"
+            message = f"Event {draft.type} broadcasted to {plural(reached, 'subscriber')}"
             return {"success": True, "id": event_id, "message": message, "subscribers": reached}
 
         return await self._one(request, body, draft, shape)

@@ -53,6 +53,9 @@ READ_SIZE = 64 * 1024
 # On stop: read until every sender has been quiet this long, for at most DRAIN.
 DRAIN = 2.0
 DRAIN_QUIET = 0.1
+# On stop: how long batches already read may take to be committed. A store that is away
+# (Redis down) does not answer in time; closing it then fails those batches, logged and counted.
+COMMIT_WAIT = 5.0
 
 # While the store is unreachable a batch taken from a sender is stored again after these
 # delays (doubling); that sender is not read meanwhile.
@@ -130,7 +133,7 @@ class Ingest:
         if self._committing:
             # What was read is committed (and reaches the outputs still open) and acknowledged before
             # the ingest is gone.
-            await asyncio.wait(list(self._committing))
+            await asyncio.wait(list(self._committing), timeout=COMMIT_WAIT)
         for task in list(self._hellos):
             # Cancelled until it ends: a store call may swallow one cancellation (see store/redis_link.py).
             while not task.done():

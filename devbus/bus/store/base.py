@@ -205,9 +205,11 @@ class Store(abc.ABC):
     async def read_before(self, before: str | None, *, limit: int, max_bytes: int) -> list[Record]:
         """Return the newest records before ``before`` (None: the head), oldest first."""
 
-    def is_id(self, value: str) -> bool:
-        """Whether ``value`` has the form of this store's ids (of any run), to refuse nonsense early."""
-        return bool(value)
+    async def refresh(self) -> None:  # noqa: B027 - a hook: only a shared store needs it
+        """Re-read counts that can change behind the bus's back, before health or /metrics report them.
+
+        Only a shared store needs it (a Redis that lost its data, or that other buses trim).
+        """
 
     def status(self) -> dict[str, Any]:
         """What health reports about the store: its name and state, plus store-specific numbers."""

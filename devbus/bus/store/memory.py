@@ -108,10 +108,6 @@ class MemoryStore(Store):
     def _first_seq(self) -> int | None:
         return self._seq - len(self._records) + 1 if self._records else None
 
-    def is_id(self, value: str) -> bool:
-        """Whether ``value`` looks like ``<run>-<seq>``."""
-        return parse_id(value) is not None
-
     async def resolve(self, event_id: str) -> Resume:
         """Resume after ``event_id`` if it is this run's and nothing after it was dropped, else a gap."""
         return resume(self._run, event_id, first=self._first_seq(), last=self._seq)

@@ -42,7 +42,7 @@ from devbus.bus.record import Deliver, Record
 from devbus.bus.store.base import Appended, Claim, Resume, Store
 from devbus.bus.store.redis_appends import AppendTracker
 from devbus.bus.store.redis_codec import FORMAT, Entry
-from devbus.bus.store.redis_link import FAILURES, Link, parse_stream_id
+from devbus.bus.store.redis_link import FAILURES, Link
 from devbus.bus.store.redis_reader import StreamReader
 from devbus.bus.store.redis_reads import StreamReads
 from devbus.bus.store.redis_shared import SharedStream
@@ -58,6 +58,7 @@ log = logging.getLogger(__name__)
 DEFAULT_KEY = "devbus"
 MIN_VERSION = (6, 2)  # XAUTOCLAIM, exclusive XRANGE bounds
 CLOSE_TIMEOUT = 2.0
+REFRESH_TIMEOUT = 0.5  # longest health or /metrics waits for Redis to count the stream
 
 
 class RedisStore(Store):
@@ -93,9 +94,13 @@ class RedisStore(Store):
     def __len__(self) -> int:
         return min(self._reader.length, self._history)
 
-    def is_id(self, event_id: str) -> bool:
-        """Whether ``event_id`` has the shape of a stream id."""
-        return parse_stream_id(event_id) is not None
+    async def refresh(self) -> None:
+        """Count what the stream holds now: Redis may have lost its data (FLUSHALL, a restart without persistence)."""
+        if not self._link.up:
+            return  # the reader is reconnecting; health says the store is down
+        with contextlib.suppress(TimeoutError, *FAILURES):
+            async with asyncio.timeout(REFRESH_TIMEOUT):
+                self._reader.length = await self._link.redis.xlen(self._stream)
 
     def status(self) -> dict[str, Any]:
         return {"name": self.name, "key": self.key, "retained": len(self), **self._link.status()}

@@ -281,10 +281,6 @@ class SqliteStore(Store):
         first = self._first if self._sizes else None
         return resume(self._run, event_id, first=first, last=self._delivered)
 
-    def is_id(self, value: str) -> bool:
-        """Whether ``value`` looks like ``<run>-<seq>``."""
-        return parse_id(value) is not None
-
     def _after_seq(self, after: str) -> int:
         parsed = parse_id(after)
         if parsed is None or parsed[0] != self._run:
