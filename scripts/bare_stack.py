@@ -84,8 +84,8 @@ class Fanout:
             pass
         if frames:
             # The streams are HTTP/1.1 chunked (aiohttp's default without a length): frame once, write to all.
-            body = b"".join(frames)
-            chunk = b"%x\r\n%b\r\n" % (len(body), body)
+            joined = b"".join(frames)
+            chunk = b"%x\r\n%b\r\n" % (len(joined), joined)
             for transport in self.subscribers:
                 transport.write(chunk)
         # The socket's descriptor is edge-triggered: look again until it has nothing.

@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import json
 import multiprocessing
-import os
 import socket
 import sys
 import time
@@ -30,6 +29,7 @@ from typing import Any
 import aiohttp
 import hammer
 import loadgen
+import posts
 import report
 import restarts
 from loadgen import Sink, Tally, close_sinks, cpu_self, id_digest, open_sinks, stalled_client
@@ -211,86 +211,9 @@ async def scenario_burst(sizes: Sizes) -> dict[str, Any]:
     return result
 
 
-async def post_load(server: Server, connections: int, seconds: int, generator: str) -> dict[str, Any]:
-    """Single-event POSTs to /webhook on ``connections`` connections for ``seconds``, with ``generator``."""
-    url = f"http://127.0.0.1:{server.port}/api/dev/webhook"
-    body = loadgen.webhook_body()(0)
-    if generator == "wrk":
-        return await hammer.wrk_posts(url, body, connections=connections, seconds=seconds)
-    return await in_child(hammer.aiohttp_posts, url, body, connections=connections, seconds=seconds)
-
-
-async def post_round(server: Server, connections: int, seconds: int, generator: str) -> dict[str, Any]:
-    """One measured round of :func:`post_load`, with the server's CPU and what devbus stored meanwhile."""
-    stored = (await health(server))["events"] if isinstance(server, Devbus) else 0
-    meter = Meter(server)
-    load = await post_load(server, connections, seconds, generator)
-    load |= meter.stop(publisher_cpu=load.pop("cpu"))
-    if isinstance(server, Devbus):
-        # wrk stops with up to one request per connection unanswered; the bus may have stored those.
-        load["stored"] = (await health(server))["events"] - stored
-    return load
-
-
-def post_totals(rounds: list[dict[str, Any]]) -> dict[str, Any]:
-    """The rounds of one server added up: requests/s over all of them, the worst p99."""
-    requests = sum(r["requests"] for r in rounds)
-    seconds = sum(r["seconds"] for r in rounds)
-    bus_cpu = sum(r["bus_cpu_s"] for r in rounds)
-    return {
-        "requests_per_s": round(requests / seconds),
-        "requests": requests,
-        "p50_ms": max(r["p50_ms"] for r in rounds),
-        "p99_ms": max(r["p99_ms"] for r in rounds),
-        "non_2xx": sum(r["non_2xx"] for r in rounds),
-        "errors": sum(r["errors"] for r in rounds),
-        "cpu_us_per_request": round(bus_cpu / max(requests, 1) * 1e6, 1),
-        "bus_cpu_s": round(bus_cpu, 2),
-        "gen_cpu_s": round(sum(r["gen_cpu_s"] for r in rounds), 2),
-        "bus_rss_mb": max(r["bus_rss_mb"] for r in rounds),
-        "rounds": rounds,
-    }
-
-
 async def scenario_post(sizes: Sizes) -> dict[str, Any]:
-    """Single-event POSTs on 32 busy connections: devbus (memory store) against a bare aiohttp JSON handler.
-
-    Both servers run side by side and take turns, a round each, so that a change in the
-    machine's load falls on both; the ratio is of their totals over every round.
-    """
     connections, seconds, rounds = sizes.post
-    generator = POST_GENERATOR or ("wrk" if hammer.WRK else "aiohttp")
-    servers: dict[str, Server] = {}
-    try:
-        servers["bare"] = Bare("post")
-        servers["devbus"] = Devbus(store="memory")
-        for server in servers.values():
-            await post_load(server, connections, 1, generator)  # warm up: connections open, code paths run
-        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in servers}
-        for _ in range(rounds):
-            for name, server in servers.items():
-                runs[name].append(await post_round(server, connections, seconds, generator))
-    finally:
-        for server in servers.values():
-            server.stop()
-    result = post_totals(runs["devbus"])
-    result["bare"] = post_totals(runs["bare"])
-    result["generator"] = generator
-    result["connections"] = connections
-    result["ratio"] = round(result["requests_per_s"] / result["bare"]["requests_per_s"], 2)
-    # The CPU each request cost, bare over devbus: steadier than the rates on a shared machine.
-    result["cpu_ratio"] = round(result["bare"]["cpu_us_per_request"] / result["cpu_us_per_request"], 2)
-    result["load"] = round(os.getloadavg()[0], 2)
-    stored = sum(r["stored"] for r in runs["devbus"])
-    answered = result["requests"]
-    result["stored"] = stored
-    result["correct"] = (
-        result["non_2xx"] == result["errors"] == result["bare"]["non_2xx"] == result["bare"]["errors"] == 0
-        and answered <= stored <= answered + connections * rounds
-        and answered > 0
-    )
-    result["met"] = result["correct"] and result["ratio"] >= 0.9
-    return result
+    return await posts.scenario_post(connections, seconds, rounds, generator=POST_GENERATOR, in_child=in_child)
 
 
 async def scenario_http_fanout(sizes: Sizes) -> dict[str, Any]:
