@@ -13,7 +13,8 @@ shared
     ``devbus.cli``, ``devbus.watch`` or the package's ``__init__``.
 bus base
     What every layer of the bus shares: ``bus/record.py`` (the records in the log),
-    settings, metrics, listening on ZeroMQ endpoints, the ZMTP peer and its deadline, replay pages.
+    settings, metrics, listening on ZeroMQ endpoints, the ZMTP peer and its deadline, the memory
+    budget, replay pages.
     Shared modules and each other only.
 store
     ``bus/store/*``: stores and reads, nothing else. Shared, ``record``, ``settings``,
@@ -82,6 +83,7 @@ SHARED_MODULES = {
     "devbus.zmtp",
 }
 BASE_MODULES = {
+    "devbus.bus.budget",
     "devbus.bus.deadline",
     "devbus.bus.endpoints",
     "devbus.bus.metrics",

@@ -17,12 +17,13 @@ from aiohttp import web
 
 from devbus.bus import views
 from devbus.bus.backplane import backplane
+from devbus.bus.budget import MemoryBudget
 from devbus.bus.dispatcher import Dispatcher
 from devbus.bus.guard import Gate, Handler
 from devbus.bus.history import History
 from devbus.bus.inputs.http import HttpInput
 from devbus.bus.inputs.reach import ReachCounts
-from devbus.bus.keys import CATALOGUE, DISPATCHER, ENDPOINTS, FANOUT, FORWARDER, METRICS, SETTINGS, STARTED
+from devbus.bus.keys import BUDGET, CATALOGUE, DISPATCHER, ENDPOINTS, FANOUT, FORWARDER, METRICS, SETTINGS, STARTED
 from devbus.bus.metrics import Metrics
 from devbus.bus.outputs.catalogue import Catalogue
 from devbus.bus.outputs.forward import Forwarder
@@ -91,8 +92,12 @@ def create_app(settings: Settings | None = None) -> web.Application:
     metrics.store_up.labels(store.name).set_function(lambda: 1 if store.status()["state"] == "up" else 0)
     app.cleanup_ctx.append(_store)
 
+    budget = app[BUDGET] = MemoryBudget(settings.memory_budget, metrics=metrics)
     fanout = app[FANOUT] = Fanout(
-        subscriber_buffer=settings.subscriber_buffer, max_subscribers=settings.max_subscribers, metrics=metrics
+        subscriber_buffer=settings.subscriber_buffer,
+        max_subscribers=settings.max_subscribers,
+        metrics=metrics,
+        budget=budget,
     )
     dispatcher.add_output(fanout)
     catalogue = app[CATALOGUE] = Catalogue(metrics)

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from devbus.bus.inputs.zeromq import Ingest
-from devbus.bus.keys import DISPATCHER, ENDPOINTS, FANOUT, METRICS, SETTINGS
+from devbus.bus.keys import BUDGET, DISPATCHER, ENDPOINTS, FANOUT, METRICS, SETTINGS
 from devbus.bus.outputs.egress import Egress
 
 __all__ = ["backplane"]
@@ -25,6 +25,7 @@ async def backplane(app: web.Application) -> AsyncIterator[None]:
                 dispatcher=app[DISPATCHER],
                 readers=app[FANOUT].laggards,
                 metrics=app[METRICS],
+                budget=app[BUDGET],
                 max_size=settings.max_message,
                 token=settings.token,
                 message_timeout=settings.body_timeout,
@@ -32,7 +33,10 @@ async def backplane(app: web.Application) -> AsyncIterator[None]:
             app[ENDPOINTS]["ingest"] = await ingest.bind(settings.ingest)
         if settings.egress:
             egress = Egress(
-                metrics=app[METRICS], listener_buffer=settings.egress_buffer, message_timeout=settings.body_timeout
+                metrics=app[METRICS],
+                budget=app[BUDGET],
+                listener_buffer=settings.egress_buffer,
+                message_timeout=settings.body_timeout,
             )
             app[ENDPOINTS]["egress"] = await egress.bind(settings.egress)
             remove_output = app[DISPATCHER].add_output(egress)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from devbus.bus.budget import MemoryBudget
 from devbus.bus.dispatcher import Dispatcher
 from devbus.bus.metrics import Metrics
 from devbus.bus.outputs.catalogue import Catalogue
@@ -11,7 +12,7 @@ from devbus.bus.outputs.forward import Forwarder
 from devbus.bus.outputs.sse import Fanout
 from devbus.bus.settings import Settings
 
-__all__ = ["CATALOGUE", "DISPATCHER", "ENDPOINTS", "FANOUT", "FORWARDER", "METRICS", "SETTINGS", "STARTED"]
+__all__ = ["BUDGET", "CATALOGUE", "DISPATCHER", "ENDPOINTS", "FANOUT", "FORWARDER", "METRICS", "SETTINGS", "STARTED"]
 
 SETTINGS = web.AppKey("settings", Settings)
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
@@ -19,6 +20,8 @@ METRICS = web.AppKey("metrics", Metrics)
 # The SSE output: every subscriber's outlet.
 FANOUT = web.AppKey("fanout", Fanout)
 STARTED = web.AppKey("started", float)  # time.monotonic() at start
+# What every connection holds for its peer, bounded together (--memory-budget).
+BUDGET = web.AppKey("budget", MemoryBudget)
 
 # Where background services listen (name → bound address), for the banner.
 ENDPOINTS = web.AppKey("endpoints", dict[str, str])

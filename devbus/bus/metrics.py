@@ -88,6 +88,22 @@ class Metrics:
             "devbus_egress_listeners", "ZeroMQ egress listeners with a subscription.", registry=self.registry
         )
         self.subscribers = Gauge("devbus_subscribers", "Connected SSE subscribers.", registry=self.registry)
+        # The memory budget (devbus run --memory-budget): what connections hold for their peers.
+        self.memory_budget = Gauge(
+            "devbus_memory_budget_bytes", "What connections may hold for their peers together.", registry=self.registry
+        )
+        self.memory_held = Gauge(
+            "devbus_memory_held_bytes",
+            "Bytes connections hold for their peers now: unsent, queued, half-received, subscribed.",
+            registry=self.registry,
+        )
+        self.memory_dropped = Counter(
+            "devbus_memory_dropped",
+            "Connections closed because all together held more than --memory-budget, by peer "
+            "(sse, replay, egress, ingest); those holding most first.",
+            ["peer"],
+            registry=self.registry,
+        )
         self.history = Gauge("devbus_history_events", "Events retained for replay.", registry=self.registry)
         self._sources: set[str] = set()
         # The event catalogue (GET /types) and what its bounds left out.

@@ -9,7 +9,7 @@ from importlib import resources
 
 from aiohttp import web
 
-from devbus.bus.keys import CATALOGUE, DISPATCHER, FANOUT, FORWARDER, METRICS, STARTED
+from devbus.bus.keys import BUDGET, CATALOGUE, DISPATCHER, FANOUT, FORWARDER, METRICS, STARTED
 from devbus.bus.metrics import CONTENT_TYPE_LATEST
 from devbus.version import __version__
 
@@ -32,6 +32,7 @@ async def health(request: web.Request) -> web.Response:
             "last_id": dispatcher.last_id,
             "store": dispatcher.store.status(),
             "forward": [target.status() for target in request.app[FORWARDER].targets],
+            "memory": request.app[BUDGET].status(),
         }
     )
 

@@ -28,6 +28,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
+from devbus.bus.budget import MemoryBudget
 from devbus.bus.dispatcher import Dispatcher
 from devbus.bus.endpoints import Listening, listen
 from devbus.bus.inputs.acks import Batch, Producer
@@ -75,6 +76,7 @@ class Ingest:
         dispatcher: Dispatcher,
         readers: Readers,
         metrics: Metrics,
+        budget: MemoryBudget,
         max_size: int,
         token: str | None = None,
         message_timeout: float = 30.0,
@@ -82,6 +84,7 @@ class Ingest:
         self._dispatcher = dispatcher
         self._message_timeout = message_timeout
         self._metrics = metrics
+        self._budget = budget
         self.max_size = max_size
         self.token = token
         self.loop = asyncio.get_running_loop()
@@ -105,7 +108,11 @@ class Ingest:
 
     def _peer(self) -> Sender:
         return Sender(
-            self, max_message=self.max_size, message_timeout=self._message_timeout, read_buffer=self.read_buffer
+            self,
+            max_message=self.max_size,
+            message_timeout=self._message_timeout,
+            read_buffer=self.read_buffer,
+            budget=self._budget,
         )
 
     async def close(self) -> None:

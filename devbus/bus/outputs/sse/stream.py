@@ -124,7 +124,7 @@ class EventStream:
             transport = request.transport
             if transport is None:
                 return response
-            outlet.on_abort(transport.abort)
+            outlet.attach(transport)
             if since is not None and resume is not None:
                 replay = Replay(
                     self._store, fanout, now=self._now, response=response, transport=transport, outlet=outlet
@@ -133,8 +133,10 @@ class EventStream:
                 if outlet.evicted:
                     return response
             outlet.write_now = SocketWriter(request, response)
+            charge = fanout.budget.charge  # what the socket may keep (a flush's writes, the fan-out charges)
             while (chunk := await outlet.take(idle=self._heartbeat)) is not None:
                 if chunk:
+                    charge(len(chunk))
                     await response.write(chunk)
                 elif transport.is_closing():
                     break
