@@ -19,7 +19,7 @@ from devbus.bus import views
 from devbus.bus.backplane import backplane
 from devbus.bus.budget import MemoryBudget
 from devbus.bus.dispatcher import Dispatcher
-from devbus.bus.guard import add_cors_headers, expect_continue, guard
+from devbus.bus.guard import Gate, Handler
 from devbus.bus.history import History
 from devbus.bus.inputs.http import HttpInput
 from devbus.bus.inputs.reach import ReachCounts
@@ -30,7 +30,7 @@ from devbus.bus.outputs.forward import Forwarder
 from devbus.bus.outputs.sse import EventStream, Fanout
 from devbus.bus.settings import Settings
 from devbus.bus.store import Store, create_store, shared_stream
-from devbus.bus.unrouted import unrouted_as_json
+from devbus.bus.unrouted import CATCH_ALL, unrouted
 from devbus.typefilter import TypeFilter, parse_patterns
 
 __all__ = ["create_app"]
@@ -77,7 +77,9 @@ def _forward(app: web.Application, settings: Settings, store: Store, dispatcher:
 def create_app(settings: Settings | None = None) -> web.Application:
     """Build the bus: dispatcher, routes, guards and background services."""
     settings = settings or Settings()
-    app = web.Application(middlewares=[guard, unrouted_as_json], client_max_size=settings.max_body)
+    gate = Gate(settings)
+    # No middleware: every route is added behind the gate (Gate.guarded says why).
+    app = web.Application(client_max_size=settings.max_body)
     metrics = Metrics()
     app[SETTINGS] = settings
     app[METRICS] = metrics
@@ -125,18 +127,23 @@ def create_app(settings: Settings | None = None) -> web.Application:
     inputs = HttpInput(dispatcher, reach, max_body=settings.max_body, body_timeout=settings.body_timeout)
     events = EventStream(fanout, store, now=dispatcher.now, heartbeat=settings.heartbeat, retry_ms=settings.retry_ms)
     api = settings.api
-    app.router.add_post(f"{api}/webhook", inputs.webhook, expect_handler=expect_continue)
-    app.router.add_post(f"{api}/trigger", inputs.trigger, expect_handler=expect_continue)
-    app.router.add_post(f"{api}/batch", inputs.batch, expect_handler=expect_continue)
-    app.router.add_get(f"{api}/events", events.handle)
-    app.router.add_get(f"{api}/history", History(store, max_limit=settings.history).handle)
-    app.router.add_get(f"{api}/health", views.health)
-    app.router.add_get(f"{api}/types", views.types)
-    app.router.add_get("/metrics", views.metrics)
-    app.router.add_get("/", views.static_file("dashboard.html", prefix=api))
-    for name in ("dashboard.js", "devbus.js", "devbus.d.ts"):
-        app.router.add_get(f"/{name}", views.static_file(name, prefix=api))
-    app.on_response_prepare.append(add_cors_headers)
+    for name, take in (("webhook", inputs.webhook), ("trigger", inputs.trigger), ("batch", inputs.batch)):
+        app.router.add_post(f"{api}/{name}", gate.guarded(take, json_body=True), expect_handler=gate.expect_continue)
+    reads: list[tuple[str, Handler]] = [
+        (f"{api}/events", events.handle),
+        (f"{api}/history", History(store, max_limit=settings.history).handle),
+        (f"{api}/health", views.health),
+        (f"{api}/types", views.types),
+        ("/metrics", views.metrics),
+        ("/", views.static_file("dashboard.html", prefix=api)),
+    ]
+    reads += [
+        (f"/{name}", views.static_file(name, prefix=api)) for name in ("dashboard.js", "devbus.js", "devbus.d.ts")
+    ]
+    for path, read in reads:
+        app.router.add_get(path, gate.guarded(read))
+    app.router.add_route("*", CATCH_ALL, gate.guarded(unrouted))
+    app.on_response_prepare.append(gate.add_cors_headers)
     app.on_shutdown.append(_close_streams)
     if settings.ingest or settings.egress:
         app.cleanup_ctx.append(backplane)
