@@ -14,6 +14,7 @@ from devbus.errors import InvalidEvent, MalformedInput, Unauthorized
 from devbus.nesting import MAX_DEPTH, deep_path, json_deep_path, json_nests_deeper, too_deep
 
 __all__ = [
+    "INVALID_TYPE",
     "MAX_DEPTH",
     "BatchIn",
     "Draft",
@@ -21,10 +22,12 @@ __all__ = [
     "HttpEventIn",
     "RecordedIn",
     "WireEventIn",
+    "check_event_id",
     "check_name",
     "decode_batch",
     "decode_http_event",
     "decode_recorded_event",
+    "decode_stored_event",
     "decode_wire_event",
     "encode_json",
     "encode_msgpack",
@@ -34,6 +37,7 @@ __all__ = [
 MAX_TYPE_LENGTH = 200
 MAX_SOURCE_LENGTH = 100
 MAX_BATCH = 10_000
+INVALID_TYPE = "invalid_type"  # the reason of a stored event's refusal for its type
 
 # Whitespace or control characters (C0, DEL, C1) would let a type break SSE
 # framing or a terminal line, so they are refused everywhere a name enters.
@@ -124,6 +128,22 @@ def check_name(value: str, *, field: str, max_length: int = MAX_TYPE_LENGTH) -> 
     return value
 
 
+# The ids every store gives: ``<run>-<seq>`` (memory, SQLite: eight hex digits, a number)
+# and ``<ms>-<seq>`` (Redis stream ids). A resume id of that form from another run or
+# store is a stale bookmark (a gap, then everything retained); anything else is a mistake.
+_EVENT_ID = re.compile(r"[0-9A-Za-z]{1,32}-[0-9]{1,20}\Z")
+
+
+def check_event_id(value: str, *, field: str, example: str | None) -> str:
+    """Return ``value`` if it has the form of a devbus event id, else raise InvalidEvent naming ``field``."""
+    if _EVENT_ID.match(value) is None:
+        raise InvalidEvent(
+            f"{field} must be an event id such as {example or '3f9a1c2e-1'!r} (got {value[:80]!r}); "
+            "take one from an event's `id`"
+        )
+    return value
+
+
 def _draft(type_: str, data: dict[str, Any] | None, source: str | None, *, default_source: str, at: str) -> Draft:
     check_name(type_, field=at)
     if source is not None:
@@ -160,7 +180,16 @@ _HTTP_SHAPE = 'expected {"event_type": str, "data": object, "source"?: str}'
 
 def decode_http_event(body: bytes, *, default_source: str) -> Draft:
     """Decode and validate the JSON body of a webhook or trigger POST."""
-    incoming: HttpEventIn = _convert(_decode_json(body, above_data=1), HttpEventIn, _HTTP_SHAPE)
+    try:
+        # Parsing straight into the struct validates in the same pass: 0.9 µs with the depth
+        # measured on the bytes, where parsing, measuring, then converting takes 1.8 µs.
+        incoming: HttpEventIn = _http_event_decoder.decode(body)
+        accepted = not json_nests_deeper(body, 1 + MAX_DEPTH)
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+        accepted = False
+    if not accepted:
+        # Refused: the general path says why, in the words every other input uses.
+        incoming = _convert(_decode_json(body, above_data=1), HttpEventIn, _HTTP_SHAPE)
     return _draft(incoming.event_type, incoming.data, incoming.source, default_source=default_source, at="event_type")
 
 
@@ -232,6 +261,53 @@ def decode_wire_event(payload: bytes, *, default_source: str = "zmq", token: str
     return draft
 
 
+def decode_stored_event(json: bytes, *, event_id: str, event_type: str) -> Event:
+    """Validate an event read back from a store with the rules input is held to; InvalidEvent says what is wrong.
+
+    ``event_id`` and ``event_type`` are what the store keeps beside the JSON (a stream
+    entry's id and ``t`` field, a row's seq and ``type`` column): the envelope must carry
+    the same, so that what an output frames from them is what the JSON says. Raises
+    InvalidEvent with reason ``invalid_type`` for a type that is not a valid name,
+    MalformedInput for bytes that are not UTF-8 JSON, InvalidEvent with reason
+    ``too_deep`` for data nested past MAX_DEPTH, and InvalidEvent for anything else.
+    """
+    # Every entry a bus reads from a shared stream comes here: the names are checked
+    # against the cache of valid ones first, as check_name does, for one lookup each.
+    if event_type not in _valid_names:
+        try:
+            check_name(event_type, field="type")
+        except InvalidEvent as exc:
+            exc.reason = INVALID_TYPE
+            raise
+    try:
+        event: Event = _event_decoder.decode(json)
+    except msgspec.ValidationError as exc:  # a DecodeError too: caught first
+        raise InvalidEvent(
+            f'expected an envelope {{"id", "type", "data": object, "timestamp", "source"}}: {exc}'
+        ) from exc
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        raise MalformedInput(f"not valid JSON: {exc}") from exc
+    except RecursionError:
+        raise too_deep(["data"]) from None  # deeper than the decoder goes, so far deeper than MAX_DEPTH
+    if event.id != event_id:
+        raise InvalidEvent(f"`id` is {_shown(event.id)} in the record of {_shown(event_id)}")
+    if event.type != event_type:
+        raise InvalidEvent(f"`type` is {_shown(event.type)} in a record of type {_shown(event_type)}")
+    source = event.source
+    if source not in _valid_names or len(source) > MAX_SOURCE_LENGTH:
+        check_name(source, field="source", max_length=MAX_SOURCE_LENGTH)
+    # Fewer brackets than levels allowed (an ordinary event) cannot nest too deep: counted
+    # here, json_nests_deeper's own first test, to spare most entries a call.
+    if json.count(b"{") + json.count(b"[") > MAX_DEPTH and json_nests_deeper(json, 1 + MAX_DEPTH):
+        raise too_deep(json_deep_path(json, 1 + MAX_DEPTH))
+    return event
+
+
+def _shown(value: str) -> str:
+    """``value`` quoted for a message: escaped, and cut to a length that fits a log line."""
+    return repr(value[:60]) + ("…" if len(value) > 60 else "")
+
+
 def _has_non_finite(value: object) -> bool:
     """Whether ``value`` holds a float that is NaN or infinite, at any depth."""
     stack = [value]
@@ -248,6 +324,8 @@ def _has_non_finite(value: object) -> bool:
 
 
 _json_encoder = msgspec.json.Encoder()
+_event_decoder = msgspec.json.Decoder(Event)
+_http_event_decoder = msgspec.json.Decoder(HttpEventIn)
 _wire_decoder = msgspec.msgpack.Decoder(WireEventIn)
 _msgpack_encoder = msgspec.msgpack.Encoder()
 encode_json = _json_encoder.encode

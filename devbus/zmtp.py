@@ -36,6 +36,10 @@ GREETING_SIZE = 64
 # Signature, version 3.0, mechanism NULL, as-server 0, filler: sent whole at once.
 GREETING = b"\xff" + b"\x00" * 8 + b"\x7f" + b"\x03\x00" + b"NULL".ljust(20, b"\x00") + b"\x00" + b"\x00" * 31
 
+# Bytes of a PING's context echoed in its PONG: ZMTP 3.1 allows up to 16, and libzmq cuts a
+# longer one to that, so that a peer cannot make the bus echo a 1 MiB context per PING.
+PING_CONTEXT = 16
+
 MORE = 0x01
 LONG = 0x02
 COMMAND = 0x04
@@ -115,8 +119,8 @@ def check_ready(body: bytes, *, allowed: frozenset[bytes], role: str) -> bytes:
 
 
 def pong(body: bytes) -> bytes:
-    """The answer to a ZMTP 3.1 PING: a PONG with the context it carries (after its 2-byte TTL)."""
-    return command(b"PONG", body[2:])
+    """The answer to a ZMTP 3.1 PING: a PONG with the context it carries (after its 2-byte TTL), cut to 16 bytes."""
+    return command(b"PONG", body[2 : 2 + PING_CONTEXT])
 
 
 def error(reason: str) -> bytes:
@@ -225,15 +229,29 @@ class FrameReader:
         # every frame of every message (measured: 3 frames per message, 1.25 -> 0.9 us).
         message, held, skip, skipping = self._message, self._size, self._skip, self._skipping
         max_message, max_frames = self.max_message, self.max_frames
-        at = 0
+        # A short frame (at most 255 bytes) fits the bound beside this much of its message.
+        short_room = max_message - 255
         end = len(data)
+        at = min(skip, end)  # the rest of a frame being thrown away
+        skip -= at
         while at < end:
-            if skip:
-                taken = min(skip, end - at)
-                skip -= taken
-                at += taken
-                continue
             flags = data[at]
+            if flags <= 1 and not skipping and held <= short_room and len(message) < max_frames and at + 1 < end:
+                # The common case, in the fewest steps: a short frame of a message (no flag but MORE)
+                # within the bounds; measured per frame, 4.7k-5.0k instructions -> 3.3k. Anything else,
+                # or a frame not whole yet, takes the general steps below.
+                start = at + 2
+                stop = start + data[at + 1]
+                if stop <= end:
+                    message.append(data[start:stop])
+                    if flags:
+                        held += stop - start
+                    else:
+                        out.append(message)
+                        message = []
+                        held = 0
+                    at = stop
+                    continue
             if flags & LONG:
                 if end - at < 9:
                     self._need = 9
@@ -274,8 +292,8 @@ class FrameReader:
                 held = 0
             if skipping:
                 # Throw the frame away as it arrives, never holding it.
-                at = start
-                skip = size
+                at = min(start + size, end)
+                skip = start + size - at
                 skipping = bool(more)
                 continue
             if end - start < size:

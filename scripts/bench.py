@@ -27,13 +27,16 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import hammer
 import loadgen
+import posts
 import report
 import restarts
 from loadgen import Sink, Tally, close_sinks, cpu_self, id_digest, open_sinks, stalled_client
-from servers import ROOT, Devbus, Reference, Server, is_shared
+from servers import ROOT, Bare, Devbus, Reference, Server, is_shared
 
 WAIT = 300.0  # seconds any single phase may take before the scenario fails
+POST_GENERATOR: str | None = None  # --generator: what drives the post scenario (None: wrk if installed)
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,7 @@ class Sizes:
     """How big each scenario is."""
 
     burst: tuple[int, int]  # subscribers, events
+    post: tuple[int, int, int]  # connections, seconds per round, rounds (each round: the bare stack, then devbus)
     http: tuple[int, int, int]  # subscribers, events, in flight
     http_reference_events: int
     latency: tuple[int, int, float]  # subscribers, events/s, seconds
@@ -56,6 +60,7 @@ class Sizes:
 
 FULL = Sizes(
     burst=(1000, 5000),
+    post=(32, 5, 3),
     http=(1000, 2000, 8),
     http_reference_events=300,
     latency=(100, 500, 10.0),
@@ -70,6 +75,7 @@ FULL = Sizes(
 )
 QUICK = Sizes(
     burst=(50, 500),
+    post=(32, 1, 1),
     http=(50, 200, 8),
     http_reference_events=100,
     latency=(10, 200, 1.0),
@@ -143,8 +149,8 @@ async def fanout(
     server: Server, subscribers: int, events: int, publish: Callable[[], Awaitable[dict[str, float]]]
 ) -> dict[str, Any]:
     """Connect sinks, publish, wait until every sink has every event; report the rate."""
-    # The reference sends no ids, so only devbus streams can be checked for order.
-    check_every = 20 if isinstance(server, Devbus) else 0
+    # The reference sends no ids, so only numbered streams (devbus, the bare stack) can be checked for order.
+    check_every = 20 if server.numbered else 0
     async with asyncio.timeout(WAIT):
         sinks = await open_sinks(server.port, subscribers, check_every=check_every)
     try:
@@ -183,6 +189,7 @@ def http_posts(server: Server, events: int, in_flight: int) -> Awaitable[dict[st
 
 
 async def scenario_burst(sizes: Sizes) -> dict[str, Any]:
+    """The burst through devbus, then through the bare stack (aiohttp + pyzmq, encode once) in the same run."""
     subscribers, events = sizes.burst
     bus = Devbus("--max-subscribers", str(subscribers + 10))
     try:
@@ -191,9 +198,22 @@ async def scenario_burst(sizes: Sizes) -> dict[str, Any]:
         result = await fanout(bus, subscribers, events, lambda: publish_zmq(bus.ingest or "", events))
     finally:
         bus.stop()
-    result["correct"] = all_correct(result)
-    result["met"] = result["correct"] and result["deliveries_per_s"] >= 2_000_000
+    bare = Bare("fanout")
+    try:
+        result["bare"] = await fanout(bare, subscribers, events, lambda: publish_zmq(bare.ingest or "", events))
+    finally:
+        bare.stop()
+    result["ratio"] = round(result["deliveries_per_s"] / result["bare"]["deliveries_per_s"], 2)
+    # Where the sinks, not the server, set the pace, the CPU each server spent says more than the rate.
+    result["cpu_ratio"] = round(result["bare"]["bus_cpu_s"] / max(result["bus_cpu_s"], 0.01), 2)
+    result["correct"] = all_correct(result) and all_correct(result["bare"])
+    result["met"] = result["correct"] and result["deliveries_per_s"] >= 2_000_000 and result["ratio"] >= 0.9
     return result
+
+
+async def scenario_post(sizes: Sizes) -> dict[str, Any]:
+    connections, seconds, rounds = sizes.post
+    return await posts.scenario_post(connections, seconds, rounds, generator=POST_GENERATOR, in_child=in_child)
 
 
 async def scenario_http_fanout(sizes: Sizes) -> dict[str, Any]:
@@ -642,6 +662,29 @@ async def ingest_into_both(a: Devbus, b: Devbus, events: int) -> dict[str, Any]:
         close_sinks(sinks)
 
 
+async def bare_redis_ingest(each: int, *, history: int) -> dict[str, Any]:
+    """Two redis-py pipelines XADDing ``each`` entries at once into one stream, as two buses' appends would."""
+    import redis.asyncio  # only with a Redis store, which needs the extra
+
+    assert Devbus.store is not None
+    key = f"bench-bare-{time.time_ns()}"
+    timings = await asyncio.gather(
+        *(in_child(loadgen.redis_xadd, Devbus.store, key, each, history=history) for _ in range(2))
+    )
+    elapsed = max(t["finished"] for t in timings) - min(t["started"] for t in timings)
+    client = redis.asyncio.Redis.from_url(Devbus.store)
+    try:
+        await client.delete(key)
+    finally:
+        await client.aclose()
+    return {
+        "events_per_s": round(2 * each / elapsed),
+        "elapsed_s": round(elapsed, 3),
+        "hiredis": all(t["hiredis"] for t in timings),
+        "publisher_cpu_s": round(sum(t["cpu"] for t in timings), 2),
+    }
+
+
 async def scenario_cluster(sizes: Sizes) -> dict[str, Any]:
     subscribers, events, each = sizes.cluster
     if not is_shared(Devbus.store):
@@ -664,8 +707,12 @@ async def scenario_cluster(sizes: Sizes) -> dict[str, Any]:
     finally:
         a.stop()
         b.stop()
+    bare = await bare_redis_ingest(each, history=2 * each + events)
     result = {
         **ingest,
+        "bare_per_s": bare["events_per_s"],
+        "bare_ratio": round(ingest["events_per_s"] / bare["events_per_s"], 2),
+        "bare": bare,
         "fanout_per_s": across["deliveries_per_s"],
         "memory_fanout_per_s": memory["deliveries_per_s"],
         "fanout_ratio": round(across["deliveries_per_s"] / memory["deliveries_per_s"], 2),
@@ -678,7 +725,16 @@ async def scenario_cluster(sizes: Sizes) -> dict[str, Any]:
 
 
 SCENARIOS: dict[str, tuple[Callable[[Sizes], Awaitable[dict[str, Any]]], str]] = {
-    "burst": (scenario_burst, "1,000 subs x 5,000 events over ZeroMQ: all in order, >= 2,000,000 deliveries/s"),
+    "burst": (
+        scenario_burst,
+        "1,000 subs x 5,000 events over ZeroMQ: all in order, >= 2,000,000 deliveries/s and >= 0.9x the bare "
+        "stack's fan-out (aiohttp + pyzmq, encode once, one write per subscriber) in the same run",
+    ),
+    "post": (
+        scenario_post,
+        "single-event POST /webhook on 32 busy connections (memory store): >= 0.9x the requests/s of a bare "
+        "aiohttp JSON handler in the same run; p99 of both",
+    ),
     "http-fanout": (scenario_http_fanout, "1,000 subs x 2,000 POSTs, 8 in flight: >= 150,000 deliveries/s, >= 5x ref"),
     "latency": (scenario_latency, "100 subs, 500 events/s over ZeroMQ for 10 s: p99 <= 5 ms"),
     "idle": (scenario_idle, "10,000 idle subscribers: all held, <= 15 KB bus RSS each"),
@@ -696,8 +752,9 @@ SCENARIOS: dict[str, tuple[Callable[[Sizes], Awaitable[dict[str, Any]]], str]] =
     "filters": (scenario_filters, "1,000 subs with distinct filters: ZeroMQ ingest >= 0.5x one shared filter"),
     "cluster": (
         scenario_cluster,
-        "2 buses on one Redis: ZeroMQ ingest into both >= 50,000 events/s; 1,000 subs x 5,000 events sent to "
-        "the other bus >= 0.8x the memory store's fan-out",
+        "2 buses on one Redis: ZeroMQ ingest into both >= 50,000 events/s (its ratio to two bare redis-py XADD "
+        "pipelines into one stream in the same run reported); 1,000 subs x 5,000 events sent to the other bus "
+        ">= 0.8x the memory store's fan-out",
     ),
     "restart": (
         scenario_restart,
@@ -739,12 +796,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown (for the README)")
     parser.add_argument("--profile", type=Path, help="run the bus under cProfile, writing its stats to this file")
     parser.add_argument(
+        "--generator",
+        choices=["wrk", "aiohttp"],
+        help="what drives the post scenario (default: wrk if installed, else an aiohttp client)",
+    )
+    parser.add_argument(
         "--store",
         help="passed to `devbus run --store` (default: the bus's own, memory); sqlite:PATH gives each bus "
         "a fresh file next to PATH (sqlite: alone, in a temporary folder)",
     )
     args = parser.parse_args(argv)
     Devbus.profile = args.profile
+    if args.generator == "wrk" and hammer.WRK is None:
+        parser.error("--generator wrk: wrk is not installed (apt-get install wrk)")
+    global POST_GENERATOR
+    POST_GENERATOR = args.generator
     Devbus.store = args.store
     names = args.scenario or list(SCENARIOS)
     sizes = QUICK if args.quick else FULL

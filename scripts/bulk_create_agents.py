@@ -12,6 +12,7 @@ per-record toasts), then one `agents.bulk_created` `{"count", "agent_ids"}`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sqlite3
 import sys
@@ -56,6 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     # The publisher never fails the work for want of a bus: it holds the events, and at
     # close says in one warning what it could not deliver.
     with devbus.Publisher(ingest=args.ingest, source="seed", timeout=args.timeout) as bus:
+        # A bus started beside the script (`devbus run &` just before it) needs a moment to
+        # listen: give it --timeout. Without one, the events are held and reported at close.
+        with contextlib.suppress(devbus.BusUnavailable):
+            bus.wait_for_bus()
         for agent in agents:
             bus.emit("agent.created", {**agent, "bulk": True})
         bus.emit("agents.bulk_created", {"count": len(agents), "agent_ids": [a["id"] for a in agents]})

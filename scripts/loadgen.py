@@ -574,3 +574,40 @@ def zmq_publish_acked(
     if report is not None:
         report.send(result)
     return result
+
+
+def redis_xadd(
+    url: str, key: str, count: int, *, history: int, per_call: int = 1000, report: Any = None
+) -> dict[str, Any]:
+    """XADD ``count`` entries shaped as the Redis store's to stream ``key``, ``per_call`` to a pipeline.
+
+    The bare yardstick of the Redis store's ingest: redis-py (with hiredis if installed)
+    doing nothing but appending and trimming as a bus does, in a child process.
+    """
+    import redis
+    from redis.utils import HIREDIS_AVAILABLE
+
+    client = redis.Redis.from_url(url)
+    tail = json.dumps(
+        {"data": {}, "timestamp": "2026-01-01T00:00:00.000000Z", "source": "zmq"}, separators=(",", ":")
+    ).encode()
+    fields: dict[Any, Any] = {"t": b"bench.tick", "j": tail}
+    cpu_before = cpu_self()
+    started = time.monotonic()
+    sent = 0
+    while sent < count:
+        pipeline = client.pipeline(transaction=False)
+        for _ in range(min(per_call, count - sent)):
+            pipeline.xadd(key, fields, maxlen=history, approximate=True)
+        sent += len(pipeline)
+        pipeline.execute()
+    result = {
+        "started": started,
+        "finished": time.monotonic(),
+        "cpu": cpu_self() - cpu_before,
+        "hiredis": HIREDIS_AVAILABLE,
+    }
+    client.close()
+    if report is not None:
+        report.send(result)
+    return result

@@ -10,6 +10,7 @@ from typing import Any
 # The number each scenario is judged by, and whether bigger is better.
 KEY = {
     "burst": ("deliveries_per_s", True),
+    "post": ("ratio", True),
     "http-fanout": ("deliveries_per_s", True),
     "latency": ("p99_ms", False),
     "idle": ("kb_per_subscriber", False),
@@ -42,6 +43,11 @@ def headline(name: str, result: dict[str, Any]) -> str:
     complete = f"{result.get('complete', 0)}/{result.get('subscribers', 0)} complete"
     if name in ("burst", "http-fanout"):
         return f"{result['deliveries_per_s']:,} deliveries/s; {complete}"
+    if name == "post":
+        return (
+            f"{result['requests_per_s']:,} requests/s, p99 {result['p99_ms']} ms, "
+            f"{result['cpu_us_per_request']} µs CPU each ({result['generator']}, {result['connections']} connections)"
+        )
     if name == "latency":
         return f"p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms; {complete}"
     if name == "idle":
@@ -65,7 +71,8 @@ def headline(name: str, result: dict[str, Any]) -> str:
         )
     if name == "cluster":
         return (
-            f"ingest into 2 buses {result['events_per_s']:,} events/s; fan-out across buses "
+            f"ingest into 2 buses {result['events_per_s']:,} events/s, {result['bare_ratio']}x bare redis-py's "
+            f"{result['bare_per_s']:,}; fan-out across buses "
             f"{result['fanout_per_s']:,} deliveries/s, {result['fanout_ratio']}x memory's "
             f"{result['memory_fanout_per_s']:,}; {complete}"
         )
@@ -83,6 +90,18 @@ def headline(name: str, result: dict[str, Any]) -> str:
 
 
 def reference_cell(name: str, result: dict[str, Any]) -> str:
+    bare = result.get("bare")
+    if name == "post" and bare:
+        return (
+            f"bare aiohttp {bare['requests_per_s']:,} requests/s, p99 {bare['p99_ms']} ms, "
+            f"{bare['cpu_us_per_request']} µs CPU each; devbus {result['ratio']}x the rate, "
+            f"{result['cpu_ratio']}x the CPU efficiency (load {result['load']})"
+        )
+    if name == "burst" and bare:
+        return (
+            f"bare aiohttp + pyzmq {bare['deliveries_per_s']:,} deliveries/s, {bare['bus_cpu_s']} s CPU; "
+            f"devbus {result['ratio']}x the rate, {result['cpu_ratio']}x the CPU efficiency"
+        )
     reference = result.get("reference")
     if not reference:
         return ""

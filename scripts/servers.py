@@ -23,6 +23,7 @@ class Server:
     """A child process that prints a ready line; stopped with SIGTERM."""
 
     port: int  # the HTTP port, read from its output once it is ready
+    numbered = False  # whether its SSE frames carry ids that count up (sinks can check their order)
 
     def __init__(self, name: str, command: list[str], *, ready: str, timeout: float = 30.0) -> None:
         self.name = name
@@ -98,6 +99,7 @@ class Devbus(Server):
 
     profile: Path | None = None
     store: str | None = None
+    numbered = True
     _numbers = itertools.count(1)
     _scratch: Path | None = None
 
@@ -157,6 +159,18 @@ class Devbus(Server):
     def ingest(self) -> str | None:
         """The ZeroMQ ingest endpoint, if this bus has one."""
         return self.endpoints.get("ingest")
+
+
+class Bare(Server):
+    """The bare stack (``scripts/bare_stack.py``): aiohttp, msgspec and pyzmq doing the least devbus does."""
+
+    numbered = True  # its SSE ids count up as devbus's do, so the sinks check their order
+
+    def __init__(self, mode: str) -> None:
+        command = [sys.executable, str(ROOT / "scripts" / "bare_stack.py"), mode]
+        super().__init__(f"bare {mode}", command, ready="listening on")
+        self.port = int(next(line for line in self.lines if "listening on" in line).split()[-1])
+        self.ingest = next((line.split()[-1] for line in self.lines if line.startswith("ingest ")), None)
 
 
 class Reference(Server):

@@ -110,6 +110,50 @@ def sse_stream(bus: BusProcess, *, last_event_id: str | None = None) -> Iterator
         stream.close()
 
 
+# ---------------------------------------------------------------- SSE frames, exactly as sent
+
+
+class SSEFrames:
+    """An SSE stream of a real bus, read line by line: every frame after the connected one, exactly as sent."""
+
+    def __init__(self, bus: BusProcess, *, named: bool = False, last_event_id: str | None = None) -> None:
+        headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
+        call = urllib.request.Request(bus.url + "/api/dev/events" + ("?named=1" if named else ""), headers=headers)
+        self.response = urllib.request.urlopen(call, timeout=WAIT * 3)
+        self.named = named
+        assert b'"type":"connected"' in self.frame()[-1]
+
+    def frame(self) -> list[bytes]:
+        """The lines of the next frame (heartbeat comments left out)."""
+        lines: list[bytes] = []
+        while True:
+            line = self.response.readline()
+            if not line:
+                raise EOFError("the stream ended")
+            if line == b"\n":
+                if lines:
+                    return lines
+            elif not line.startswith(b":"):
+                lines.append(line.rstrip(b"\n"))
+
+    def until(self, last_id: str) -> list[list[bytes]]:
+        """Every frame up to the one of ``last_id``."""
+        frames = [self.frame()]
+        while frames[-1][0] != b"id: " + last_id.encode():
+            frames.append(self.frame())
+        return frames
+
+    def close(self) -> None:
+        self.response.close()
+
+
+def expected_frame(event: dict[str, Any], *, named: bool) -> list[bytes]:
+    """The exact lines of an event's frame: its id, its name on a named stream, its JSON on one line."""
+    data = json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode()
+    name = [b"event: " + event["type"].encode()] if named else []
+    return [b"id: " + event["id"].encode(), *name, b"data: " + data]
+
+
 # ---------------------------------------------------------------- clients that never read
 
 

@@ -13,7 +13,7 @@ from support import BusFactory, BusProcess, Client, Receiver, RedisServer, free_
 from devbus.bus.app import create_app
 from devbus.bus.settings import Settings
 
-pytest_plugins = ["browser_fixtures"]
+pytest_plugins = ["browser_fixtures", "readme", "readme_shell"]
 
 
 @pytest.fixture

@@ -184,15 +184,18 @@ class BusProcess:
         return answer
 
 
-def fetch_history(bus: BusProcess, *, types: str = "", limit: int = 10_000) -> list[dict[str, Any]]:
-    """The events a real bus retains, oldest first."""
+def fetch_history(bus: BusProcess | str, *, types: str = "", limit: int = 10_000) -> list[dict[str, Any]]:
+    """The events a real bus (or the bus at a URL) retains, oldest first."""
     query = urllib.parse.urlencode({"limit": limit, **({"types": types} if types else {})})
-    with urllib.request.urlopen(f"{bus.url}/api/dev/history?{query}", timeout=WAIT) as reply:
+    url = bus if isinstance(bus, str) else bus.url
+    with urllib.request.urlopen(f"{url}/api/dev/history?{query}", timeout=WAIT) as reply:
         events: list[dict[str, Any]] = json.load(reply)["events"]
         return events
 
 
-def wait_for_history(bus: BusProcess, count: int, *, types: str = "", within: float = WAIT) -> list[dict[str, Any]]:
+def wait_for_history(
+    bus: BusProcess | str, count: int, *, types: str = "", within: float = WAIT
+) -> list[dict[str, Any]]:
     """Wait until a real bus retains ``count`` events (of ``types``), then return them.
 
     What a sender hands to ZeroMQ reaches the bus a moment later, more so on a busy machine.
@@ -211,6 +214,15 @@ def bus_env(**extra: str) -> dict[str, str]:
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra)
     return env
+
+
+def bus_env_running_first(directory: Path, code: str) -> dict[str, str]:
+    """The environment of a child that runs ``code`` before anything else (as ``sitecustomize``).
+
+    For what no option sets: a fault injected into a bus, or a limit set on it from inside.
+    """
+    (directory / "sitecustomize.py").write_text(code)
+    return bus_env(PYTHONPATH=f"{directory}{os.pathsep}{ROOT}")
 
 
 def run_devbus(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +14,7 @@ from support import ROOT, bus_env
 
 pytestmark = pytest.mark.slow  # the benchmark runs once per module: about 45 s
 
-SCENARIOS = ["burst", "http-fanout", "latency", "idle", "slow", "ingest", "replay", "filters", "restart"]
+SCENARIOS = ["burst", "post", "http-fanout", "latency", "idle", "slow", "ingest", "replay", "filters", "restart"]
 # With the SQLite store: the scenarios that say most about a store (speed and replay).
 SQLITE_SCENARIOS = ["latency", "ingest", "replay"]
 
@@ -24,7 +26,7 @@ def run_quick(out: Path, *options: str) -> dict[str, dict[str, object]]:
         env=bus_env(),
         capture_output=True,
         text=True,
-        timeout=110,
+        timeout=150,
     )
     assert done.returncode == 0, done.stderr
     assert "scenario" in done.stdout  # the table
@@ -86,3 +88,32 @@ def test_quick_fanout_compares_with_the_reference(quick_run: dict[str, dict[str,
     reference = quick_run["http-fanout"]["reference"]
     assert isinstance(reference, dict)
     assert reference["complete"] == reference["subscribers"] == quick_run["http-fanout"]["subscribers"]
+
+
+def test_quick_post_scenario_compares_with_a_bare_aiohttp_handler(quick_run: dict[str, dict[str, object]]) -> None:
+    post = quick_run["post"]
+    bare = post["bare"]
+    assert isinstance(bare, dict)
+    # Both servers answered every request they got, within the run, and each has a p99.
+    for server in (post, bare):
+        assert server["non_2xx"] == server["errors"] == 0
+        assert isinstance(server["requests"], int) and server["requests"] > 0
+        assert isinstance(server["p99_ms"], float) and server["p99_ms"] > 0
+    # Every request devbus answered 200 was stored (counted by the bus, not the generator).
+    assert isinstance(post["stored"], int) and post["stored"] >= post["requests"]  # type: ignore[operator]
+    # wrk drives it where installed (CI installs it); an aiohttp client otherwise.
+    wrk = shutil.which("wrk") is not None or os.environ.get("CI", "").lower() == "true"
+    assert post["generator"] == ("wrk" if wrk else "aiohttp")
+
+
+def test_quick_post_scenario_with_the_aiohttp_generator(tmp_path: Path) -> None:
+    post = run_quick(tmp_path / "post.json", "--scenario", "post", "--generator", "aiohttp")["post"]
+    assert post["correct"] is True, post
+    assert post["generator"] == "aiohttp"
+
+
+def test_quick_burst_compares_with_the_bare_stack(quick_run: dict[str, dict[str, object]]) -> None:
+    burst, bare = quick_run["burst"], quick_run["burst"]["bare"]
+    assert isinstance(bare, dict)
+    assert bare["complete"] == bare["subscribers"] == burst["subscribers"]
+    assert bare["checked_in_order"] == bare["checked"] > 0  # the bare stack's ids are checked too

@@ -19,9 +19,10 @@ ROWS_RENDERED = 500
 
 
 def open_dashboard(page: Page, url: str) -> None:
-    """Open the dashboard and wait until its stream is live."""
+    """Open the dashboard and wait until its stream is live and the history it loads at open is shown."""
     page.goto(url)
     expect(page.locator("#status")).to_have_text("Live")
+    expect(page.locator("body")).to_have_attribute("data-history", "loaded")
 
 
 def rows(page: Page, event_type: str | None = None) -> Locator:

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from browser_fixtures import PageServer
 from playwright.sync_api import Page
-from support import ROOT, BusProcess, bus_env, wait_for_history
+from readme import Addresses, example, localize, readme_example
+from support import ROOT, BusProcess, bus_env, wait_for_history, wait_until
 
 SCRIPT = ROOT / "scripts" / "bulk_create_agents.py"
 
@@ -66,22 +67,17 @@ def test_no_bus_is_one_line_and_a_failing_exit() -> None:
 
 
 @pytest.mark.browser
+@readme_example("seed-page")
 def test_a_browser_subscriber_prints_100_new_agents(
     shared_bus: BusProcess, other_origin: PageServer, page: Page
 ) -> None:
-    """The README's snippet, verbatim apart from the bus address."""
-    html = f"""<!doctype html><meta charset="utf-8"><title>agents</title>
-<script type="module">
-  import {{ subscribeToBackendEvents }} from "{shared_bus.url}/devbus.js";
-  subscribeToBackendEvents((type, data) => {{
-    if (type === "connected") window.subscribed = true;
-    if (type === "agents.bulk_created") console.log(`${{data.count}} new agents`);
-  }});
-</script>"""
+    """The README's page, verbatim apart from the bus address."""
+    snippet = localize(example("seed-page").text, Addresses.of(shared_bus))
     console: list[str] = []
     page.on("console", lambda message: console.append(message.text))
-    page.goto(other_origin.add("agents.html", html))
-    page.wait_for_function("window.subscribed === true")
+    before = shared_bus.health()["subscribers"]
+    page.goto(other_origin.add("agents.html", f'<!doctype html><meta charset="utf-8"><title>agents</title>\n{snippet}'))
+    wait_until(lambda: shared_bus.health()["subscribers"] > before, what="the page's stream to open")
     with page.expect_console_message(lambda message: message.text.endswith("new agents")):
         result = run_script(ingest=shared_bus.endpoints["ingest"])
         assert result.returncode == 0, result.stderr

@@ -16,10 +16,11 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from support import ROOT, WAIT, BusFactory, BusProcess, bus_env, fetch_history, history, wait_until
+from support import ROOT, WAIT, BusFactory, BusProcess, bus_env, fetch_history, history, wait_for_history, wait_until
 
 import devbus
 from devbus.bus.keys import ENDPOINTS
+from devbus.client.outbox import AWAY_LINGER_S
 
 ANY_PORT = "tcp://127.0.0.1:*"
 BURST = 100_000
@@ -222,6 +223,61 @@ def test_a_live_publisher_holds_events_while_the_bus_restarts(bus_process: Calla
     events = bus_history(second, "restart.*")
     assert [e.get("data", {}).get("n") for e in events[:-1]] == list(range(500))
     assert events[-1]["type"] == "restart.after"
+
+
+def past_a_restart(gone: float) -> None:
+    """Wait until a bus that went away at ``gone`` is no longer waited for as a restart.
+
+    The condition is time itself: how long the bus has been away (plus a margin for the
+    publisher to see it go).
+    """
+    wait_until(lambda: time.monotonic() - gone > AWAY_LINGER_S + 0.2, within=AWAY_LINGER_S + WAIT)
+
+
+def test_a_script_that_exits_while_the_bus_restarts_waits_for_it_and_delivers_everything(
+    bus_process: Callable[..., BusProcess], caplog: pytest.LogCaptureFixture
+) -> None:
+    first = bus_process("--quiet")
+    ingest = first.endpoints["ingest"]
+    publisher = devbus.Publisher(ingest=ingest)
+    publisher.wait_for_bus()
+    first.proc.send_signal(signal.SIGTERM)
+    wait_until(lambda: not publisher.connected)
+    for n in range(100):
+        publisher.emit("restart.held", {"n": n})
+    assert first.proc.wait(timeout=WAIT) == 0
+    gone = time.monotonic()
+    # The script ends during a slow restart, well after the log said that the bus is not reachable.
+    wait_until(lambda: "is not reachable" in caplog.text and time.monotonic() - gone > 1.5)
+    closing = threading.Thread(target=publisher.close)
+    closing.start()
+    second = bus_process("--quiet", "--ingest", ingest)
+    closing.join(timeout=WAIT)
+    assert not closing.is_alive()
+    assert publisher.undelivered == 0
+    assert [e["data"]["n"] for e in wait_for_history(second, 100, types="restart.*")] == list(range(100))
+
+
+def test_closing_once_the_bus_is_away_past_a_restart_does_not_wait_and_reports_what_it_held(
+    bus_process: Callable[..., BusProcess], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A FastAPI backend stalled 6-7 s at every Ctrl-C and `uvicorn --reload` while the bus was away."""
+    first = bus_process("--quiet")
+    ingest = first.endpoints["ingest"]
+    publisher = devbus.Publisher(ingest=ingest)
+    publisher.wait_for_bus()
+    assert first.stop() == 0
+    gone = time.monotonic()
+    wait_until(lambda: "is not reachable" in caplog.text)
+    for n in range(3):
+        publisher.emit("away.held", {"n": n})
+    past_a_restart(gone)
+    started = time.monotonic()
+    publisher.close()
+    took = time.monotonic() - started
+    assert took < 0.5, f"close waited {took:.2f}s for a bus that was not there"
+    assert publisher.undelivered == 3
+    assert f"3 events not delivered: the devbus at {ingest} went away and was not back" in caplog.text
 
 
 def test_what_overflows_the_hold_while_the_bus_is_away_is_counted_and_logged(

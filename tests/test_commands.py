@@ -94,6 +94,57 @@ def test_history_filters_limits_and_prints_lines(running_bus: BusProcess) -> Non
     assert "rental.created" in lines[1] and '{"n":1}' in lines[1]
 
 
+def test_history_says_when_the_bus_retains_more_than_it_shows(running_bus: BusProcess) -> None:
+    """`devbus history` showed the newest 100 of 436 events without saying so."""
+    running_bus.post_batch([("agent.created" if n % 3 else "rental.created", {"n": n}) for n in range(150)])
+    shown = devbus(running_bus, "history")
+    assert len(shown.stdout.splitlines()) == 100
+    assert shown.stderr == "showing the newest 100 of 150 retained events; --limit 150 shows them all\n"
+    assert [e["data"] for e in history_json(running_bus, "--limit", "150")] == [{"n": n} for n in range(150)]
+    assert devbus(running_bus, "history", "--limit", "150").stderr == ""
+    matching = devbus(running_bus, "history", "--json", "--types", "rental.*", "--limit", "20")
+    assert [json.loads(line)["data"]["n"] for line in matching.stdout.splitlines()] == list(range(90, 150, 3))
+    assert matching.stderr == "showing the newest 20 matching events; the bus retains more: raise --limit to see them\n"
+    assert devbus(running_bus, "history", "--types", "rental.*", "--limit", "50").stderr == ""
+
+
+def test_the_bus_maximum_as_limit_shows_everything_without_a_note(bus_process: Callable[..., BusProcess]) -> None:
+    small = bus_process("--quiet", "--history", "5")
+    small.post_batch([("t.x", {"n": n}) for n in range(8)])
+    env = {"DEVBUS_URL": small.url}
+    shown = CliRunner().invoke(main, ["history", "--limit", "5"], env=env)
+    assert shown.exit_code == 0, shown.output
+    assert len(shown.stdout.splitlines()) == 5 and shown.stderr == ""
+
+
+def test_long_data_is_cut_to_the_terminal_in_lines_and_whole_in_json(
+    running_bus: BusProcess, listen: Callable[..., Listener]
+) -> None:
+    """`devbus listen` printed 4 KB single lines."""
+    listener = listen(COLUMNS="100")
+    big = {"text": "x" * 4000}
+    running_bus.post_batch([("doc.saved", big), ("doc.small", {"n": 1})])
+    line = listener.line().rstrip("\n")
+    assert len(line) == 100 and line.endswith('{"text":"' + "x" * 23 + "…") and "doc.saved" in line, line
+    assert listener.line(err=True) == "long data was cut to fit the terminal; --json prints whole events\n"
+    assert listener.line().rstrip("\n").endswith('{"n":1}')
+    shown = CliRunner().invoke(main, ["history"], env={"DEVBUS_URL": running_bus.url, "COLUMNS": "100"})
+    assert len(shown.stdout.splitlines()[0]) == 100
+    assert shown.stderr.endswith("long data was cut to fit the terminal; --json prints whole events\n")
+    assert history_json(running_bus)[0]["data"] == big
+
+
+def test_data_that_would_drive_the_terminal_is_shown_escaped(running_bus: BusProcess) -> None:
+    """JSON escapes ESC but not CSI (U+009B) or a bidi override: `devbus history` printed them raw."""
+    data = {"note": "\x9b31m red \u202e desrever \x1b[2J"}
+    running_bus.post_batch([("doc.saved", data)])
+    shown = CliRunner().invoke(main, ["history"], env={"DEVBUS_URL": running_bus.url, "COLUMNS": "200"})
+    [line] = shown.stdout.splitlines()
+    assert line.endswith('{"note":"\\x9b31m red \\u202e desrever \\u001b[2J"}'), line
+    assert line.isprintable()
+    assert history_json(running_bus)[0]["data"] == data
+
+
 class Listener:
     """A `devbus listen` child whose output lines are read with a timeout."""
 
@@ -120,13 +171,13 @@ def listen(running_bus: BusProcess) -> Iterator[Callable[..., Listener]]:
     """Start `devbus listen` processes; every one is stopped after the test."""
     started: list[Listener] = []
 
-    def start(*args: str) -> Listener:
+    def start(*args: str, **env: str) -> Listener:
         proc = subprocess.Popen(
             [sys.executable, "-m", "devbus", "listen", *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env=bus_env(DEVBUS_URL=running_bus.url),
+            env=bus_env(DEVBUS_URL=running_bus.url, **env),
             cwd=ROOT,
         )
         listener = Listener(proc)
@@ -180,7 +231,7 @@ def test_listen_exits_quietly_when_its_reader_leaves(running_bus: BusProcess) ->
     with listen, listen.stdout, listen.stderr:
         first = listen.stdout.readline()
         listen.stdout.close()  # what `head -n 1` does after its line
-        # Like any filter, listen learns of it on its next write.
+        # An event that comes meanwhile must not bring a traceback either (test_pipes.py: a quiet bus).
         devbus(running_bus, "emit", "piped.after")
         assert listen.wait(timeout=WAIT) == 0
         err = listen.stderr.read().decode()
@@ -188,10 +239,29 @@ def test_listen_exits_quietly_when_its_reader_leaves(running_bus: BusProcess) ->
     assert "Traceback" not in err and "reconnecting" not in err and "BrokenPipe" not in err
 
 
-def test_listen_refuses_a_since_that_is_not_an_event_id_like_the_http_api(running_bus: BusProcess) -> None:
-    result = devbus(running_bus, "listen", "--since", "garbage")
+@pytest.mark.parametrize("command", ["listen", "record"])
+def test_a_since_of_no_id_form_is_refused_as_the_http_api_refuses_it(running_bus: BusProcess, command: str) -> None:
+    """`?since=42` was a gap and a full replay on the stream, while `listen --since 42` exited with a 422."""
+    devbus(running_bus, "emit", "x.y")
+    last = history_json(running_bus)[-1]["id"]
+    args = [command, "--since", "42"] + (["-"] if command == "record" else [])
+    result = devbus(running_bus, *args)
     assert result.exit_code == 1
-    assert "(422)" in result.stderr and "`since` must be an event id" in result.stderr
+    assert result.stderr == (
+        f"Error: The bus at {running_bus.url} refused the stream (422): `since` must be an event id such as "
+        f"{last!r} (got '42'); take one from an event's `id`\n"
+    )
+
+
+def test_listen_since_an_id_of_another_run_prints_the_gap_then_everything(
+    running_bus: BusProcess, listen: Callable[..., Listener]
+) -> None:
+    for n in range(2):
+        devbus(running_bus, "emit", "x.y", json.dumps({"n": n}))
+    listener = listen("--json", "--since", "0badc0de-7")
+    gap, first, second = (json.loads(listener.line()) for _ in range(3))
+    assert (gap["type"], gap["data"]["last_event_id"]) == ("devbus.gap", "0badc0de-7")
+    assert [first["data"], second["data"]] == [{"n": 0}, {"n": 1}]
 
 
 def closed_port() -> int:

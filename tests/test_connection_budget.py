@@ -34,7 +34,7 @@ class Peer:
     """A ZeroMQ connection as the budget sees it."""
 
     def __init__(self, *, held: bool = False) -> None:
-        self.held = held
+        self.kept_waiting = held
         self.expired: list[str] = []
 
     def expire(self, kind: str, text: str) -> None:

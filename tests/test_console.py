@@ -57,3 +57,22 @@ async def test_the_summary_comes_on_its_own_when_the_burst_stops() -> None:
     assert len(lines) == LINES_PER_SECOND + 1
     assert lines[-1].startswith("… +10 more events this second (")
     assert lines[-1].endswith(", +2 more types)")
+
+
+def test_long_types_ids_and_sources_are_cut_so_the_columns_stay_put() -> None:
+    """A 60-character type pushed every later column of its line to the right."""
+    lines: list[str] = []
+    printer = EventPrinter(lines.append)
+    event = Event(
+        id="1764412345678901-12345",
+        type="agent.profile.picture.thumbnail.regenerated_after_upload",
+        data={},
+        timestamp="2026-11-28T14:44:36.480879Z",
+        source="zmq",
+    )
+    printer([record(1, "agent.created"), Record(event.id, event.type, encode_json(event), event)], [1, 3])
+    assert lines == [
+        "14:44:36.480  agent.created                    zmq        run-1            → 1 subscriber",
+        "14:44:36.480  agent.profile.picture.thumbnail… zmq        …345678901-12345 → 3 subscribers",
+    ]
+    assert lines[0].index("→") == lines[1].index("→")

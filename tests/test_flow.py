@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import threading
@@ -39,12 +40,18 @@ async def test_a_slow_reader_does_not_hold_a_burst_back_from_the_others(make_bus
     reader = threading.Thread(target=read_slowly, args=(slow, stop), daemon=True)
     reader.start()
     fast = await open_stream(client)
+
+    async def read_fast() -> list[int]:
+        return [json.loads((await fast.event())["data"])["data"]["n"] for _ in range(EVENTS)]
+
     try:
+        # The fast subscriber reads while the burst is sent: the publisher's close waits for the
+        # bus's acks, by when a reader that had not started would be far behind too.
+        reading = asyncio.create_task(read_fast())
         async with AsyncPublisher(ingest=client.app[ENDPOINTS]["ingest"]) as publisher:
             for n in range(EVENTS):
                 await publisher.emit("burst", {"n": n, "blob": BLOB})
-        received = [json.loads((await fast.event())["data"])["data"]["n"] for _ in range(EVENTS)]
-        assert received == list(range(EVENTS))
+        assert await reading == list(range(EVENTS))
         metrics = await (await client.get("/metrics")).text()
         assert "devbus_evictions_total 1.0" in metrics
     finally:

@@ -15,7 +15,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 from click.testing import CliRunner
-from support import ROOT, WAIT, BusFactory, BusProcess, Client, eventually, open_stream, post, post_batch
+from readme import example, readme_example
+from support import WAIT, BusFactory, BusProcess, Client, eventually, open_stream, post, post_batch
 from test_fastapi_example import Uvicorn
 
 from devbus.bus.outputs.forward import EPOCH_HEADER, FORWARDED_HEADER, IDEMPOTENCY_HEADER, parse_target
@@ -255,9 +256,6 @@ async def test_devbus_run_forward_option(bus_process: Any, receivers: Any) -> No
     assert await asyncio.to_thread(bus.stop) == 0
 
 
-RECEIVER = re.compile(r"```python\n(# FastAPI receiver that takes each forwarded event once\n.*?)```", re.DOTALL)
-
-
 def post_json(url: str, body: dict[str, Any], headers: dict[str, str] | None = None) -> Any:
     """POST ``body`` as JSON; return the decoded answer, which must be a 200."""
     request = urllib.request.Request(
@@ -268,12 +266,12 @@ def post_json(url: str, body: dict[str, Any], headers: dict[str, str] | None = N
         return json.load(answer)
 
 
+@readme_example("forward-receiver")
 def test_the_readme_receiver_takes_each_event_once_in_order(
     tmp_path: Path, bus_process: Callable[..., BusProcess]
 ) -> None:
     """The README's receiver, verbatim under uvicorn, behind a real bus; a repeat is answered and dropped."""
-    [snippet] = RECEIVER.findall((ROOT / "README.md").read_text())
-    (tmp_path / "app.py").write_text(snippet)
+    (tmp_path / "app.py").write_text(example("forward-receiver").text)
     server = Uvicorn(tmp_path, ingest="")
     try:
         server.output.wait_for_line("Application startup complete")

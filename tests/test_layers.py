@@ -8,13 +8,13 @@ module that no layer names fails the test until it is placed.
 shared
     The modules at the top of ``devbus/`` that both sides use: envelopes, the nesting
     limit, frames, errors, the ZMTP codec, type filters, addresses, logging, defaults,
-    the version.
+    the version, text for people (counts, cut columns).
     They import only each other: never ``devbus.bus``, ``devbus.client``,
     ``devbus.cli``, ``devbus.watch`` or the package's ``__init__``.
 bus base
     What every layer of the bus shares: ``bus/record.py`` (the records in the log),
     settings, metrics, accepting connections and the connection budget, listening on ZeroMQ
-    endpoints, the ZMTP peer, its deadline and refusals, replay pages.
+    endpoints, the ZMTP peer, its deadline and refusals, the memory budget, replay pages.
     Shared modules and each other only.
 store
     ``bus/store/*``: stores and reads, nothing else. Shared, ``record``, ``settings``,
@@ -77,12 +77,14 @@ SHARED_MODULES = {
     "devbus.frames",
     "devbus.logs",
     "devbus.nesting",
+    "devbus.text",
     "devbus.typefilter",
     "devbus.version",
     "devbus.zmtp",
 }
 BASE_MODULES = {
     "devbus.bus.acceptor",
+    "devbus.bus.budget",
     "devbus.bus.connection_budget",
     "devbus.bus.deadline",
     "devbus.bus.endpoints",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import re
 import tomllib
 from typing import Any
@@ -23,6 +24,13 @@ def test_the_installed_version_is_the_one_written_in_the_package() -> None:
     """Regression: the version was written twice (pyproject.toml and devbus/__init__.py) and they differed."""
     assert importlib.metadata.version("devbus") == devbus.__version__
     assert "version" not in pyproject()["project"]
+
+
+def test_the_browser_package_carries_the_same_version() -> None:
+    """The npm package in js/ is released with the Python one: 0.3.0.dev0 is 0.3.0-dev.0 in npm's semver."""
+    package = json.loads((ROOT / "js" / "package.json").read_text())
+    release, _, dev = devbus.__version__.partition(".dev")
+    assert package["version"] == (f"{release}-dev.{dev}" if dev else release)
 
 
 def test_every_dependency_has_a_lower_bound_that_the_oldest_run_pins() -> None:

@@ -245,7 +245,7 @@ def test_replay_strict_checks_every_line_before_sending_any(
     result = replay_process(bus, str(recording), "--strict", "--no-wait", env={"DEVBUS_MAX_BODY": max_body})
     assert result.code == 1
     assert f"{recording}:4: {problem}" in result.stderr
-    assert "1 bad lines" in result.stderr and "nothing sent" in result.stderr
+    assert "1 bad line in" in result.stderr and "nothing sent" in result.stderr
     assert "Traceback" not in result.stderr
     assert result.stdout == ""
     assert history(bus) == []

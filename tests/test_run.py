@@ -50,8 +50,9 @@ def test_run_reads_environment_variables(bus_process: Callable[..., BusProcess])
             ["--egress", "127.0.0.1:9102"],
             "--egress '127.0.0.1:9102' is not a ZeroMQ endpoint: write tcp://127.0.0.1:9102",
         ),
+        (["--memory-budget", "64k"], "--memory-budget 65536 bytes is too small: give connections at least 1MiB"),
     ],
-    ids=["prefix-without-slash", "port-out-of-range", "ingest-without-tcp", "egress-without-tcp"],
+    ids=["prefix-without-slash", "port-out-of-range", "ingest-without-tcp", "egress-without-tcp", "tiny-budget"],
 )
 def test_run_refuses_a_malformed_option_before_binding_in_one_line(args: list[str], message: str) -> None:
     result = run_devbus("run", "--port", "0", *args)

@@ -7,6 +7,7 @@ import json
 import socket
 
 import httpx
+import pytest
 from httpx_sse import aconnect_sse
 from support import BusFactory, Client, SSEReader, open_stream, post
 
@@ -24,6 +25,12 @@ async def test_stream_starts_with_retry_and_connected_frame(bus: Client) -> None
     assert connected["type"] == "connected"
     assert connected["message"] == "SSE connected"
     assert b"id:" not in first
+
+
+async def test_the_webhook_message_counts_subscribers_in_singular_and_plural(bus: Client) -> None:
+    assert (await post(bus, "t.none"))["message"] == "Event t.none broadcasted to 0 subscribers"
+    await open_stream(bus)
+    assert (await post(bus, "t.one"))["message"] == "Event t.one broadcasted to 1 subscriber"
 
 
 async def test_two_subscribers_get_the_same_exact_bytes(bus: Client) -> None:
@@ -107,6 +114,50 @@ async def test_id_from_another_run_gets_a_gap(bus: Client) -> None:
     resumed = await open_stream(bus, headers={"Last-Event-ID": "0badc0de-7"})
     assert json.loads((await resumed.event())["data"])["type"] == "devbus.gap"
     assert [(await resumed.event())["id"] for _ in range(2)] == ids
+
+
+RESUMES = {
+    "since": ("/api/dev/events?since={id}", {}),
+    "last_event_id": ("/api/dev/events?last_event_id={id}", {}),
+    "header": ("/api/dev/events", {"Last-Event-ID": "{id}"}),
+}
+
+
+def resume_request(how: str, event_id: str) -> tuple[str, dict[str, str]]:
+    path, headers = RESUMES[how]
+    return path.format(id=event_id), {name: value.format(id=event_id) for name, value in headers.items()}
+
+
+@pytest.mark.parametrize("how", list(RESUMES))
+@pytest.mark.parametrize("bad", ["42", "latest", "abc def-1", "x-1.5"])
+async def test_a_resume_id_of_no_id_form_is_refused_as_history_refuses_it(bus: Client, how: str, bad: str) -> None:
+    """`?since=42` was a gap and a full replay on the stream, a 422 from /history and `devbus listen`."""
+    ids = [(await post(bus, "n"))["id"] for _ in range(2)]
+    path, headers = resume_request(how, bad)
+    refused = await bus.get(path, headers=headers)
+    assert refused.status == 422
+    error = (await refused.json())["error"]
+    field = {"since": "`since`", "last_event_id": "`last_event_id`", "header": "the Last-Event-ID header"}[how]
+    assert error.startswith(f"{field} must be an event id such as {ids[-1]!r} (got {bad!r})")
+    history = await bus.get("/api/dev/history", params={"since": bad})
+    assert history.status == 422
+    assert (await history.json())["error"].startswith(f"`since` must be an event id such as {ids[-1]!r}")
+    # Nothing was subscribed by the refused stream.
+    assert (await (await bus.get("/api/dev/health")).json())["subscribers"] == 0
+
+
+@pytest.mark.parametrize("how", list(RESUMES))
+@pytest.mark.parametrize("stale", ["0badc0de-7", "1764412345678-0"], ids=["other-run", "redis-form"])
+async def test_an_id_of_another_run_or_store_is_a_gap_on_the_stream_and_everything_in_history(
+    bus: Client, how: str, stale: str
+) -> None:
+    ids = [(await post(bus, "n"))["id"] for _ in range(2)]
+    path, headers = resume_request(how, stale)
+    resumed = await open_stream(bus, path, headers=headers)
+    assert json.loads((await resumed.event())["data"])["type"] == "devbus.gap"
+    assert [(await resumed.event())["id"] for _ in range(2)] == ids
+    history = await (await bus.get("/api/dev/history", params={"since": stale})).json()
+    assert [e["id"] for e in history["events"]] == ids
 
 
 async def test_gap_reaches_filtered_subscribers(make_bus: BusFactory) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from devbus.bus.budget import MemoryBudget
 from devbus.bus.metrics import Metrics
 from devbus.bus.outputs.sse.fanout import Fanout
 from devbus.bus.record import Record
@@ -13,10 +14,12 @@ def record(n: int, event_type: str) -> Record:
 
 
 def fanout(**options: int) -> Fanout:
+    metrics = Metrics()
     return Fanout(
         subscriber_buffer=options.get("buffer", 1 << 20),
         max_subscribers=options.get("max", 100),
-        metrics=Metrics(),
+        metrics=metrics,
+        budget=MemoryBudget(options.get("budget", 1 << 30), metrics=metrics),
     )
 
 
@@ -72,3 +75,26 @@ async def test_an_anchored_join_learns_the_first_record_delivered_after_it() -> 
     out([record(7, "other"), record(8, "x")])
     out([record(9, "x")])
     assert outlet.anchor == "r-7"
+
+
+async def test_subscribers_behind_on_the_same_chunks_count_them_once_against_the_memory_budget() -> None:
+    """Regression: 1,000 subscribers a burst behind counted the burst 1,000 times, and the budget closed 439."""
+    out = fanout(budget=1 << 20, buffer=1 << 20, max=1000)
+    outlets = [out.subscribe(TypeFilter(), named=False) for _ in range(1000)]
+    for outlet in outlets:
+        out.join(outlet)
+    out([record(n, "burst.event") for n in range(200)])  # their writers are busy: it stays pending
+    chunk = outlets[0].pending_bytes
+    assert chunk > 4000  # 1,000 times that is 4 MB: four times the budget
+    assert out.budget.held() == chunk  # one bytes object, held by all
+    assert not any(outlet.evicted for outlet in outlets)
+
+
+async def test_subscribers_behind_on_shared_chunks_past_the_budget_are_dropped_until_none_holds_them() -> None:
+    out = fanout(budget=1 << 10, max=10)
+    outlets = [out.subscribe(TypeFilter(), named=False) for _ in range(10)]
+    for outlet in outlets:
+        out.join(outlet)
+    out([record(n, "burst.event") for n in range(200)])
+    assert all(outlet.evicted for outlet in outlets)  # dropping some frees nothing while others hold it
+    assert out.budget.held() == 0

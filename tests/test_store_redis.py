@@ -7,13 +7,16 @@ import json
 import logging
 import urllib.request
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 import zmq
 import zmq.asyncio
+from aiohttp.test_utils import TestServer
 from click.testing import CliRunner
+from redis.asyncio import Redis
 from support import (
     WAIT,
     BusFactory,
@@ -27,10 +30,13 @@ from support import (
     free_port,
     open_stream,
     post,
+    start_redis,
     wait_for_total,
 )
 
+from devbus.bus.app import create_app
 from devbus.bus.keys import ENDPOINTS
+from devbus.bus.settings import Settings
 from devbus.bus.store import create_store
 from devbus.cli import main
 from devbus.errors import ConfigError
@@ -175,13 +181,38 @@ async def test_zeromq_ingest_holds_while_redis_is_gone_and_drops_nothing(
         await sender.send_multipart(encode_frames("held", {"n": n}))
 
     async def holding() -> bool:
-        return "until the store is back" in caplog.text
+        # The ingest holds what the store refused; the writer holds the call Redis may have run.
+        return "until the store is back" in caplog.text or "is unreachable" in caplog.text
 
     await eventually(holding)
     redis_server.start()
     await wait_for_total(bus, 500, within=WAIT * 2)
     response = await bus.get("/api/dev/history", params={"limit": "1000"})
     assert [event["data"]["n"] for event in (await response.json())["events"]] == list(range(500))
+
+
+async def test_a_bus_stops_while_redis_is_away_and_says_what_it_did_not_store(
+    redis_server: RedisServer, zmq_context: zmq.asyncio.Context, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Regression: stopping waited for ever for the batches taken from ZeroMQ senders to be committed."""
+    app = create_app(Settings(store=redis_server.url, ingest="tcp://127.0.0.1:*", egress=None))
+    server = TestServer(app)
+    await server.start_server()
+    try:
+        sender = await connect_sender(zmq_context, app[ENDPOINTS]["ingest"])
+        redis_server.kill()
+        for n in range(500):
+            await sender.send_multipart(encode_frames("held", {"n": n}))
+
+        async def unreachable() -> bool:
+            return "is unreachable" in caplog.text
+
+        await eventually(unreachable)
+    finally:
+        async with asyncio.timeout(WAIT * 2):
+            await server.close()
+    # Every batch read is accounted for: stored, or said not to be (the sender used plain PUB).
+    assert "not stored" in caplog.text or "could not store" in caplog.text
 
 
 def test_kill_9_of_one_bus_loses_nothing_it_acknowledged(
@@ -307,3 +338,47 @@ async def test_an_event_comes_back_from_redis_byte_for_byte(make_bus: BusFactory
     assert sent.status == 200, await sent.text()
     event = json.loads((await stream.event())["data"])
     assert (event["type"], event["data"], event["source"]) == ('odd"type\\é', data, "ünï")
+
+
+async def retained_counts(bus: Client) -> tuple[int, int, float]:
+    """What health says is retained (top level and under store), and the history gauge of /metrics."""
+    health = await (await bus.get("/api/dev/health")).json()
+    metrics = await (await bus.get("/metrics")).text()
+    [gauge] = [line for line in metrics.splitlines() if line.startswith("devbus_history_events ")]
+    return health["retained"], health["store"]["retained"], float(gauge.split()[1])
+
+
+@pytest.mark.parametrize("loss", ["flushall", "restart"], ids=["flushall", "restart-without-persistence"])
+async def test_health_and_metrics_count_what_the_stream_holds_after_redis_lost_its_data(
+    make_bus: BusFactory, tmp_path: Path, loss: str
+) -> None:
+    """After Redis lost its data, /health said 7 retained and devbus_history_events 7 while the stream held 3."""
+    server = start_redis(tmp_path, appendonly=False)
+    redis = Redis.from_url(server.url)
+    try:
+        bus = await make_bus(store=server.url)
+        for n in range(7):
+            await post(bus, "before", {"n": n})
+        assert await retained_counts(bus) == (7, 7, 7.0)
+        if loss == "flushall":
+            await redis.flushall()
+        else:
+            server.restart()
+        sent = 0
+
+        async def accepted() -> bool:
+            nonlocal sent
+            response = await bus.post("/api/dev/webhook", json={"event_type": "after", "data": {}})
+            sent += response.status == 200
+            return response.status == 200
+
+        await eventually(accepted)  # a restarted Redis: 503 until the bus is back on it
+        while sent < 3:
+            await post(bus, "after")
+            sent += 1
+        held = await redis.xlen("devbus:events")
+        assert held == 3
+        assert await retained_counts(bus) == (held, held, float(held))
+    finally:
+        await redis.aclose()
+        server.kill()

@@ -123,3 +123,23 @@ def test_a_command_inside_a_message_shares_its_bound() -> None:
         [b"next", b"one"],
     ]
     assert reader.buffered == 0
+
+
+@pytest.mark.parametrize("step", [1, 5, 10_000], ids=["byte-by-byte", "small-reads", "one-read"])
+def test_short_frames_after_a_long_one_count_towards_the_same_bound(step: int) -> None:
+    """Short frames (at most 255 bytes) are read on a shorter path than long ones; beside a long
+    frame they still share its message's bound, in frames and in bytes."""
+    reader = FrameReader(max_message=1000, max_frames=3)
+    wire = (
+        message([b"x" * 700, b"y" * 200, b"z" * 100])  # 1,000 bytes: fits
+        + message([b"x" * 900, b"y" * 101])  # 1,001 bytes: refused at its short frame
+        + message([b"a", b"b", b"c", b"d"])  # four short frames: refused at the fourth
+        + message([b"next", b"one", b"\x00" * 8])
+    )
+    assert parse(reader, wire, step=step) == [
+        [b"x" * 700, b"y" * 200, b"z" * 100],
+        "zmq_oversize",
+        "zmq_frames",
+        [b"next", b"one", b"\x00" * 8],
+    ]
+    assert reader.buffered == 0

@@ -17,13 +17,15 @@ from aiohttp import web
 
 from devbus.bus import views
 from devbus.bus.backplane import backplane
+from devbus.bus.budget import MemoryBudget
 from devbus.bus.connection_budget import ConnectionBudget, connection_limit
 from devbus.bus.dispatcher import Dispatcher
-from devbus.bus.guard import add_cors_headers, expect_continue, guard
+from devbus.bus.guard import Gate, Handler
 from devbus.bus.history import History
 from devbus.bus.inputs.http import HttpInput
 from devbus.bus.inputs.reach import ReachCounts
 from devbus.bus.keys import (
+    BUDGET,
     CATALOGUE,
     CONNECTIONS,
     DISPATCHER,
@@ -40,7 +42,7 @@ from devbus.bus.outputs.forward import Forwarder
 from devbus.bus.outputs.sse import EventStream, Fanout
 from devbus.bus.settings import Settings
 from devbus.bus.store import Store, create_store, shared_stream
-from devbus.bus.unrouted import unrouted_as_json
+from devbus.bus.unrouted import CATCH_ALL, unrouted
 from devbus.typefilter import TypeFilter, parse_patterns
 
 __all__ = ["create_app"]
@@ -87,7 +89,9 @@ def _forward(app: web.Application, settings: Settings, store: Store, dispatcher:
 def create_app(settings: Settings | None = None) -> web.Application:
     """Build the bus: dispatcher, routes, guards and background services."""
     settings = settings or Settings()
-    app = web.Application(middlewares=[guard, unrouted_as_json], client_max_size=settings.max_body)
+    gate = Gate(settings)
+    # No middleware: every route is added behind the gate (Gate.guarded says why).
+    app = web.Application(client_max_size=settings.max_body)
     metrics = Metrics()
     app[SETTINGS] = settings
     app[METRICS] = metrics
@@ -102,10 +106,30 @@ def create_app(settings: Settings | None = None) -> web.Application:
     )
     dispatcher = app[DISPATCHER] = Dispatcher(store, metrics=metrics)
     metrics.store_up.labels(store.name).set_function(lambda: 1 if store.status()["state"] == "up" else 0)
+    metrics.count_from(
+        "devbus_store_skipped",
+        "Records read back from the store that were not events (another program wrote them), skipped, by reason.",
+        "reason",
+        lambda: store.status().get("skipped", {}).get("reasons", {}),
+    )
+    metrics.count_from(
+        "devbus_store_restarts",
+        "Times a store's background task (the Redis reader, the SQLite file's watcher) failed and was started again.",
+        "task",
+        lambda: {
+            name: part["restarts"]
+            for name, part in store.status().items()
+            if isinstance(part, dict) and "restarts" in part
+        },
+    )
     app.cleanup_ctx.append(_store)
 
+    budget = app[BUDGET] = MemoryBudget(settings.memory_budget, metrics=metrics)
     fanout = app[FANOUT] = Fanout(
-        subscriber_buffer=settings.subscriber_buffer, max_subscribers=settings.max_subscribers, metrics=metrics
+        subscriber_buffer=settings.subscriber_buffer,
+        max_subscribers=settings.max_subscribers,
+        metrics=metrics,
+        budget=budget,
     )
     dispatcher.add_output(fanout)
     catalogue = app[CATALOGUE] = Catalogue(metrics)
@@ -119,18 +143,23 @@ def create_app(settings: Settings | None = None) -> web.Application:
     inputs = HttpInput(dispatcher, reach, max_body=settings.max_body, body_timeout=settings.body_timeout)
     events = EventStream(fanout, store, now=dispatcher.now, heartbeat=settings.heartbeat, retry_ms=settings.retry_ms)
     api = settings.api
-    app.router.add_post(f"{api}/webhook", inputs.webhook, expect_handler=expect_continue)
-    app.router.add_post(f"{api}/trigger", inputs.trigger, expect_handler=expect_continue)
-    app.router.add_post(f"{api}/batch", inputs.batch, expect_handler=expect_continue)
-    app.router.add_get(f"{api}/events", events.handle)
-    app.router.add_get(f"{api}/history", History(store, max_limit=settings.history).handle)
-    app.router.add_get(f"{api}/health", views.health)
-    app.router.add_get(f"{api}/types", views.types)
-    app.router.add_get("/metrics", views.metrics)
-    app.router.add_get("/", views.static_file("dashboard.html", prefix=api))
-    for name in ("dashboard.js", "devbus.js", "devbus.d.ts"):
-        app.router.add_get(f"/{name}", views.static_file(name, prefix=api))
-    app.on_response_prepare.append(add_cors_headers)
+    for name, take in (("webhook", inputs.webhook), ("trigger", inputs.trigger), ("batch", inputs.batch)):
+        app.router.add_post(f"{api}/{name}", gate.guarded(take, json_body=True), expect_handler=gate.expect_continue)
+    reads: list[tuple[str, Handler]] = [
+        (f"{api}/events", events.handle),
+        (f"{api}/history", History(store, max_limit=settings.history).handle),
+        (f"{api}/health", views.health),
+        (f"{api}/types", views.types),
+        ("/metrics", views.metrics),
+        ("/", views.static_file("dashboard.html", prefix=api)),
+    ]
+    reads += [
+        (f"/{name}", views.static_file(name, prefix=api)) for name in ("dashboard.js", "devbus.js", "devbus.d.ts")
+    ]
+    for path, read in reads:
+        app.router.add_get(path, gate.guarded(read))
+    app.router.add_route("*", CATCH_ALL, gate.guarded(unrouted))
+    app.on_response_prepare.append(gate.add_cors_headers)
     app.on_shutdown.append(_close_streams)
     if settings.ingest or settings.egress:
         app.cleanup_ctx.append(backplane)

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from devbus.bus.inputs.zeromq import Ingest
-from devbus.bus.keys import CONNECTIONS, DISPATCHER, ENDPOINTS, FANOUT, METRICS, SETTINGS
+from devbus.bus.keys import BUDGET, CONNECTIONS, DISPATCHER, ENDPOINTS, FANOUT, METRICS, SETTINGS
 from devbus.bus.outputs.egress import Egress
 
 __all__ = ["backplane"]
@@ -25,6 +25,7 @@ async def backplane(app: web.Application) -> AsyncIterator[None]:
                 dispatcher=app[DISPATCHER],
                 readers=app[FANOUT].laggards,
                 metrics=app[METRICS],
+                budget=app[BUDGET],
                 max_size=settings.max_message,
                 token=settings.token,
                 message_timeout=settings.body_timeout,
@@ -34,9 +35,10 @@ async def backplane(app: web.Application) -> AsyncIterator[None]:
         if settings.egress:
             egress = Egress(
                 metrics=app[METRICS],
+                budget=app[BUDGET],
+                connections=app[CONNECTIONS],
                 listener_buffer=settings.egress_buffer,
                 message_timeout=settings.body_timeout,
-                connections=app[CONNECTIONS],
             )
             app[ENDPOINTS]["egress"] = await egress.bind(settings.egress)
             remove_output = app[DISPATCHER].add_output(egress)

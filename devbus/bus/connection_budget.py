@@ -84,8 +84,8 @@ class Seated(Protocol):
     """What the budget needs of a ZeroMQ connection."""
 
     @property
-    def held(self) -> bool:
-        """Whether the bus has stopped reading it (it is then not idle, whatever it sends)."""
+    def kept_waiting(self) -> bool:
+        """Whether the bus does not read it now, for its own reasons (it is then not idle)."""
 
     def expire(self, kind: str, text: str) -> None:
         """Close it, counted and logged as ``kind`` (``displaced``, ``idle``) with ``text``."""
@@ -174,7 +174,7 @@ class ConnectionBudget:
             peer, since = next(iter(peers.items()))
             if now - since < DISPLACE_QUIET:
                 return False
-            if peer.held:
+            if peer.kept_waiting:
                 self.touch(peer)
                 continue
             del peers[peer]
@@ -199,7 +199,7 @@ class ConnectionBudget:
             peer, since = next(iter(peers.items()))
             if now - since < self.idle_timeout:
                 break
-            if peer.held:
+            if peer.kept_waiting:
                 self.touch(peer)
                 continue
             del peers[peer]

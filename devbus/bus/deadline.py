@@ -1,4 +1,4 @@
-"""A ZMTP connection's deadline: for its handshake, then for each message, counted only while it is read.
+"""A ZMTP connection's deadlines (handshake, each message, a PING's TTL), counted only while it is read.
 
 A message in progress holds up to its size limit, so it must end in bounded
 time: ``message_timeout`` from its own first byte (not from the first byte of
@@ -6,6 +6,12 @@ the one before: a sender that keeps sending whole messages, each read ending
 inside the next one, is never late). The time the bus does not read the
 connection (paused while a batch commits, or subscribers catch up) does not
 count: a sender the bus keeps waiting is not late either.
+
+A PING may carry a TTL (ZMTP 3.1): the time its sender may then stay silent
+before the connection is dropped. libzmq sets it from the first PING after the
+peer was last heard and clears it on anything received; so does :class:`Silence`,
+which also stops counting while the bus does not read the connection (what the
+peer sent meanwhile waits unread), and starts over when it reads again.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-__all__ = ["Deadline"]
+__all__ = ["Deadline", "Silence"]
 
 
 class Deadline:
@@ -62,3 +68,48 @@ class Deadline:
         self._paused = False
         if in_progress:
             self.start(max(0.0, self._left))
+
+
+class Silence:
+    """One timer that calls ``expired`` if the peer sends nothing within the TTL of its last PING."""
+
+    def __init__(self, expired: Callable[[], None]) -> None:
+        self._expired = expired
+        self.seconds = 0.0  # the TTL in force (0: none)
+        self._timer: asyncio.TimerHandle | None = None
+        self._paused = False
+
+    def ping(self, seconds: float) -> None:
+        """A PING with a TTL of ``seconds`` (0: none) arrived; the first since the peer was last heard counts."""
+        if seconds and not self.seconds:
+            self.seconds = seconds
+            self._start()
+
+    def heard(self) -> None:
+        """Bytes arrived: the TTL is met."""
+        self.seconds = 0.0
+        self.stop()
+
+    def pause(self) -> None:
+        """The bus stops reading the connection: silence no longer counts."""
+        self._paused = True
+        self.stop()
+
+    def resume(self) -> None:
+        """The bus reads the connection again: the TTL starts over."""
+        self._paused = False
+        self._start()
+
+    def stop(self) -> None:
+        """Cancel the timer (the TTL stays in force, for :meth:`resume`)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _start(self) -> None:
+        if self.seconds and self._timer is None and not self._paused:
+            self._timer = asyncio.get_running_loop().call_later(self.seconds, self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        self._expired()

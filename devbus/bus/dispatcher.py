@@ -102,14 +102,16 @@ class Dispatcher:
         if appended.replayed is not None:
             self.metrics.repeats.inc(len(drafts))
             return
-        if appended.skipped:
-            self.metrics.repeats.inc(appended.skipped)
-        if appended:
-            self._count_in(drafts[appended.skipped :])
+        skipped = appended.skipped
+        if skipped:
+            self.metrics.repeats.inc(skipped)
+        if len(appended) == 1:
+            self.metrics.count_in(drafts[-1].source)  # what was skipped is a prefix
+        elif appended:
+            self._count_in(drafts[skipped:])
 
     def _count_in(self, drafts: Sequence[Draft]) -> None:
-        # One counter update per source and batch: a labelled Prometheus
-        # increment per event would cost more than the rest of publishing it.
+        # One counter update per source and batch, however many events it holds.
         sources: dict[str, int] = {}
         for draft in drafts:
             sources[draft.source] = sources.get(draft.source, 0) + 1

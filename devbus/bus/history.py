@@ -6,6 +6,7 @@ from aiohttp import web
 
 from devbus.bus.pages import PAGE_BYTES, PAGE_EVENTS, write_or_stall
 from devbus.bus.store.base import Store
+from devbus.envelope import check_event_id
 from devbus.errors import InvalidEvent, StoreUnavailable
 from devbus.typefilter import TypeFilter, parse_patterns
 
@@ -69,9 +70,8 @@ async def _answer(request: web.Request, store: Store, *, limit: int) -> web.Stre
     match = TypeFilter(parse_patterns(request.query.getall("types", [])))
     since = request.query.get("since")
     if since:
-        if not store.is_id(since):
-            raise InvalidEvent(f"`since` must be an event id such as {store.last_id or 'abc-1'!r} (got {since!r})")
-        # An id from another run means everything retained is new to the caller.
+        check_event_id(since, field="`since`", example=store.last_id)
+        # An id from another run or store means everything retained is new to the caller.
         after = (await store.resolve(since)).after
     else:
         after = await _start_of_newest(store, limit=limit, match=match)

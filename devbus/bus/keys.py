@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from devbus.bus.budget import MemoryBudget
 from devbus.bus.connection_budget import ConnectionBudget
 from devbus.bus.dispatcher import Dispatcher
 from devbus.bus.metrics import Metrics
@@ -13,6 +14,7 @@ from devbus.bus.outputs.sse import Fanout
 from devbus.bus.settings import Settings
 
 __all__ = [
+    "BUDGET",
     "CATALOGUE",
     "CONNECTIONS",
     "DISPATCHER",
@@ -30,6 +32,8 @@ METRICS = web.AppKey("metrics", Metrics)
 # The SSE output: every subscriber's outlet.
 FANOUT = web.AppKey("fanout", Fanout)
 STARTED = web.AppKey("started", float)  # time.monotonic() at start
+# What every connection holds for its peer, bounded together (--memory-budget).
+BUDGET = web.AppKey("budget", MemoryBudget)
 
 # Where background services listen (name → bound address), for the banner.
 ENDPOINTS = web.AppKey("endpoints", dict[str, str])

@@ -10,6 +10,7 @@ import urllib.request
 from urllib.parse import urlsplit
 
 from devbus.addresses import check_endpoint, check_prefix
+from devbus.bus.budget import SMALLEST
 from devbus.bus.settings import Settings
 from devbus.errors import ConfigError
 
@@ -19,11 +20,16 @@ HEALTH_TIMEOUT = 1.0
 
 
 def check_options(settings: Settings) -> None:
-    """Refuse a malformed --prefix, --ingest or --egress with what to write instead."""
+    """Refuse a malformed --prefix, --ingest or --egress, or too small a --memory-budget, saying what would do."""
     check_prefix(settings.prefix)
     for endpoint, option in ((settings.ingest, "--ingest"), (settings.egress, "--egress")):
         if endpoint:
             check_endpoint(endpoint, option=option)
+    if settings.memory_budget < SMALLEST:
+        raise ConfigError(
+            f"--memory-budget {settings.memory_budget} bytes is too small: give connections at least 1MiB "
+            "together (the default is 128MiB)"
+        )
 
 
 def _in_use(host: str, port: int) -> bool:

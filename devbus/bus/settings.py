@@ -37,6 +37,7 @@ class Settings:
     zmq_idle_timeout: float = 300.0
     subscriber_buffer: int = 4 * MIB
     egress_buffer: int = 16 * MIB
+    memory_budget: int = 128 * MIB
     forward: tuple[str, ...] = ()
     forward_types: tuple[str, ...] = ()
     forward_queue: int = 10_000

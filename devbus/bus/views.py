@@ -9,7 +9,7 @@ from importlib import resources
 
 from aiohttp import web
 
-from devbus.bus.keys import CATALOGUE, CONNECTIONS, DISPATCHER, FANOUT, FORWARDER, METRICS, STARTED
+from devbus.bus.keys import BUDGET, CATALOGUE, CONNECTIONS, DISPATCHER, FANOUT, FORWARDER, METRICS, STARTED
 from devbus.bus.metrics import CONTENT_TYPE_LATEST
 from devbus.version import __version__
 
@@ -19,6 +19,7 @@ __all__ = ["health", "metrics", "static_file", "types"]
 async def health(request: web.Request) -> web.Response:
     """Report liveness and a few numbers; needs no token."""
     dispatcher = request.app[DISPATCHER]
+    await dispatcher.store.refresh()
     return web.json_response(
         {
             "status": "ok",
@@ -32,6 +33,7 @@ async def health(request: web.Request) -> web.Response:
             "last_id": dispatcher.last_id,
             "store": dispatcher.store.status(),
             "forward": [target.status() for target in request.app[FORWARDER].targets],
+            "memory": request.app[BUDGET].status(),
         }
     )
 
@@ -43,6 +45,7 @@ async def types(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     """Expose Prometheus metrics."""
+    await request.app[DISPATCHER].store.refresh()
     body = request.app[METRICS].render()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

@@ -13,7 +13,8 @@ connection does whatever its role:
 - deadlines (``deadline.py``): greeting and READY within HANDSHAKE_TIMEOUT,
   then each message within ``message_timeout`` of its first byte, counting only
   the time the bus reads the connection;
-- PING is answered with PONG; the peer's ERROR closes the connection;
+- PING is answered with PONG (at most 16 bytes of context, as libzmq), and a
+  peer silent past its PING's TTL is closed; the peer's ERROR closes the connection;
 - refusals: a peer refused at READY, for its mechanism or for breaking the
   protocol after its greeting is sent an ERROR command saying why (ZMTP 3.1;
   libzmq reports it as a failed handshake) before the connection closes, and
@@ -30,9 +31,12 @@ connection does whatever its role:
   and :meth:`on_cancel`;
 - one write path, :meth:`ZmtpPeer.write`, for every byte sent to the peer
   (greeting, READY, subscriptions, PONG, ERROR, acks, events), so that one flow
-  control and one memory budget can hold them all; ``writing_paused`` says when
-  the peer's socket is backed up (asyncio's high-water mark), for a role that
-  must then stop producing bytes for it;
+  control and one memory budget (``budget.py``, charged with every byte written
+  or read) hold them all. While the peer's socket is backed up (``writing_paused``,
+  asyncio's high-water mark) the peer is not read, whatever its role, and a PING
+  then gets no PONG (what waits for the peer is traffic enough): a PING flood
+  that reads nothing holds the high-water mark, not 270 MB/s. A role that writes
+  on its own (events, acks) must stop or drop what can wait;
 - a write error (the peer closed, EPIPE) never throws away what the peer sent
   before: what the kernel still holds is read and handed on before the
   connection is gone (asyncio would drop it).
@@ -49,8 +53,9 @@ import os
 import socket
 from typing import ClassVar
 
+from devbus.bus.budget import MemoryBudget
 from devbus.bus.connection_budget import ConnectionBudget
-from devbus.bus.deadline import Deadline
+from devbus.bus.deadline import Deadline, Silence
 from devbus.bus.refusals import Refusals
 from devbus.zmtp import (
     GREETING,
@@ -100,6 +105,7 @@ class ZmtpPeer(asyncio.BufferedProtocol):
         max_frames: int,
         message_timeout: float,
         read_buffer: memoryview,
+        budget: MemoryBudget,
         connections: ConnectionBudget,
     ) -> None:
         self.reader = FrameReader(max_message=max_message, max_frames=max_frames)
@@ -111,10 +117,13 @@ class ZmtpPeer(asyncio.BufferedProtocol):
         self._message_timeout = message_timeout
         self._read_buffer = read_buffer
         self._greeting = Greeting()
-        self._paused = False
+        self._budget = budget
         self._connections = connections
+        self._paused = False  # not reading the peer now
+        self._held_back = False  # the role does not want the peer read now
         self._closing = False  # the bus closes the connection: it is not the peer hanging up
         self._deadline = Deadline(self._too_slow, message_timeout=message_timeout)
+        self._silence = Silence(self._silent)  # the TTL of the peer's last PING
         self._takes_subscriptions = self.SOCKET_TYPE in PUBLISHERS
 
     # -- hooks for the role ------------------------------------------------------
@@ -144,9 +153,6 @@ class ZmtpPeer(asyncio.BufferedProtocol):
         """The connection is closed for ``kind``: a HandshakeError's reason, "hangup" (during the handshake),
         "timeout", "error" (the peer's ERROR), "displaced" or "idle" (by the connection budget)."""
 
-    def on_backed_up(self) -> None:
-        """``writing_paused`` changed: the peer's socket backed up, or took what was waiting."""
-
     def socket_type_for(self, peer_type: bytes) -> bytes:
         """Our socket type for a peer of ``peer_type`` (one of ACCEPTS)."""
         return self.SOCKET_TYPE
@@ -154,11 +160,33 @@ class ZmtpPeer(asyncio.BufferedProtocol):
     # -- writing -----------------------------------------------------------------
 
     def write(self, data: bytes) -> None:
-        """Send ``data`` to the peer: the one path every byte sent takes."""
+        """Send ``data`` to the peer: the one path every byte sent takes, charged to the memory budget."""
         transport = self.transport
         if transport is not None and not transport.is_closing():
             transport.write(data)
+            self._budget.charge(len(data))
             self._connections.touch(self)
+
+    @property
+    def kind(self) -> str:
+        """What this connection is, for the memory budget: its role."""
+        return self.ROLE
+
+    @property
+    def held(self) -> int:
+        """Bytes held for the peer: written and not yet sent, and a message half-received."""
+        return self.unsent + self.reader.buffered
+
+    @property
+    def owned(self) -> int:
+        """What it holds, all its own (for the memory budget)."""
+        return self.held
+
+    def drop(self) -> None:
+        """Close the connection now, throwing away what the peer has not taken (the memory budget is full)."""
+        self._closing = True
+        if self.transport is not None:
+            self.transport.abort()
 
     @property
     def unsent(self) -> int:
@@ -181,19 +209,26 @@ class ZmtpPeer(asyncio.BufferedProtocol):
         self.close()
 
     @property
-    def held(self) -> bool:
-        """Whether the bus has stopped reading the peer for its own reasons (see :meth:`pause_reading`).
+    def kept_waiting(self) -> bool:
+        """Whether the role does not read the peer now, for the bus's reasons (see :meth:`pause_reading`).
 
-        Not while the peer's socket is backed up: a peer that reads nothing the bus sends it
-        (its acks) is quiet by its own doing, and may be closed as idle or displaced.
+        Not when only the peer's socket is backed up: a peer that reads nothing the bus sends
+        it (its acks, PONGs) is quiet by its own doing, and may be closed as idle or displaced.
         """
-        return self._paused and not self.writing_paused
+        return self._held_back
 
     def pause_reading(self, paused: bool) -> None:
         """Stop reading the peer (it then waits, its socket's queue full), or read it again.
 
-        A message in progress is not timed while the bus does not read it.
+        The role's say: the peer is read only while its socket also takes what is
+        written (see the module docstring). A message in progress is not timed while
+        the bus does not read it, nor is the silence a PING's TTL allows.
         """
+        self._held_back = paused
+        self._read_or_not()
+
+    def _read_or_not(self) -> None:
+        paused = self._held_back or self.writing_paused
         if self.transport is None or paused == self._paused:
             return
         self._paused = paused
@@ -201,18 +236,20 @@ class ZmtpPeer(asyncio.BufferedProtocol):
             self.transport.pause_reading()
             if self.ready:
                 self._deadline.pause()
+            self._silence.pause()
         else:
             self.transport.resume_reading()
             if self.ready:
                 self._deadline.resume(in_progress=self.reader.in_progress)
+            self._silence.resume()
 
     def pause_writing(self) -> None:
         self.writing_paused = True
-        self.on_backed_up()
+        self._read_or_not()
 
     def resume_writing(self) -> None:
         self.writing_paused = False
-        self.on_backed_up()
+        self._read_or_not()
 
     # -- the connection ----------------------------------------------------------
 
@@ -223,13 +260,16 @@ class ZmtpPeer(asyncio.BufferedProtocol):
             transport.close()
             return
         self._socket = transport.get_extra_info("socket")
+        self._budget.join(self)
         self.write(GREETING)
         self.on_connected()
         self._deadline.start(HANDSHAKE_TIMEOUT)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self.transport = None
+        self._budget.leave(self)
         self._deadline.stop()
+        self._silence.stop()
         if exc is not None:
             self._read_rest()
         self._socket = None
@@ -293,12 +333,15 @@ class ZmtpPeer(asyncio.BufferedProtocol):
         return self._read_buffer
 
     def buffer_updated(self, nbytes: int) -> None:
+        self._budget.charge(nbytes)  # what the reader may keep of it, for a message in progress
         self.data_received(bytes(self._read_buffer[:nbytes]))
 
     def data_received(self, data: bytes) -> None:
         """Take bytes from the peer: its greeting, then commands and messages."""
         self._connections.touch(self)
         self.on_read()
+        if self._silence.seconds:
+            self._silence.heard()
         try:
             rest = self._greeting.take(data)
             if rest is None:
@@ -336,7 +379,9 @@ class ZmtpPeer(asyncio.BufferedProtocol):
             self._deadline.stop()
             self.on_ready()
         elif name == b"PING":
-            self.write(pong(body))
+            if not self.writing_paused:
+                self.write(pong(body))
+            self._silence.ping(int.from_bytes(body[:2], "big") / 10)  # ZMTP 3.1: tenths of a second
         elif name == b"ERROR":
             reason = body[1 : 1 + body[0]] if body else b""
             self.on_refused("error", f"the peer closed the connection with ERROR {reason.decode(errors='replace')!r}")
@@ -350,6 +395,12 @@ class ZmtpPeer(asyncio.BufferedProtocol):
             else:
                 self.on_cancel(body)
         return True
+
+    def _silent(self) -> None:
+        self.on_refused(
+            "timeout", f"closed a connection silent for {self._silence.seconds:g} s after a PING with that TTL"
+        )
+        self.close()
 
     def _subscription(self, frame: bytes) -> None:
         # ZMTP 3.0: a one-frame message, 1 then the prefix to subscribe, 0 to cancel.

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import json
-import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -14,10 +12,13 @@ from typing import Any, TypeVar
 
 import click
 
+from devbus.cli.lines import CUT_NOTE, EventLines
+from devbus.cli.pipes import exit_when_stdout_closes
 from devbus.client.config import ClientConfig, resolve
 from devbus.client.http import get_json, post_json, stream
 from devbus.client.publisher import Publisher
-from devbus.errors import BusUnavailable
+from devbus.errors import BusUnavailable, DevbusError
+from devbus.text import plural
 
 __all__ = ["emit", "history", "listen"]
 
@@ -117,7 +118,7 @@ def emit(
                 body["source"] = source
             answer = post_json(config, "/trigger", body)
             click.echo(answer["id"])
-            click.echo(f"{event_type} → {answer['subscribers_notified']} subscribers", err=True)
+            click.echo(f"{event_type} → {plural(answer['subscribers_notified'], 'subscriber')}", err=True)
         return
     publisher = Publisher(ingest=config.ingest, token=config.token, timeout=timeout)
     sent = 0
@@ -132,15 +133,6 @@ def emit(
     click.echo(f"sent {sent} × {event_type} to {config.ingest}", err=True)
 
 
-def _line(raw: bytes, *, as_json: bool) -> str:
-    if as_json:
-        return raw.decode()
-    event = json.loads(raw)
-    clock = str(event.get("timestamp", ""))[11:23]
-    data = json.dumps(event.get("data", {}), separators=(",", ":"), ensure_ascii=False)
-    return f"{clock}  {event.get('type', ''):<28} {event.get('source', ''):<8} {event.get('id', ''):<14} {data}"
-
-
 @click.command()
 @click.option("--types", default=None, help="Comma-separated globs, e.g. 'agent.*,rental.created'.")
 @click.option("--since", default=None, help="Replay retained events after this id first.")
@@ -149,12 +141,11 @@ def _line(raw: bytes, *, as_json: bool) -> str:
 def listen(types: str | None, since: str | None, as_json: bool, url: str | None, token: str | None) -> None:
     """Print events as they arrive (over the SSE stream, so --since can replay)."""
     config = resolve(url=url, token=token)
-    if since:
-        # The bus judges the id, so `listen` refuses exactly what the HTTP API refuses (422).
-        get_json(config, "/history", {"since": since, "limit": "1"})
+    # The bus judges --since: an id it does not know gets devbus.gap, one of no id's form a 422.
     last = since
     ever_connected = False
-    with _quiet_when_the_reader_leaves():
+    lines = EventLines()
+    with exit_when_stdout_closes():
         try:
             while True:
                 try:
@@ -164,7 +155,13 @@ def listen(types: str | None, since: str | None, as_json: bool, url: str | None,
                             click.echo(f"listening to {config.api}/events (Ctrl-C to stop)", err=True)
                             continue
                         last = event_id
-                        click.echo(_line(raw, as_json=as_json))
+                        if as_json:
+                            click.echo(raw.decode())
+                            continue
+                        cut_before = lines.cut_any
+                        click.echo(lines(json.loads(raw)))
+                        if lines.cut_any and not cut_before:
+                            click.echo(CUT_NOTE, err=True)
                 except BusUnavailable:
                     if not ever_connected:
                         raise
@@ -178,17 +175,6 @@ def listen(types: str | None, since: str | None, as_json: bool, url: str | None,
                 _wait_for_bus(config)
         except KeyboardInterrupt:
             pass
-
-
-@contextlib.contextmanager
-def _quiet_when_the_reader_leaves() -> Iterator[None]:
-    """Exit quietly when stdout is closed (`| head`, `| grep -m1`, quitting `jq`), like any filter."""
-    try:
-        yield
-    except BrokenPipeError:
-        # Python would report the broken pipe again when it flushes stdout at exit.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        raise SystemExit(0) from None
 
 
 def _wait_for_bus(config: ClientConfig) -> None:
@@ -206,11 +192,37 @@ def _wait_for_bus(config: ClientConfig) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one envelope JSON per line.")
 @_client_options
 def history(types: str | None, limit: int, as_json: bool, url: str | None, token: str | None) -> None:
-    """Print the events the bus retains, oldest first."""
-    query = {"limit": str(limit)}
+    """Print the newest events the bus retains, oldest first; say on stderr if it retains more."""
+    config = resolve(url=url, token=token)
+    events, more = _newest(config, types=types, limit=limit)
+    lines = EventLines()
+    with exit_when_stdout_closes():
+        for event in events:
+            click.echo(json.dumps(event, separators=(",", ":"), ensure_ascii=False) if as_json else lines(event))
+    if more:
+        click.echo(_more_note(config, shown=len(events), types=types), err=True)
+    if lines.cut_any:
+        click.echo(CUT_NOTE, err=True)
+
+
+def _newest(config: ClientConfig, *, types: str | None, limit: int) -> tuple[list[dict[str, Any]], bool]:
+    """The newest ``limit`` events (of ``types``), oldest first, and whether the bus retains more."""
+    query = {"limit": str(limit + 1)}
     if types:
         query["types"] = types
-    answer = get_json(resolve(url=url, token=token), "/history", query)
-    with _quiet_when_the_reader_leaves():
-        for event in answer["events"]:
-            click.echo(_line(json.dumps(event, separators=(",", ":")).encode(), as_json=as_json))
+    try:
+        events: list[dict[str, Any]] = get_json(config, "/history", query)["events"]
+    except BusUnavailable:
+        raise
+    except DevbusError:
+        # One more than the bus's --history is refused: then there cannot be more.
+        query["limit"] = str(limit)
+        events = get_json(config, "/history", query)["events"]
+    return events[-limit:], len(events) > limit
+
+
+def _more_note(config: ClientConfig, *, shown: int, types: str | None) -> str:
+    if types:
+        return f"showing the newest {plural(shown, 'matching event')}; the bus retains more: raise --limit to see them"
+    retained = int(get_json(config, "/health").get("retained", 0))
+    return f"showing the newest {shown} of {plural(retained, 'retained event')}; --limit {retained} shows them all"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Iterator
@@ -10,12 +11,14 @@ from pathlib import Path
 import click
 
 from devbus.cli.clients import _client_options
+from devbus.cli.pipes import exit_when_stdout_closes
 from devbus.cli.run import DEFAULTS, _size, _size_text
 from devbus.cli.terminal import printable
 from devbus.client.config import ClientConfig, resolve
 from devbus.client.http import post_json, stream
 from devbus.client.recording import BATCH_BYTES, LINE_SLACK, Recorded, batches, read_lines, read_recording
 from devbus.errors import DevbusError
+from devbus.text import plural
 
 __all__ = ["record", "replay"]
 
@@ -35,8 +38,10 @@ def record(
     config = resolve(url=url, token=token)
     written = 0
     target = click.open_file(str(file), "w", encoding="utf-8")
+    # Recording to stdout (FILE `-`) ends, like any filter, when its reader goes.
+    to_stdout = exit_when_stdout_closes() if str(file) == "-" else contextlib.nullcontext()
     try:
-        with target:
+        with to_stdout, target:
             for event_id, raw in stream(config, types=types, since=since):
                 if not event_id:
                     click.echo(f"recording {config.api}/events to {file} (Ctrl-C to stop)", err=True)
@@ -53,10 +58,12 @@ def record(
                 if count is not None and written >= count:
                     break
             else:
-                raise DevbusError(f"The bus at {config.url} closed the stream; recorded {written} events to {file}")
+                raise DevbusError(
+                    f"The bus at {config.url} closed the stream; recorded {plural(written, 'event')} to {file}"
+                )
     except KeyboardInterrupt:
         pass
-    click.echo(f"recorded {written} event{'' if written == 1 else 's'} to {file}", err=True)
+    click.echo(f"recorded {plural(written, 'event')} to {file}", err=True)
 
 
 # Recordings are replayed in their own time, with every pause longer than this shortened to
@@ -128,12 +135,12 @@ def replay(
         for _ in reader.events():
             pass  # every line checked, nothing held, before anything is sent
         if reader.bad:
-            raise DevbusError(f"{reader.bad} bad lines in {reader.name} (--strict): nothing sent")
+            raise DevbusError(f"{plural(reader.bad, 'bad line')} in {reader.name} (--strict): nothing sent")
     config = resolve(url=url, token=token)
     timing = None if no_wait else _Timing(speed=speed, max_gap=max_gap)
     sent = _send(config, reader.events(), timing=timing, keep_source=keep_source, max_body=max_body)
-    skipped = f", skipped {reader.bad} bad lines" if reader.bad else ""
-    click.echo(f"replayed {sent} events from {reader.name}{skipped}", err=True)
+    skipped = f", skipped {plural(reader.bad, 'bad line')}" if reader.bad else ""
+    click.echo(f"replayed {plural(sent, 'event')} from {reader.name}{skipped}", err=True)
 
 
 class _Timing:

@@ -177,6 +177,15 @@ def _url_default(part: str) -> str | int:
     help="Unsent bytes a ZeroMQ egress listener may fall behind before its events are dropped (counted).",
 )
 @click.option(
+    "--memory-budget",
+    envvar="DEVBUS_MEMORY_BUDGET",
+    callback=_size,
+    default=_size_text(DEFAULTS.memory_budget),
+    show_default=True,
+    help="Bytes all connections together may hold for their peers (unsent, queued, half-received, subscribed); "
+    "beyond it, those holding most are closed first (counted).",
+)
+@click.option(
     "--max-subscribers",
     envvar="DEVBUS_MAX_SUBSCRIBERS",
     type=click.IntRange(1),

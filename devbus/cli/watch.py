@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 
 import click
 
+from devbus.cli.pipes import on_stdout_closed
 from devbus.client.publisher import Publisher
 from devbus.envelope import MAX_SOURCE_LENGTH, MAX_TYPE_LENGTH, check_name
 from devbus.errors import InvalidEvent
 from devbus.logs import configure_logging
 from devbus.watch.globs import split_patterns
-from devbus.watch.watcher import DEFAULT_IGNORES, WatchFilter, emit_changes
+from devbus.watch.watcher import DEFAULT_IGNORES, StopWatch, WatchFilter, emit_changes
 
 __all__ = ["watch"]
 
@@ -78,15 +81,15 @@ def watch(
     configure_logging("warning", secrets=[token])  # the client's own warnings: bus gone, bus back
     roots = [os.path.abspath(path) for path in paths]
     watch_filter = WatchFilter(roots, globs=split_patterns(globs), ignores=split_patterns(ignores))
-    out = click.echo
+    output = _Output()
     try:
         with Publisher(ingest=ingest, token=token, source=source, timeout=timeout) as publisher:
             # Wait for the bus (BusUnavailable after --timeout), so "ready" means both ends are live.
             publisher.wait_for_bus()
 
             def ready() -> None:
-                out(f"watching {', '.join(roots)} → {event_type} on {publisher.address}")
-                out("ready (Ctrl-C to stop)")
+                output(f"watching {', '.join(roots)} → {event_type} on {publisher.address}")
+                output("ready (Ctrl-C to stop)")
 
             emit_changes(
                 roots,
@@ -97,8 +100,50 @@ def watch(
                 watch_filter=watch_filter,
                 debounce_ms=debounce_ms,
                 on_ready=ready,
-                write=None if quiet else out,
+                write=None if quiet else output,
+                stop_when=output.on_reader_gone,
             )
     except KeyboardInterrupt:
         # Only a second Ctrl-C gets here: the user chose not to wait for the last burst.
         raise click.exceptions.Exit(130) from None
+    finally:
+        output.close()
+
+
+class _Output:
+    """Stdout, which like any filter's ends the command when its reader goes (`| head`).
+
+    Then the watch stops at once (the burst being sent is finished, as after Ctrl-C,
+    but it does not wait for changes still in flight) and nothing more is written.
+    """
+
+    def __init__(self) -> None:
+        self.gone = False
+        self._stop: StopWatch | None = None
+        self._stop_watching = on_stdout_closed(self._reader_gone)
+
+    def on_reader_gone(self, stop: StopWatch) -> None:
+        """Call ``stop`` once the reader has gone (at once if it already has)."""
+        self._stop = stop
+        if self.gone:
+            stop(at_once=True)
+
+    def __call__(self, line: str) -> None:
+        if self.gone:
+            return
+        try:
+            click.echo(line)
+        except BrokenPipeError:
+            self._reader_gone()
+
+    def _reader_gone(self) -> None:
+        self.gone = True
+        if self._stop is not None:
+            self._stop(at_once=True)
+
+    def close(self) -> None:
+        self._stop_watching()
+        if self.gone:
+            # Python would report the broken pipe again when it flushes stdout at exit.
+            with contextlib.suppress(OSError, ValueError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

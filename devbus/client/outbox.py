@@ -14,8 +14,9 @@ the guarantees are kept:
   there (or still being reached) a full outbox makes ``emit`` wait instead of dropping;
 - outages: while the bus is known to be away, up to ``hold`` events are held and
   newer ones dropped (counted in ``dropped``); one warning per outage, one on return;
-- exit: ``close`` waits a bounded time for everything to be acknowledged and says
-  in one warning (and in ``undelivered``) what was not.
+- exit: ``close`` waits a bounded time for everything to be acknowledged (for a bus
+  that is away, only while it may be restarting) and says in one warning (and in
+  ``undelivered``) what was not.
 """
 
 from __future__ import annotations
@@ -31,13 +32,17 @@ from typing import Any
 from devbus.client.config import resolve
 from devbus.errors import BusUnavailable, InvalidEvent
 from devbus.frames import SEQ_SIZE, encode_frames
+from devbus.text import plural
 
 __all__ = ["Outbox", "State"]
 
 log = logging.getLogger(__name__)
 
 POLL_S = 0.1  # how often a waiting emit or close re-checks the state
-AWAY_LINGER_S = 5.0  # longest close() waits for a bus that went away (a restart)
+# How long after a bus went away close() still waits for it, as it may be restarting: `devbus
+# run` is ready 0.6-0.8 s after it starts (measured on 2 busy cores), plus the time to run it
+# again (Ctrl-C, up, Enter). A bus away for longer is not waited for.
+AWAY_LINGER_S = 5.0
 OUTAGE_GRACE_S = 1.0  # an outage shorter than this is not worth a warning
 
 
@@ -130,12 +135,22 @@ class Outbox:
             while (self.incoming or self.in_flight) and (remaining := deadline - time.monotonic()) > 0:
                 if self.state is not State.AWAY:
                     self.changed.wait(min(POLL_S, remaining))
-                # A bus seen before is probably restarting: give it a few seconds.
-                # One never seen is not coming; a script's exit must not hang on it.
-                elif not self.welcomed_once or not self.changed.wait_for(
-                    lambda: self.state is not State.AWAY, min(AWAY_LINGER_S, remaining)
+                elif (wait := self._restart_wait(deadline)) <= 0 or not self.changed.wait_for(
+                    lambda: self.state is not State.AWAY, wait
                 ):
                     break
+
+    def _restart_wait(self, deadline: float) -> float:
+        """How long ``settle`` still waits for a bus that is away: only while it may be restarting.
+
+        A bus seen before that went away less than AWAY_LINGER_S ago (or during the close)
+        may be restarting: it is waited for until AWAY_LINGER_S after it went, so a script
+        that ends during a restart loses nothing. One away for longer, or never seen, is not
+        coming: a backend's shutdown or a script's exit does not wait for it at all.
+        """
+        if not self.welcomed_once:
+            return 0.0
+        return min(self._away_since + AWAY_LINGER_S, deadline) - time.monotonic()
 
     def unavailable(self) -> BusUnavailable:
         """The error for a caller that asked to wait and waited ``timeout`` in vain."""
@@ -147,11 +162,10 @@ class Outbox:
     def report(self) -> str:
         """One line: what this publisher could not deliver (unacknowledged at close, or dropped), and why."""
         lost = self.undelivered + self.dropped
-        noun = "event" if lost == 1 else "events"
         if self.welcomed_once:
-            return f"{lost} {noun} not delivered: the devbus at {self.address} went away and did not come back in time"
+            return f"{plural(lost, 'event')} not delivered: the devbus at {self.address} went away and was not back"
         return (
-            f"{lost} {noun} not delivered: no devbus at {self.address}; "
+            f"{plural(lost, 'event')} not delivered: no devbus at {self.address}; "
             "start one with `devbus run`, or point DEVBUS_INGEST at it"
         )
 
@@ -181,10 +195,14 @@ class Outbox:
         self.state = State.UP
         self.welcomed_once = True
         lost, self._dropped_in_outage = self._dropped_in_outage, 0
+        # At the level of "not reachable", so that a log that said one says the other (uvicorn
+        # shows warnings, not info).
         if lost:
-            log.warning("devbus at %s is back; %d events were dropped while it was away", self.address, lost)
+            dropped = f"{plural(lost, 'event')} {'was' if lost == 1 else 'were'} dropped"
+            log.warning("devbus at %s is back; %s while it was away", self.address, dropped)
         elif self._warned:
-            log.info("devbus at %s is back; delivering what it held", self.address)
+            held = plural(len(self.incoming) + self.in_flight, "held event")
+            log.warning("devbus at %s is back; delivering %s", self.address, held)
         self._warned = False
         self.changed.notify_all()
 

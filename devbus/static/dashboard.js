@@ -460,4 +460,5 @@ try {
 }
 for (const event of early) receive(event);
 early = null;
+document.body.dataset.history = "loaded"; // every count from here on includes the history
 updateShown();

@@ -18,7 +18,16 @@ from watchfiles import Change, DefaultFilter, watch
 
 from devbus.watch.globs import expand_braces, glob_regex
 
-__all__ = ["DEFAULT_IGNORES", "Emitter", "FileChange", "WatchFilter", "batch_data", "emit_changes", "watch_changes"]
+__all__ = [
+    "DEFAULT_IGNORES",
+    "Emitter",
+    "FileChange",
+    "StopWatch",
+    "WatchFilter",
+    "batch_data",
+    "emit_changes",
+    "watch_changes",
+]
 
 DEFAULT_IGNORES = ("node_modules", ".git", "__pycache__", ".next", "dist")
 STOP_GRACE_S = 0.5  # on top of the debounce: how long a stop waits for changes already made
@@ -159,6 +168,12 @@ def _net_changes(
     return sorted((relative, change) for relative, change in named if relative is not None)
 
 
+class StopWatch(Protocol):
+    """Ends a watch after the burst being reported (``at_once``: without waiting for changes in flight)."""
+
+    def __call__(self, *, at_once: bool = False) -> None: ...
+
+
 class _Stop:
     """The stop flag watchfiles polls between steps; its first poll means the watch is live.
 
@@ -172,9 +187,10 @@ class _Stop:
         self._grace = grace
         self._on_ready: Callable[[], None] | None = on_ready
 
-    def request(self) -> None:
-        if self._stop_at is None:
-            self._stop_at = time.monotonic() + self._grace
+    def request(self, *, at_once: bool = False) -> None:
+        stop_at = time.monotonic() + (0.0 if at_once else self._grace)
+        if self._stop_at is None or stop_at < self._stop_at:
+            self._stop_at = stop_at
 
     def is_set(self) -> bool:
         if self._on_ready is not None:
@@ -189,8 +205,11 @@ def watch_changes(
     watch_filter: WatchFilter,
     debounce_ms: int,
     on_ready: Callable[[], None],
-) -> tuple[Iterator[list[FileChange]], Callable[[], None]]:
-    """Return (bursts of changes, a function that ends them after the current burst)."""
+) -> tuple[Iterator[list[FileChange]], StopWatch]:
+    """Return (bursts of changes, a function that ends them after the current burst).
+
+    The stop waits for changes already made unless asked to stop ``at_once``.
+    """
     # Long enough for changes already made to reach the watcher and for their burst to end.
     stop = _Stop(on_ready, grace=debounce_ms / 1000 + STOP_GRACE_S)
 
@@ -209,10 +228,7 @@ def watch_changes(
             if burst:
                 yield burst
 
-    def request_stop() -> None:
-        stop.request()
-
-    return bursts(), request_stop
+    return bursts(), stop.request
 
 
 def batch_data(burst: Sequence[FileChange]) -> Iterator[dict[str, Any]]:
@@ -251,9 +267,15 @@ def emit_changes(
     debounce_ms: int,
     on_ready: Callable[[], None],
     write: Callable[[str], None] | None,
+    stop_when: Callable[[StopWatch], None] | None = None,
 ) -> int:
-    """Emit an event per changed file (per burst with ``batch``) until SIGINT or SIGTERM; return the count."""
+    """Emit an event per changed file (per burst with ``batch``) until SIGINT or SIGTERM; return the count.
+
+    ``stop_when`` is given the function that stops the watch as SIGTERM does, to call from any thread.
+    """
     bursts, request_stop = watch_changes(roots, watch_filter=watch_filter, debounce_ms=debounce_ms, on_ready=on_ready)
+    if stop_when is not None:
+        stop_when(request_stop)
     stopping = False
 
     def on_signal(signum: int, frame: object) -> None:

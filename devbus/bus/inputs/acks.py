@@ -23,7 +23,8 @@ On one connection, :class:`Producer` keeps the next seq to take:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import struct
+from collections.abc import Callable, Sequence
 
 from devbus.envelope import Draft
 from devbus.frames import HELLO, SEQ_SIZE, Ack, Hello, WireReject, decode_event, decode_hello
@@ -33,6 +34,8 @@ __all__ = ["Batch", "Producer"]
 
 NOT_SEQUENCED = "an acknowledged sender's event is [type, MessagePack body, seq as 8 bytes big-endian, from 1]"
 
+_seq_frame = struct.Struct(">Q").pack
+
 
 class Batch:
     """What one read of a producer's connection brought: drafts to store, refusals, and the seq it settles."""
@@ -41,7 +44,7 @@ class Batch:
 
     def __init__(self) -> None:
         self.drafts: list[Draft] = []
-        self.seqs: list[int] = []
+        self.seqs: Sequence[int] = []  # one per draft, increasing
         self.rejected: list[tuple[int, str, str]] = []
         self.settled = 0  # every seq up to this is stored or refused once the drafts are committed
         self.resend = False  # ask for everything after ``settled`` again
@@ -105,9 +108,13 @@ class Producer:
                 self._take_hello(items)
             return None  # events before the hello is answered are resent after it
         batch = Batch()
-        drafts, seqs = batch.drafts, batch.seqs
+        if not self._resending and self._take_in_order(batch, items):
+            return batch
+        drafts: list[Draft] = batch.drafts
+        seqs: list[int] = []
+        batch.seqs = seqs
         max_size, token = self._max_size, self._token
-        # Locals, written back at the end: this loop runs for every event of the stream.
+        # Locals, written back at the end: a read that is not in order (a resend, a refusal) may be long.
         expected, resending = self.expected, self._resending
         for item in items:
             if isinstance(item, Rejected):  # by the reader (too large, too many frames), before its seq
@@ -145,6 +152,32 @@ class Producer:
             self._repeated(batch.repeats)
         batch.settled = expected - 1
         return batch
+
+    def _take_in_order(self, batch: Batch, items: list[list[bytes] | Rejected]) -> bool:
+        """Take a read that is exactly the next seqs, each a valid event (what a sender nearly always
+        sends); False, having taken nothing, for anything else, which :meth:`take` sorts one by one.
+
+        Checked a read at a time (one comparison of its seq frames with the seqs expected,
+        one comprehension of decodes) rather than event by event: measured on reads of 64 KiB,
+        sorting cost 15.5k instructions an event, this 14.4k, less than taking a PUB sender's
+        message (14.8k); nearly all of it is decoding.
+        """
+        expected = self.expected
+        end = expected + len(items)
+        messages = [item for item in items if isinstance(item, list) and len(item) == 3]
+        # One seq frame per item, each the next seq's 8 bytes: with a refusal or a hello among
+        # the items, there are fewer seq frames than seqs.
+        if [frames[2] for frames in messages] != list(map(_seq_frame, range(expected, end))):
+            return False  # a refusal, a hello, a repeat, a gap, or a seq frame that is not 8 bytes
+        max_size, token = self._max_size, self._token
+        try:
+            batch.drafts = [decode_event(head, body, max_size=max_size, token=token) for head, body, _ in messages]
+        except WireReject:
+            return False  # refused for good: settled, in order, by the slow path
+        batch.seqs = range(expected, end)
+        batch.settled = end - 1
+        self.expected = end
+        return True
 
     def _settle(self, batch: Batch, seq: int, reason: str, text: str) -> None:
         """Refuse ``seq`` for good: counted here, reported in the ack, never taken again."""

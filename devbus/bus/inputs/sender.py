@@ -4,8 +4,9 @@ The ingest (``inputs/zeromq.py``) decides what to do with what a connection
 brings; the connection decides when it is read (:meth:`Sender.update`): never
 while a batch of its own is being committed, while the burst gate is closed or
 the ingest is stopping, nor, for an acknowledged sender, while its hello waits
-for an answer or its socket does not take our acks (a sender that reads none of
-its acks is read no more, so what waits for it stays bounded).
+for an answer. Like every ZMTP peer, it is not read either while its socket does
+not take what is written to it (``zmtp_peer.py``): a sender that reads none of its
+acks (or PONGs) is read no more, so what waits for it stays bounded.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 from typing import Protocol
 
+from devbus.bus.budget import MemoryBudget
 from devbus.bus.connection_budget import ConnectionBudget
 from devbus.bus.inputs.acks import Producer
 from devbus.bus.zmtp_peer import PUBLISHERS, Item, ZmtpPeer
@@ -75,6 +77,7 @@ class Sender(ZmtpPeer):
         max_message: int,
         message_timeout: float,
         read_buffer: memoryview,
+        budget: MemoryBudget,
         connections: ConnectionBudget,
     ) -> None:
         super().__init__(
@@ -82,6 +85,7 @@ class Sender(ZmtpPeer):
             max_frames=FRAMES,
             message_timeout=message_timeout,
             read_buffer=read_buffer,
+            budget=budget,
             connections=connections,
         )
         self.ingest = ingest
@@ -91,11 +95,11 @@ class Sender(ZmtpPeer):
 
     def update(self) -> None:
         """Read while no batch of ours is being committed, the burst gate is open, and, for an acknowledged
-        sender, its hello is answered and its socket takes our acks."""
+        sender, its hello is answered."""
         ingest = self.ingest
         paused = bool(self.committing) or ingest.gate_closed or not ingest.reads(self)
         if self.producer is not None:
-            paused = paused or self.producer.waiting or self.writing_paused
+            paused = paused or self.producer.waiting
         self.pause_reading(paused)
 
     def socket_type_for(self, peer_type: bytes) -> bytes:
@@ -126,9 +130,6 @@ class Sender(ZmtpPeer):
             self.ingest.accept_acknowledged(self, self.producer, items)
         else:
             self.ingest.accept(self, items)
-
-    def on_backed_up(self) -> None:
-        self.update()
 
     def on_refused(self, kind: str, text: str) -> None:
         self.ingest.refused(f"zmq_{kind}", text)

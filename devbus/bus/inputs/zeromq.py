@@ -28,6 +28,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
+from devbus.bus.budget import MemoryBudget
 from devbus.bus.connection_budget import ConnectionBudget
 from devbus.bus.dispatcher import Dispatcher
 from devbus.bus.endpoints import Listening, listen
@@ -54,6 +55,9 @@ READ_SIZE = 64 * 1024
 # On stop: read until every sender has been quiet this long, for at most DRAIN.
 DRAIN = 2.0
 DRAIN_QUIET = 0.1
+# On stop: how long batches already read may take to be committed. A store that is away
+# (Redis down) does not answer in time; closing it then fails those batches, logged and counted.
+COMMIT_WAIT = 5.0
 
 # While the store is unreachable a batch taken from a sender is stored again after these
 # delays (doubling); that sender is not read meanwhile.
@@ -73,6 +77,7 @@ class Ingest:
         dispatcher: Dispatcher,
         readers: Readers,
         metrics: Metrics,
+        budget: MemoryBudget,
         max_size: int,
         token: str | None = None,
         message_timeout: float = 30.0,
@@ -82,6 +87,7 @@ class Ingest:
         self._connections = connections
         self._message_timeout = message_timeout
         self._metrics = metrics
+        self._budget = budget
         self.max_size = max_size
         self.token = token
         self.loop = asyncio.get_running_loop()
@@ -112,6 +118,7 @@ class Ingest:
             max_message=self.max_size,
             message_timeout=self._message_timeout,
             read_buffer=self.read_buffer,
+            budget=self._budget,
             connections=self._connections,
         )
 
@@ -140,7 +147,7 @@ class Ingest:
         if self._committing:
             # What was read is committed (and reaches the outputs still open) and acknowledged before
             # the ingest is gone.
-            await asyncio.wait(list(self._committing))
+            await asyncio.wait(list(self._committing), timeout=COMMIT_WAIT)
         for task in list(self._hellos):
             # Cancelled until it ends: a store call may swallow one cancellation (see store/redis_link.py).
             while not task.done():

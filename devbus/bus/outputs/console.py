@@ -12,10 +12,13 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 
 from devbus.bus.record import Record
+from devbus.text import cut, cut_left, plural
 
 __all__ = ["EventPrinter"]
 
 LINES_PER_SECOND = 10
+TYPE_WIDTH = 32  # types are cut to this, ids to ID_WIDTH, so every line keeps its columns
+ID_WIDTH = 16  # a memory or SQLite id up to sequence 9,999,999, a Redis stream id up to the year 2286
 SOURCE_WIDTH = 10  # the source column's width, grown to the longest source seen (up to MAX_SOURCE_WIDTH)
 MAX_SOURCE_WIDTH = 40
 
@@ -50,12 +53,14 @@ class EventPrinter:
     def _line(self, record: Record, reached: int) -> str:
         event = record.event
         clock = event.timestamp[11:23]
-        plural = "" if reached == 1 else "s"
+        subscribers = plural(max(reached, 0), "subscriber")
         # Grow the column rather than shift every later one; a very long source is cut.
         self._source_width = max(self._source_width, min(len(event.source), MAX_SOURCE_WIDTH))
-        source = event.source if len(event.source) <= MAX_SOURCE_WIDTH else event.source[: MAX_SOURCE_WIDTH - 1] + "…"
+        source = cut(event.source, MAX_SOURCE_WIDTH)
         width = self._source_width
-        return f"{clock}  {event.type:<32} {source:<{width}} {event.id:<16} → {reached} subscriber{plural}"
+        # An id keeps its end: the sequence number is what tells one event from the next.
+        event_type, event_id = cut(event.type, TYPE_WIDTH), cut_left(event.id, ID_WIDTH)
+        return f"{clock}  {event_type:<{TYPE_WIDTH}} {source:<{width}} {event_id:<{ID_WIDTH}} → {subscribers}"
 
     def _summarize(self) -> None:
         if self._flush is not None:
@@ -65,6 +70,6 @@ class EventPrinter:
             return
         total = sum(self._folded.values())
         top = ", ".join(f"{name} ×{count}" for name, count in self._folded.most_common(3))
-        more = f", +{len(self._folded) - 3} more types" if len(self._folded) > 3 else ""
-        self._write(f"… +{total} more events this second ({top}{more})")
+        more = f", +{plural(len(self._folded) - 3, 'more type')}" if len(self._folded) > 3 else ""
+        self._write(f"… +{plural(total, 'more event')} this second ({top}{more})")
         self._folded.clear()

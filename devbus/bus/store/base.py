@@ -82,12 +82,22 @@ Reads
     resolve a resume and read the first page before they answer, so a client
     gets a plain 503 rather than a broken 200.
 
+Nothing read back is trusted
+    Every record a store hands on, to ``deliver`` or from a read, is checked as
+    an event first (``checked.py``, with the rules input is held to): another
+    program may write into a shared stream or edit a file. One that fails is
+    skipped by every reader (a page of nothing but skipped records is read on
+    past, never taken for the end of the log), counted by reason in
+    :meth:`Store.status` (``skipped``) and logged, and never ends a reader. A
+    store's background task (the Redis reader) is supervised: if it fails for
+    any reason it is started again and :meth:`Store.status` says so.
+
 Lifecycle
     :meth:`Store.open` (once, on the loop) connects or loads and starts
-    delivering; a bad URL, an unreachable store or a store written by an
-    incompatible version raises :class:`~devbus.errors.ConfigError` with one line
-    saying what to do. :meth:`Store.close` waits for appends in flight, then
-    stops delivering.
+    delivering; a bad URL, an unreachable store, a store written by an
+    incompatible version or a file another bus holds raises
+    :class:`~devbus.errors.ConfigError` with one line saying what to do.
+    :meth:`Store.close` waits for appends in flight, then stops delivering.
 """
 
 from __future__ import annotations
@@ -205,9 +215,14 @@ class Store(abc.ABC):
     async def read_before(self, before: str | None, *, limit: int, max_bytes: int) -> list[Record]:
         """Return the newest records before ``before`` (None: the head), oldest first."""
 
-    def is_id(self, value: str) -> bool:
-        """Whether ``value`` has the form of this store's ids (of any run), to refuse nonsense early."""
-        return bool(value)
+    def announce(self, url: str) -> None:  # noqa: B027 - a hook: only a store that names its owner needs it
+        """Note the URL this bus serves at, once it listens (the SQLite store names it to a second bus)."""
+
+    async def refresh(self) -> None:  # noqa: B027 - a hook: only a shared store needs it
+        """Re-read counts that can change behind the bus's back, before health or /metrics report them.
+
+        Only a shared store needs it (a Redis that lost its data, or that other buses trim).
+        """
 
     def status(self) -> dict[str, Any]:
         """What health reports about the store: its name and state, plus store-specific numbers."""

@@ -14,6 +14,7 @@ Bounds: the newest ``MAX_PRODUCERS`` producers by last use, and the newest
 
 from __future__ import annotations
 
+import bisect
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
@@ -80,13 +81,8 @@ class Claims:
                 return 0, use.ids
         if claim.producer is None:
             return 0, None
-        last = self.seq(claim.producer)
-        skipped = 0
-        for seq in claim.seqs:
-            if seq > last:
-                break
-            skipped += 1
-        return skipped, None
+        # Seqs increase within a claim: those stored before are the ones up to the last stored.
+        return bisect.bisect_right(claim.seqs, self.seq(claim.producer)), None
 
     def record(self, claim: Claim, records: Sequence[Record], undo: Undo) -> None:
         """Remember that ``claim`` stored ``records`` (noting in ``undo`` what it replaced)."""

@@ -84,11 +84,15 @@ class MemoryStore(Store):
         self._seq += len(records)
         retained = self._records
         retained.extend(records)
-        self._bytes += sum(len(r.json) for r in records)
-        while len(retained) > self._maxlen or (
-            self._max_bytes is not None and self._bytes > self._max_bytes and len(retained) > 1
-        ):
-            self._bytes -= len(retained.popleft().json)
+        size = self._bytes
+        for record in records:
+            size += len(record.json)
+        for _ in range(len(retained) - self._maxlen):
+            size -= len(retained.popleft().json)
+        if self._max_bytes is not None:
+            while size > self._max_bytes and len(retained) > 1:
+                size -= len(retained.popleft().json)
+        self._bytes = size
         if self._deliver is not None and records:
             self._deliver(records)
         # The outputs have used the envelopes; what --history-bytes bounds is the JSON kept.
@@ -103,10 +107,6 @@ class MemoryStore(Store):
 
     def _first_seq(self) -> int | None:
         return self._seq - len(self._records) + 1 if self._records else None
-
-    def is_id(self, value: str) -> bool:
-        """Whether ``value`` looks like ``<run>-<seq>``."""
-        return parse_id(value) is not None
 
     async def resolve(self, event_id: str) -> Resume:
         """Resume after ``event_id`` if it is this run's and nothing after it was dropped, else a gap."""

@@ -42,9 +42,10 @@ from redis.exceptions import RedisError
 
 from devbus.bus.record import Deliver, Record
 from devbus.bus.store.base import Appended, Claim, Resume, Store
+from devbus.bus.store.checked import Checker
 from devbus.bus.store.redis_appends import AppendTracker
 from devbus.bus.store.redis_codec import FORMAT, Entry
-from devbus.bus.store.redis_link import FAILURES, Link, parse_stream_id
+from devbus.bus.store.redis_link import FAILURES, Link
 from devbus.bus.store.redis_reader import StreamReader
 from devbus.bus.store.redis_reads import StreamReads
 from devbus.bus.store.redis_script import script_keys
@@ -61,6 +62,7 @@ log = logging.getLogger(__name__)
 DEFAULT_KEY = "devbus"
 MIN_VERSION = (6, 2)  # XAUTOCLAIM, exclusive XRANGE bounds
 CLOSE_TIMEOUT = 2.0
+REFRESH_TIMEOUT = 0.5  # longest health or /metrics waits for Redis to count the stream
 # What each key under --store-key holds (see the module docstring and redis_script).
 _KEY_TYPES = {
     "meta": "hash",
@@ -91,8 +93,14 @@ class RedisStore(Store):
         self._history = history
         self._run = ""
         self._appends = AppendTracker(lambda: self._reader.position)
+        self._checker = Checker(self.name)
         self._reader = StreamReader(
-            self._link, self._stream, history=history, tracker=self._appends, reconnected=self._meta_values
+            self._link,
+            self._stream,
+            history=history,
+            tracker=self._appends,
+            checker=self._checker,
+            reconnected=self._meta_values,
         )
         self._writer = AppendWriter(
             self._link, self._reader, self._appends, key=key, history=history, bus=self.consumer
@@ -111,16 +119,29 @@ class RedisStore(Store):
     def __len__(self) -> int:
         return min(self._reader.length, self._history)
 
-    def is_id(self, event_id: str) -> bool:
-        """Whether ``event_id`` has the shape of a stream id."""
-        return parse_stream_id(event_id) is not None
+    async def refresh(self) -> None:
+        """Count what the stream holds now: Redis may have lost its data (FLUSHALL, a restart without persistence)."""
+        if not self._link.up:
+            return  # the reader is reconnecting; health says the store is down
+        with contextlib.suppress(TimeoutError, *FAILURES):
+            async with asyncio.timeout(REFRESH_TIMEOUT):
+                self._reader.length = await self._link.redis.xlen(self._stream)
 
     def status(self) -> dict[str, Any]:
-        return {"name": self.name, "key": self.key, "retained": len(self), **self._link.status()}
+        return {
+            "name": self.name,
+            "key": self.key,
+            "retained": len(self),
+            **self._link.status(),
+            "reader": self._reader.task.status(),
+            "skipped": self._checker.status(),
+        }
 
     def shared_stream(self) -> SharedStream:
         """The handle other buses' readers of this stream get (a cluster-wide --forward)."""
-        return SharedStream(redis=self._link.redis, stream=self._stream, key=self.key, consumer=self.consumer)
+        return SharedStream(
+            redis=self._link.redis, stream=self._stream, key=self.key, consumer=self.consumer, checker=self._checker
+        )
 
     async def open(self, deliver: Deliver) -> None:
         try:

@@ -7,7 +7,6 @@ decides what to retry, and a sender told 503 decides whether to send again.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 import time
@@ -29,7 +28,6 @@ __all__ = [
     "format_stream_id",
     "id_before",
     "parse_stream_id",
-    "stop_task",
 ]
 
 log = logging.getLogger(__name__)
@@ -86,22 +84,6 @@ def display_url(url: str) -> str:
         raise ConfigError(f"--store {url!r}: the database after the port must be a number, e.g. redis://host:6379/0")
     host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
     return f"{parts.scheme}://{host}:{port or 6379}/{int(db)}"
-
-
-async def stop_task(task: asyncio.Task[None]) -> None:
-    """Cancel ``task`` (one that calls Redis) and wait until it has ended.
-
-    A single cancel is not enough: redis-py sends each command under
-    ``asyncio.wait_for``, which on Python 3.11 swallows a cancellation that arrives
-    as the send completes (CPython gh-86296, fixed in 3.12), and the task would
-    carry on, e.g. reading the stream for ever. Measured: closing a store right
-    after an append hung its reader in about one close in three.
-    """
-    while not task.done():
-        task.cancel()
-        await asyncio.wait([task], timeout=0.1)
-    if not task.cancelled() and task.exception() is not None:
-        log.debug("%s ended with %r", task.get_name(), task.exception())
 
 
 class Link:

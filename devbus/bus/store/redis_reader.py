@@ -1,11 +1,14 @@
 """The Redis store's reader: every entry of the stream delivered in order, through outages.
 
 One task reads the stream with XREAD from where it stopped, for as long as the
-store is open, and hands each page to ``deliver`` (the dispatcher) and to the
+store is open, and hands each page, checked (``checked.py``: an entry that is
+not an event is skipped and counted), to ``deliver`` (the dispatcher) and to the
 append tracker (which answers this bus's appends). When Redis fails it waits for
 the one reconnecting task, then goes on from the same position, so nothing is
-skipped or delivered twice. Cursors that resume at an id another bus gave wait
-here until this bus has read that far (:meth:`StreamReader.reached`).
+skipped or delivered twice. The task is supervised (``supervised.py``): if it
+fails for any other reason it is started again, from the same position, and
+health says so. Cursors that resume at an id another bus gave wait here until
+this bus has read that far (:meth:`StreamReader.reached`).
 """
 
 from __future__ import annotations
@@ -16,9 +19,11 @@ from collections.abc import Awaitable, Callable
 from typing import cast
 
 from devbus.bus.record import Deliver, Record
+from devbus.bus.store.checked import Checker
 from devbus.bus.store.redis_appends import AppendTracker
 from devbus.bus.store.redis_codec import Entry, raw_reply, read_reply
-from devbus.bus.store.redis_link import FAILURES, Link, StreamId, format_stream_id, parse_stream_id, stop_task
+from devbus.bus.store.redis_link import FAILURES, Link, StreamId, format_stream_id, parse_stream_id
+from devbus.bus.store.supervised import Supervised, stop_task
 from devbus.errors import StoreUnavailable
 
 __all__ = ["StreamReader"]
@@ -42,9 +47,11 @@ class StreamReader:
         *,
         history: int,
         tracker: AppendTracker,
+        checker: Checker,
         reconnected: Callable[[], Awaitable[object]],
     ) -> None:
         self._link = link
+        self.checker = checker
         self._stream = stream
         self._history = history
         self._tracker = tracker
@@ -56,7 +63,7 @@ class StreamReader:
         self._deliver: Deliver | None = None
         self._behind = False  # entries were trimmed before this bus read them
         self._watchers: list[tuple[StreamId, asyncio.Future[None]]] = []
-        self._task: asyncio.Task[None] | None = None
+        self.task = Supervised(f"the reader of {link.name}", self._read)
         self._recovering: asyncio.Task[None] | None = None
         # Only the reader sends XREAD on this client (forwarding reads with Lua calls, cursors with XRANGE).
         link.redis.set_response_callback("XREAD", raw_reply)
@@ -67,13 +74,13 @@ class StreamReader:
         self.head = head
         self.position = (parse_stream_id(head) if head is not None else None) or (0, 0)
         self.length = length
-        self._task = asyncio.create_task(self._read(), name=f"read {self._link.name}")
+        self.task.start()
 
     async def stop(self) -> None:
         """Stop reading and reconnecting."""
-        for task in (self._task, self._recovering):
-            if task is not None:
-                await stop_task(task)
+        await self.task.stop()
+        if self._recovering is not None:
+            await stop_task(self._recovering)
 
     def failed(self, exc: BaseException) -> StoreUnavailable:
         """Note a failed call (logged once per outage), start reconnecting, and return the error for senders."""
@@ -121,7 +128,7 @@ class StreamReader:
                 # What was stored before Redis went away is acknowledged as stored.
                 self._tracker.settle_all()
                 continue
-            read = read_reply(reply)
+            read = read_reply(self.checker, reply)
             if read is not None:
                 last, records = read
                 before = self.position

@@ -108,7 +108,7 @@ class StreamReads:
         while len(page) < limit:
             count = max(1, min(limit - len(page), (max_bytes - size) // self._reader.record_size + 1, READ_COUNT))
             entries = cast(list[Entry], await self._ask(partial(command, self._stream, start, end, count=count)))
-            for record in records_of(entries):
+            for record in records_of(self._reader.checker, entries):
                 size += len(record.json)
                 if page and size > max_bytes:
                     return page

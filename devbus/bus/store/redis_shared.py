@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from devbus.bus.record import Record
+from devbus.bus.store.checked import Checker
 from devbus.bus.store.redis_codec import Entry, records_of
 
 if TYPE_CHECKING:
@@ -29,7 +30,8 @@ class SharedStream:
     stream: str  # the stream's key, K:events
     key: str  # the --store-key K, under which a reader may keep keys of its own (K:forward:<name>)
     consumer: str  # this bus's name among the buses of the cluster (a lease holder's name)
+    checker: Checker  # the store's: entries are checked (and skipped ones counted) as the store's own reads are
 
     def records(self, entries: list[Entry]) -> list[Record]:
-        """The records of ``entries`` as redis-py returns them, skipping what devbus did not write."""
-        return records_of(entries)
+        """The records of ``entries`` as redis-py returns them, skipping (and counting) those that are not events."""
+        return records_of(self.checker, entries)

@@ -20,9 +20,10 @@ from redis.exceptions import ResponseError
 
 from devbus.bus.store.base import Appended, Claim
 from devbus.bus.store.redis_appends import Append, AppendTracker
-from devbus.bus.store.redis_link import FAILURES, Link, stop_task
+from devbus.bus.store.redis_link import FAILURES, Link
 from devbus.bus.store.redis_reader import StreamReader
 from devbus.bus.store.redis_script import APPEND_SCRIPT, append_argument, parse_answer, script_args, script_keys
+from devbus.bus.store.supervised import stop_task
 from devbus.envelope import Draft
 from devbus.errors import OutcomeUnknown
 

@@ -4,8 +4,14 @@ Writes happen in one writer thread: everything appended during a loop turn goes
 in one transaction, and the records are delivered and their futures resolved
 (HTTP 200, a ZeroMQ batch taken) only after that transaction has committed, so
 a ``kill -9`` loses nothing acknowledged. Reads run in a reader thread of their
-own (WAL lets them run beside the writer) and see only delivered records, so a
-cursor never reads past what the outputs have been handed.
+own (``sqlite_reads.py``) and see only delivered records, so a cursor never
+reads past what the outputs have been handed; a row that is not an event (edited
+by hand) is skipped and counted (``checked.py``).
+
+One bus owns the file, and notices when the file goes (``sqlite_owner.py``): a
+second bus refuses to start; while the file is deleted or replaced, appends and
+reads answer 503. A commit that fails (disk full, read-only, corrupt) is said in
+one line, once per outage, and fails its appends with 503; the next tries again.
 
 Invariant: retained records hold consecutive seqs ``_first`` to ``_delivered``,
 in the ``events`` table; the run identity is kept in ``meta``, so ids continue
@@ -22,6 +28,7 @@ of an event still being committed is answered only once that commit is).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sqlite3
 from collections import deque
@@ -31,9 +38,12 @@ from typing import Any
 
 from devbus.bus.record import Deliver, Record
 from devbus.bus.store.base import Appended, Claim, Resume, Store
+from devbus.bus.store.checked import Checker
 from devbus.bus.store.sequence import format_id, number, parse_id, resume
 from devbus.bus.store.sqlite_claims import ClaimRows, FileClaims, Transaction
-from devbus.bus.store.sqlite_file import connect, fetch_page, load
+from devbus.bus.store.sqlite_file import load
+from devbus.bus.store.sqlite_owner import FileGone, FileHold, describe
+from devbus.bus.store.sqlite_reads import FileReader
 from devbus.envelope import Draft
 from devbus.errors import ConfigError, KeyReused, StoreUnavailable
 
@@ -64,13 +74,12 @@ class SqliteStore(Store):
         self._writing: asyncio.Future[None] | None = None
         self._scheduled = False
         self._unchecked = 0  # bytes committed since the last checkpoint
-        self._checkpointing = False
-        self._failed: str | None = None
         self._claims = FileClaims()
+        self._checker = Checker(self.name)
+        self._hold = FileHold(path, self.name)
+        self._files = FileReader(self.name, self._checker)
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="devbus-sqlite-writer")
-        self._reader = ThreadPoolExecutor(1, thread_name_prefix="devbus-sqlite-reader")
         self._write_db: sqlite3.Connection | None = None
-        self._read_db: sqlite3.Connection | None = None
 
     @property
     def run(self) -> str:
@@ -86,34 +95,43 @@ class SqliteStore(Store):
         return len(self._sizes)
 
     def status(self) -> dict[str, Any]:
-        """Name, state and what is retained, for health."""
-        return {"name": self.name, "state": "down" if self._failed else "up", "retained": len(self)}
+        """Name, state and what is retained, for health; why it is down, the watcher, what was skipped."""
+        return {"name": self.name, "retained": len(self), **self._hold.status(), "skipped": self._checker.status()}
 
     async def open(self, deliver: Deliver) -> None:
-        """Open (or create) the file, check its version, load the bounds; then start delivering."""
+        """Lock the file (one bus per file), open or create it, check it, load the bounds; then start delivering."""
         loop = asyncio.get_running_loop()
         try:
+            await loop.run_in_executor(self._writer, self._hold.take)
             self._write_db = await loop.run_in_executor(self._writer, self._open_writer)
-            self._read_db = await loop.run_in_executor(self._reader, connect, self.path)
-        except sqlite3.DatabaseError as exc:
+            await self._files.open(self.path)
+        except (sqlite3.Error, OSError) as exc:
             await self.close()
-            if not isinstance(exc, sqlite3.OperationalError):
-                raise ConfigError(
-                    f"--store {self.name} is not a devbus SQLite store ({exc}); "
-                    "move the file away or pass another --store"
-                ) from exc
             raise ConfigError(
-                f"Cannot use --store {self.name}: {exc}; check that the directory exists and is writable, "
-                "or pass another --store"
+                f"Cannot use --store {self.name}: {describe(exc)}; fix that, move the file away or pass another --store"
             ) from exc
         except ConfigError:
             await self.close()
             raise
         self._deliver = deliver
+        self._hold.watch()
+
+    def announce(self, url: str) -> None:
+        """Name this bus's URL in the file, for a second bus that finds the file taken."""
+        db = self._write_db
+        if db is not None:
+            written = asyncio.get_running_loop().run_in_executor(self._writer, self._hold.own, db, url)
+
+            def done(written: asyncio.Future[None]) -> None:
+                # Best effort: the lock, not this row, keeps a second bus out; the row only names the first.
+                if not written.cancelled() and written.exception() is not None:
+                    log.debug("could not name this bus in %s: %s", self.name, written.exception())
+
+            written.add_done_callback(done)
 
     def _open_writer(self) -> sqlite3.Connection:
         # Runs in the writer thread: creating, checking and loading the file may take a while.
-        loaded = load(self.path, name=self.name)
+        loaded = load(self.path, name=self.name, history=self._maxlen)
         self._run = loaded.run
         if loaded.sizes:
             self._first = loaded.sizes[0][0]
@@ -121,6 +139,11 @@ class SqliteStore(Store):
             self._sizes.extend(size for _, size in loaded.sizes)
             self._bytes = sum(self._sizes)
         self._claims.load_file(loaded)
+        try:
+            self._hold.own(loaded.db)  # at open: a file this bus cannot write to is said now
+        except BaseException:
+            loaded.db.close()
+            raise
         return loaded.db
 
     async def close(self) -> None:
@@ -132,12 +155,12 @@ class SqliteStore(Store):
             if writing is not None:
                 await asyncio.shield(writing)
         self._deliver = None
-        loop = asyncio.get_running_loop()
-        for executor, db in ((self._writer, self._write_db), (self._reader, self._read_db)):
-            if db is not None:
-                await loop.run_in_executor(executor, db.close)
-            executor.shutdown(wait=False)
-        self._write_db = self._read_db = None
+        if self._write_db is not None:
+            await asyncio.get_running_loop().run_in_executor(self._writer, self._write_db.close)
+            self._write_db = None
+        self._writer.shutdown(wait=False)
+        await self._files.close()
+        await self._hold.release()  # last: closing its descriptor would drop SQLite's locks on the file
 
     def append(self, drafts: Sequence[Draft], timestamp: str, claim: Claim | None = None) -> asyncio.Future[Appended]:
         """Number ``drafts`` now; commit them with the rest of this loop turn's in the writer thread."""
@@ -145,6 +168,9 @@ class SqliteStore(Store):
         future: asyncio.Future[Appended] = loop.create_future()
         if self._write_db is None:
             future.set_exception(StoreUnavailable(f"The store {self.name} is closed"))
+            return future
+        if (gone := self._hold.unavailable()) is not None:
+            future.set_exception(gone)
             return future
         skipped, replayed = 0, None
         if claim is not None:
@@ -217,6 +243,10 @@ class SqliteStore(Store):
     def _write(self, rows: list[tuple[int, str, bytes]], keep_from: int, claims: ClaimRows) -> None:
         db = self._write_db
         assert db is not None  # closed only after the last write
+        # A commit into a file deleted or replaced meanwhile would be acknowledged into nothing.
+        gone = self._hold.missing()
+        if gone is not None:
+            raise FileGone(gone)
         db.execute("BEGIN IMMEDIATE")
         try:
             db.executemany("INSERT INTO events VALUES (?, ?, ?)", rows)
@@ -224,11 +254,15 @@ class SqliteStore(Store):
             claims.write(db)
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            # SQLite has already rolled back after some errors (a full disk): a ROLLBACK then
+            # fails with "no transaction is active", which must not hide what happened.
+            if db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
             raise
 
     def _written(self, pending: Transaction, sizes: list[int], keep_from: int) -> None:
-        self._failed = None
+        self._hold.wrote()
         self._sizes.extend(sizes)
         self._bytes += sum(sizes)
         while self._first < keep_from:
@@ -239,35 +273,16 @@ class SqliteStore(Store):
             self._deliver(pending.records)
         pending.answer()
         self._unchecked += sum(sizes)
-        if self._unchecked > CHECKPOINT_BYTES and not self._checkpointing:
-            self._checkpoint()
+        if self._unchecked > CHECKPOINT_BYTES and not self._files.checkpointing:
+            # The writer never checkpoints (that would fsync in the middle of a commit).
+            self._unchecked = 0
+            self._files.checkpoint()
         if self._pending.answers:
             self._submit()
 
-    def _checkpoint(self) -> None:
-        # The writer never checkpoints (that would fsync in the middle of a commit);
-        # the reader's connection copies the WAL back into the file beside it.
-        db = self._read_db
-        if db is None:
-            return
-        self._unchecked = 0
-        self._checkpointing = True
-        checkpoint = asyncio.get_running_loop().run_in_executor(
-            self._reader, db.execute, "PRAGMA wal_checkpoint(PASSIVE)"
-        )
-
-        def done(future: asyncio.Future[sqlite3.Cursor]) -> None:
-            self._checkpointing = False
-            if not future.cancelled() and future.exception() is not None:
-                log.warning("could not checkpoint %s: %s", self.name, future.exception())
-
-        checkpoint.add_done_callback(done)
-
     def _fail(self, error: BaseException, pending: Transaction) -> None:
-        if self._failed is None:
-            log.error("could not write to %s: %s", self.name, error)
-        self._failed = str(error)
-        failure = StoreUnavailable(f"The store {self.name} could not save the event(s): {error}")
+        what = self._hold.write_failed(error)
+        failure = StoreUnavailable(f"The store {self.name} could not save the event(s): {what}")
         # Records numbered after the failed ones fail with them, so that seqs stay consecutive.
         later, self._pending = self._pending, Transaction()
         pending.fail(failure)
@@ -280,10 +295,6 @@ class SqliteStore(Store):
         """Resume after ``event_id`` if it is this file's and nothing after it was dropped, else a gap."""
         first = self._first if self._sizes else None
         return resume(self._run, event_id, first=first, last=self._delivered)
-
-    def is_id(self, value: str) -> bool:
-        """Whether ``value`` looks like ``<run>-<seq>``."""
-        return parse_id(value) is not None
 
     def _after_seq(self, after: str) -> int:
         parsed = parse_id(after)
@@ -303,13 +314,6 @@ class SqliteStore(Store):
         return await self._read(query, (end, self._delivered, limit), max_bytes, newest=True)
 
     async def _read(self, query: str, args: tuple[int, int, int], max_bytes: int, *, newest: bool) -> list[Record]:
-        db = self._read_db
-        if db is None:
-            raise StoreUnavailable(f"The store {self.name} is closed")
-        loop = asyncio.get_running_loop()
-        rows = await loop.run_in_executor(self._reader, fetch_page, db, query, args, max_bytes)
-        run = self._run
-        page = [Record(f"{run}-{seq}", type_, json) for seq, type_, json in rows]
-        if newest:
-            page.reverse()
-        return page
+        if (gone := self._hold.unavailable()) is not None:
+            raise gone
+        return await self._files.page(self._run, query, args, max_bytes, newest=newest)

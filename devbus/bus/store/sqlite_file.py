@@ -8,7 +8,7 @@ place when it is opened; a file of a later version is refused.
 
 from __future__ import annotations
 
-import os
+import re
 import sqlite3
 from typing import Any
 
@@ -19,6 +19,8 @@ __all__ = ["SCHEMA_VERSION", "Loaded", "connect", "fetch_page", "load"]
 
 SCHEMA_VERSION = 2
 _READABLE = ("1", str(SCHEMA_VERSION))  # versions this one opens (1 is migrated)
+# A run identity as new_run makes one: it is part of every id, so of every SSE `id:` line.
+_RUN = re.compile(r"[0-9a-f]{8}")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -35,9 +37,16 @@ CREATE INDEX IF NOT EXISTS keys_created ON keys (created);
 """
 
 
-def connect(path: str) -> sqlite3.Connection:
-    """Open ``path`` in WAL mode, for use by one thread at a time."""
+def connect(path: str, *, raw_text: bool = False) -> sqlite3.Connection:
+    """Open ``path`` in WAL mode, for use by one thread at a time.
+
+    With ``raw_text`` text comes back as bytes, as it is in the file: a row edited by
+    hand may hold text that is not UTF-8, which is then skipped as the record it is
+    part of (``checked.py``) rather than failing the whole page it is read with.
+    """
     connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    if raw_text:
+        connection.text_factory = bytes
     connection.execute("PRAGMA journal_mode=WAL")
     # NORMAL in WAL mode: a commit survives the process being killed (it is in the
     # WAL file); only a power loss could take the last transactions back.
@@ -51,7 +60,11 @@ def connect(path: str) -> sqlite3.Connection:
 class Loaded:
     """An open file: its connection, its run identity, the (seq, JSON size) of each event it holds,
     the (id, seq) of each producer, least recently seen first, and the (key, fingerprint, first seq,
-    count, created) of each key, oldest first."""
+    count, created) of each key, oldest first.
+
+    ``sizes`` holds consecutive seqs (the stores' invariant): a seq missing from the
+    file (a row deleted by hand) is there with size 0, and reads skip it.
+    """
 
     def __init__(
         self,
@@ -68,11 +81,11 @@ class Loaded:
         self.keys = keys
 
 
-def load(path: str, *, name: str) -> Loaded:
-    """Open (or create) the store file at ``path`` and check its version; ConfigError says what to do if not."""
-    directory = os.path.dirname(path) or "."
-    if not os.path.isdir(directory):
-        raise ConfigError(f"Cannot use --store {name}: directory {directory!r} does not exist; create it first")
+def load(path: str, *, name: str, history: int) -> Loaded:
+    """Open (or create) the store file at ``path`` and check its version; ConfigError says what to do if not.
+
+    Only the newest ``history`` seqs are loaded: older rows are trimmed by the next commit.
+    """
     db = connect(path)
     try:
         db.executescript(_SCHEMA)
@@ -89,15 +102,33 @@ def load(path: str, *, name: str) -> Loaded:
             )
         else:
             run = meta["run"]
+            if _RUN.fullmatch(run) is None:
+                raise ConfigError(
+                    f"--store {name} is corrupt: its run identity {run[:40]!r} is not one devbus writes; "
+                    "move the file away or pass another --store"
+                )
             if version != str(SCHEMA_VERSION):
                 _migrate(db)
-        sizes = db.execute("SELECT seq, length(json) FROM events ORDER BY seq").fetchall()
+        sizes = _consecutive(db.execute("SELECT seq, length(json) FROM events ORDER BY seq").fetchall(), history)
         producers = db.execute("SELECT id, seq FROM producers ORDER BY seen").fetchall()
         keys = db.execute("SELECT key, fingerprint, first, count, created FROM keys ORDER BY created").fetchall()
     except BaseException:
         db.close()
         raise
     return Loaded(db, run, sizes, producers, keys)
+
+
+def _consecutive(rows: list[tuple[int, int]], history: int) -> list[tuple[int, int]]:
+    """The newest ``history`` seqs up to the newest row's, with size 0 for those no row holds."""
+    if not rows:
+        return []
+    last = rows[-1][0]
+    first = max(rows[0][0], last - history + 1)
+    sizes = [(seq, 0) for seq in range(first, last + 1)]
+    for seq, size in rows:
+        if seq >= first:
+            sizes[seq - first] = (seq, size or 0)
+    return sizes
 
 
 def _migrate(db: sqlite3.Connection) -> None:
@@ -120,7 +151,7 @@ def fetch_page(db: sqlite3.Connection, query: str, args: tuple[int, int, int], m
     rows: list[Any] = []
     size = 0
     for row in db.execute(query, args):
-        size += len(row[2])
+        size += len(row[2]) if isinstance(row[2], bytes) else 0  # not bytes: a row edited by hand, skipped
         if rows and size > max_bytes:
             break
         rows.append(row)

@@ -113,7 +113,14 @@ class Catalogue:
 
     def __call__(self, records: Sequence[Record]) -> None:
         """Take one delivered batch of records, as every output does."""
-        if records:
+        if len(records) == 1 and (entry := self._entries.get(records[0].type)) is not None:
+            # One event of a known type (a POST): what _observe does for it, without its batch bookkeeping.
+            event = records[0].event
+            entry.count += 1
+            entry.last_seen = event.timestamp
+            if self._shapes.take_one():
+                self._learn((event,))
+        elif records:
             self._observe(records, _event_of, every=False)
 
     def observe(self, events: Sequence[Event], *, every: bool = False) -> None:

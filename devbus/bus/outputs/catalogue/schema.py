@@ -96,6 +96,17 @@ class Rate:
         self._tokens -= taken
         return taken
 
+    def take_one(self) -> bool:
+        """Take one token if there is one: :meth:`take` for one event, without reading the clock while tokens last.
+
+        Refilling only once the bucket is empty still allows ``per_second`` over time,
+        and never more than ``burst`` at once.
+        """
+        if self._tokens >= 1:
+            self._tokens -= 1
+            return True
+        return self.take(1) == 1
+
     def available(self) -> bool:
         """Whether any token is left."""
         self._refill()

@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Sequence
 
+from devbus.bus.budget import MemoryBudget
 from devbus.bus.metrics import Metrics
 from devbus.bus.outputs.sse.laggards import Laggards
 from devbus.bus.outputs.sse.outlet import Outlet
@@ -39,11 +40,17 @@ class Fanout:
 
     A subscriber's connection counts against ``max_subscribers`` from
     :meth:`subscribe` until its handler calls :meth:`release`, even after it has
-    been evicted, so that open connections never exceed the cap.
+    been evicted, so that open connections never exceed the cap. What each one
+    holds counts against the memory ``budget`` over the same span: its own bytes
+    as a holder, and the chunks it shares with its group through the fan-out's
+    pool, once per group (every outlet of a group was pushed the same chunk
+    objects since it joined, so what they hold together is what the outlet
+    furthest behind holds; 1,000 subscribers a burst behind hold one burst).
     """
 
-    def __init__(self, *, subscriber_buffer: int, max_subscribers: int, metrics: Metrics) -> None:
+    def __init__(self, *, subscriber_buffer: int, max_subscribers: int, metrics: Metrics, budget: MemoryBudget) -> None:
         self.metrics = metrics
+        self.budget = budget
         self._buffer = subscriber_buffer
         self._max = max_subscribers
         self._outlets: dict[Outlet, None] = {}
@@ -55,6 +62,7 @@ class Fanout:
         # Subscribers whose sockets are backed up, for the ZeroMQ ingest's burst gate.
         self.laggards = Laggards()
         metrics.watch(metrics.subscribers, lambda: len(self._outlets))
+        budget.add_pool(self._shared_pending)
 
     @property
     def subscribers(self) -> int:
@@ -77,8 +85,16 @@ class Fanout:
                 f"The bus already has {len(self._outlets)} subscribers (--max-subscribers); "
                 "close some streams or raise the limit"
             )
-        outlet = Outlet(type_filter, named=named, limit=self._buffer, on_evict=self.evict, laggards=self.laggards)
+        outlet = Outlet(
+            type_filter,
+            named=named,
+            limit=self._buffer,
+            on_evict=self.evict,
+            laggards=self.laggards,
+            charge=self.budget.charge,
+        )
         self._outlets[outlet] = None
+        self.budget.join(outlet)
         return outlet
 
     def join(self, outlet: Outlet, *, anchor: bool = False) -> None:
@@ -113,6 +129,7 @@ class Fanout:
         self._leave(outlet)
         outlet.close()
         self._outlets.pop(outlet, None)
+        self.budget.leave(outlet)
 
     def evict(self, outlet: Outlet, *, why: str = "") -> None:
         """Drop a subscriber that fell behind: its connection is closed now and its buffer freed."""
@@ -123,6 +140,10 @@ class Fanout:
         # Close the connection now: the peer is not reading, so waiting for its
         # buffer to drain would hold the socket (and its memory) indefinitely.
         outlet.abort()
+
+    def _shared_pending(self) -> int:
+        """Bytes of chunks pending for subscribers, each counted once: the most any outlet of a group holds."""
+        return sum(max(outlet.shared for outlet in group.outlets) for group in self._groups.values())
 
     def _matching(self, event_type: str) -> list[_Group]:
         groups = self._by_type.get(event_type)
@@ -182,6 +203,8 @@ class Fanout:
             for outlet in list(group.outlets):
                 outlet.push(chunk)
             self._unflushed[group] = None
+            # Held once for the group; a copy a writer comes to hold is charged where it is made.
+            self.budget.charge(len(chunk))
         self.metrics.deliveries.inc(deliveries)
 
     def _report(self, records: Sequence[Record], counts: list[int]) -> None:
@@ -201,9 +224,12 @@ class Fanout:
     def _flush(self) -> None:
         # Everything delivered since the last flush leaves in one write per subscriber.
         groups, self._unflushed = self._unflushed, {}
+        written = 0
         for group in groups:
             for outlet in list(group.outlets):
-                outlet.flush()
+                written += outlet.flush()
+        # What a socket does not take at once stays in asyncio's buffer: charged once for all.
+        self.budget.charge(written)
 
     def close(self) -> None:
         """Close every outlet, so that every stream ends after what it has pending."""

@@ -32,17 +32,24 @@ class Outlet:
     ``write_now`` (no task switch, no future); when the socket is backed up, the
     stream's task takes what is pending and waits for the socket to drain.
     Past ``limit`` unsent bytes the subscriber is evicted: it can reconnect and
-    resume from history, but it can never grow the bus's memory.
+    resume from history, but it can never grow the bus's memory. What it holds
+    counts against the bus's memory budget too, which may :meth:`drop` it: its
+    socket's unsent bytes and what was queued for it alone (``owned``), and the
+    fan-out's chunks it shares with its group (``shared``, counted once per group
+    by the fan-out).
     """
 
     __slots__ = (
         "_behind",
+        "_charge",
         "_laggards",
         "_limit",
         "_on_abort",
         "_on_evict",
+        "_own",
         "_pending",
         "_size",
+        "_transport",
         "_waiter",
         "anchor",
         "closed",
@@ -60,6 +67,7 @@ class Outlet:
         limit: int,
         on_evict: Callable[[Outlet], None],
         laggards: Laggards | None = None,
+        charge: Callable[[int], None] | None = None,
     ) -> None:
         self.type_filter = type_filter
         self.named = named
@@ -69,7 +77,10 @@ class Outlet:
         self._on_evict = on_evict
         self._pending: list[bytes] = []
         self._size = 0
+        self._own = 0  # bytes of ``_pending`` that are this outlet's alone (the rest: the fan-out's shared chunks)
         self._waiter: asyncio.Future[None] | None = None
+        # Told of bytes that come to be held for this subscriber alone (the memory budget's charge).
+        self._charge = charge
         # Told when this subscriber falls behind and when it moves again, for burst inputs.
         self._laggards = laggards
         self._behind = False
@@ -78,6 +89,7 @@ class Outlet:
         self.write_now: WriteNow | None = None
         # Set by the stream: drops its connection at once (on eviction).
         self._on_abort: Callable[[], None] | None = None
+        self._transport: asyncio.WriteTransport | None = None  # set by the stream: what its socket holds
         # Set by the fan-out for a cursor that joined while still reading the store:
         # the id of the first record queued here, where the cursor's reading stops.
         self.anchor: str | None = None
@@ -105,6 +117,9 @@ class Outlet:
         """Queue ``chunk`` before the stream starts (connected frame, replay), unbounded by design."""
         self._pending.append(chunk)
         self._size += len(chunk)
+        self._own += len(chunk)
+        if self._charge is not None:
+            self._charge(len(chunk))
 
     def push(self, chunk: bytes) -> None:
         """Queue ``chunk`` until the next flush; evict the subscriber if it is behind by more than the bound."""
@@ -117,26 +132,69 @@ class Outlet:
         if self._size > self._limit and self._waiter is None:
             self.evicted = True
             self._pending.clear()
-            self._size = 0
+            self._size = self._own = 0
             self.close()
             self._on_evict(self)
 
-    def flush(self) -> None:
-        """Send everything pending: straight to the socket if it keeps up, else through the stream's task."""
+    def flush(self) -> int:
+        """Send everything pending: straight to the socket if it keeps up, else through the stream's task.
+
+        Return the bytes written straight to the socket, which it may keep (for the memory budget).
+        """
         waiter = self._waiter
         if not self._pending or waiter is None or waiter.done():
             # The task is busy writing or about to run (not waiting): it takes what is pending itself.
-            return
+            return 0
+        shared = len(self._pending) == 1 and not self._own  # the fan-out's chunk itself, not a copy
         chunk = self._take_pending()
         if self.write_now is not None and self.write_now(chunk):
-            return
+            return len(chunk)
         # The socket is backed up (or not ready): the task writes the chunk and waits for it to drain.
         self._pending.append(chunk)
         self._size = len(chunk)
+        if not shared:  # a copy of its own
+            self._own = len(chunk)
+            if self._charge is not None:
+                self._charge(len(chunk))
         waiter.set_result(None)
         if self._laggards is not None and not self._behind:
             self._behind = True
             self._laggards.fell_behind(self)
+        return 0
+
+    @property
+    def kind(self) -> str:
+        """What this subscriber is, for the memory budget: resuming from history, or live."""
+        return "replay" if self.write_now is None else "sse"
+
+    @property
+    def held(self) -> int:
+        """Bytes held for this subscriber, shared or not: pending here, and unsent in its socket."""
+        transport = self._transport
+        return self._size + (transport.get_write_buffer_size() if transport is not None else 0)
+
+    @property
+    def owned(self) -> int:
+        """Bytes held for this subscriber alone: unsent in its socket, and queued for it only."""
+        transport = self._transport
+        return self._own + (transport.get_write_buffer_size() if transport is not None else 0)
+
+    @property
+    def shared(self) -> int:
+        """Bytes of the fan-out's chunks pending here, the same objects as its group's (a suffix of theirs)."""
+        return self._size - self._own
+
+    def attach(self, transport: asyncio.WriteTransport) -> None:
+        """The subscriber's connection: what it holds is counted, and eviction aborts it."""
+        self._transport = transport
+        self.on_abort(transport.abort)
+
+    def drop(self) -> None:
+        """Evict the subscriber for the memory budget: its connection is closed now and what it held freed."""
+        self.evicted = True
+        self._pending.clear()
+        self._size = self._own = 0
+        self.abort()
 
     def on_abort(self, abort: Callable[[], None]) -> None:
         """Call ``abort`` to drop the connection if this subscriber is evicted (at once, if it already is)."""
@@ -192,5 +250,5 @@ class Outlet:
     def _take_pending(self) -> bytes:
         chunk = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
         self._pending.clear()
-        self._size = 0
+        self._size = self._own = 0
         return chunk

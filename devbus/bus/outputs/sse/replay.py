@@ -129,5 +129,6 @@ class Replay:
         return b"".join(frames)
 
     async def _write(self, chunk: bytes) -> None:
+        self._fanout.budget.charge(len(chunk))
         if chunk and not await write_or_stall(self._response, chunk):
             self._fanout.evict(self._outlet, why=f"took nothing of its replay for {pages.PAGE_STALL:g} s")

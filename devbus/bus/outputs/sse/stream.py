@@ -11,7 +11,7 @@ from devbus.bus.outputs.sse.fanout import Fanout
 from devbus.bus.outputs.sse.heartbeat import HeartbeatResponse
 from devbus.bus.outputs.sse.replay import Replay
 from devbus.bus.store.base import Store
-from devbus.envelope import encode_json, sse_frame
+from devbus.envelope import check_event_id, encode_json, sse_frame
 from devbus.typefilter import TypeFilter, parse_patterns
 
 __all__ = ["EventStream"]
@@ -21,16 +21,17 @@ log = logging.getLogger(__name__)
 TRUE_VALUES = frozenset({"1", "true", "yes", "on"})
 
 
-def _resume_id(request: web.Request) -> str | None:
+def _resume_id(request: web.Request, *, example: str | None) -> str | None:
+    """The id to resume after, checked as `/history?since=` checks it: the same form, the same 422."""
     # EventSource sends Last-Event-ID on reconnect; the query forms serve a first
     # connection that already knows where it stopped.
-    for value in (
-        request.headers.get("Last-Event-ID"),
-        request.query.get("since"),
-        request.query.get("last_event_id"),
+    for value, field in (
+        (request.headers.get("Last-Event-ID"), "the Last-Event-ID header"),
+        (request.query.get("since"), "`since`"),
+        (request.query.get("last_event_id"), "`last_event_id`"),
     ):
         if value:
-            return value
+            return check_event_id(value, field=field, example=example)
     return None
 
 
@@ -101,7 +102,7 @@ class EventStream:
         fanout = self._fanout
         type_filter = TypeFilter(parse_patterns(request.query.getall("types", [])))
         named = request.query.get("named", "").lower() in TRUE_VALUES
-        since = _resume_id(request)
+        since = _resume_id(request, example=self._store.last_id)
         # Where to resume is known before the 200 goes out: a store that is away is a plain 503.
         resume = await self._store.resolve(since) if since is not None else None
         outlet = fanout.subscribe(type_filter, named=named)
@@ -123,7 +124,7 @@ class EventStream:
             transport = request.transport
             if transport is None:
                 return response
-            outlet.on_abort(transport.abort)
+            outlet.attach(transport)
             if since is not None and resume is not None:
                 replay = Replay(
                     self._store, fanout, now=self._now, response=response, transport=transport, outlet=outlet
@@ -132,8 +133,10 @@ class EventStream:
                 if outlet.evicted:
                     return response
             outlet.write_now = SocketWriter(request, response)
+            charge = fanout.budget.charge  # what the socket may keep (a flush's writes, the fan-out charges)
             while (chunk := await outlet.take(idle=self._heartbeat)) is not None:
                 if chunk:
+                    charge(len(chunk))
                     await response.write(chunk)
                 elif transport.is_closing():
                     break
