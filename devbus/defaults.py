@@ -6,7 +6,17 @@ here, apart from both: the clients never import the bus to learn them.
 
 from __future__ import annotations
 
-__all__ = ["DEFAULT_EGRESS", "DEFAULT_HOST", "DEFAULT_INGEST", "DEFAULT_PORT", "DEFAULT_PREFIX", "DEFAULT_URL", "MIB"]
+__all__ = [
+    "DEFAULT_EGRESS",
+    "DEFAULT_HOST",
+    "DEFAULT_INGEST",
+    "DEFAULT_PORT",
+    "DEFAULT_PREFIX",
+    "DEFAULT_URL",
+    "MIB",
+    "ZMQ_HEARTBEAT_MS",
+    "ZMQ_HEARTBEAT_TIMEOUT_MS",
+]
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
@@ -15,3 +25,8 @@ DEFAULT_PREFIX = "/api/dev"
 DEFAULT_INGEST = "tcp://127.0.0.1:8766"
 DEFAULT_EGRESS = "tcp://127.0.0.1:8767"
 MIB = 1024 * 1024  # --max-body and --max-message default to one
+# The clients' ZeroMQ sockets PING the bus this often (ZMQ_HEARTBEAT_IVL), well inside the
+# bus's default --zmq-idle-timeout (300 s), so that a quiet publisher or subscriber is not
+# closed as idle; and give up on a bus that answers nothing for this long.
+ZMQ_HEARTBEAT_MS = 30_000
+ZMQ_HEARTBEAT_TIMEOUT_MS = 90_000

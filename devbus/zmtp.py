@@ -50,13 +50,17 @@ _U32 = struct.Struct(">I")
 class HandshakeError(Exception):
     """A peer that does not speak ZMTP 3 with the NULL mechanism as a publisher.
 
-    ``tell`` is False when the peer does not speak ZMTP 3 at all, so that an ERROR
-    command telling it why would mean nothing to it.
+    ``reason`` says at which step it failed (the metrics label, after ``zmq_``):
+    ``greeting`` (not ZeroMQ), ``version`` (an older ZMTP), ``mechanism`` (CURVE,
+    PLAIN, ...), ``socket_type`` (a socket the end does not take) or ``handshake``
+    (anything else the protocol forbids). ``tell`` is False when the peer does not
+    speak ZMTP 3 at all, so that an ERROR command telling it why would mean nothing to it.
     """
 
-    def __init__(self, message: str, *, tell: bool = True) -> None:
+    def __init__(self, message: str, *, tell: bool = True, reason: str = "handshake") -> None:
         super().__init__(message)
         self.tell = tell
+        self.reason = reason
 
 
 def check_greeting(greeting: bytes) -> None:
@@ -67,12 +71,16 @@ def check_greeting(greeting: bytes) -> None:
     would only refuse it at the handshake deadline, and for the wrong reason.
     """
     if greeting[:1] not in (b"", b"\xff") or (len(greeting) > 9 and greeting[9] & 0x01 != 0x01):
-        raise HandshakeError("not a ZeroMQ peer (bad signature)", tell=False)
+        raise HandshakeError("not a ZeroMQ peer (bad signature)", tell=False, reason="greeting")
     if len(greeting) > 10 and greeting[10] < 3:
         version = "2.0 (libzmq 3.x)" if greeting[10] == 1 else f"revision {greeting[10]}"
-        raise HandshakeError(f"ZMTP {version} is too old; devbus speaks ZMTP 3 (libzmq 4 and later)", tell=False)
+        raise HandshakeError(
+            f"ZMTP {version} is too old; devbus speaks ZMTP 3 (libzmq 4 and later)", tell=False, reason="version"
+        )
     if len(greeting) >= 32 and greeting[12:32].rstrip(b"\x00") != b"NULL":
-        raise HandshakeError(f"security mechanism {greeting[12:32].rstrip(bytes(1))!r} is not supported (NULL only)")
+        raise HandshakeError(
+            f"security mechanism {greeting[12:32].rstrip(bytes(1))!r} is not supported (NULL only)", reason="mechanism"
+        )
 
 
 class Greeting:
@@ -80,6 +88,11 @@ class Greeting:
 
     def __init__(self) -> None:
         self._received = b""
+
+    @property
+    def taken(self) -> int:
+        """Bytes of the greeting received so far."""
+        return len(self._received)
 
     def take(self, data: bytes) -> bytes | None:
         """Consume greeting bytes; return what follows the greeting, or None while it is incomplete."""
@@ -98,7 +111,10 @@ def check_ready(body: bytes, *, allowed: frozenset[bytes], role: str) -> bytes:
     kind = parse_ready(body).get(b"socket-type", b"")
     if kind not in allowed:
         wanted = " or ".join(sorted(name.decode() for name in allowed))
-        raise HandshakeError(f"a {kind.decode(errors='replace')} socket cannot connect to the {role} ({wanted} only)")
+        raise HandshakeError(
+            f"a {kind.decode(errors='replace')} socket cannot connect to the {role} ({wanted} only)",
+            reason="socket_type",
+        )
     return kind
 
 

@@ -13,8 +13,8 @@ shared
     ``devbus.cli``, ``devbus.watch`` or the package's ``__init__``.
 bus base
     What every layer of the bus shares: ``bus/record.py`` (the records in the log),
-    settings, metrics, listening on ZeroMQ endpoints, the ZMTP peer and its deadline, the memory
-    budget, replay pages.
+    settings, metrics, accepting connections and the connection budget, listening on ZeroMQ
+    endpoints, the ZMTP peer, its deadline and refusals, the memory budget, replay pages.
     Shared modules and each other only.
 store
     ``bus/store/*``: stores and reads, nothing else. Shared, ``record``, ``settings``,
@@ -83,12 +83,15 @@ SHARED_MODULES = {
     "devbus.zmtp",
 }
 BASE_MODULES = {
+    "devbus.bus.acceptor",
     "devbus.bus.budget",
+    "devbus.bus.connection_budget",
     "devbus.bus.deadline",
     "devbus.bus.endpoints",
     "devbus.bus.metrics",
     "devbus.bus.pages",
     "devbus.bus.record",
+    "devbus.bus.refusals",
     "devbus.bus.settings",
     "devbus.bus.zmtp_peer",
 }

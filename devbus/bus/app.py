@@ -18,12 +18,24 @@ from aiohttp import web
 from devbus.bus import views
 from devbus.bus.backplane import backplane
 from devbus.bus.budget import MemoryBudget
+from devbus.bus.connection_budget import ConnectionBudget, connection_limit
 from devbus.bus.dispatcher import Dispatcher
 from devbus.bus.guard import Gate, Handler
 from devbus.bus.history import History
 from devbus.bus.inputs.http import HttpInput
 from devbus.bus.inputs.reach import ReachCounts
-from devbus.bus.keys import BUDGET, CATALOGUE, DISPATCHER, ENDPOINTS, FANOUT, FORWARDER, METRICS, SETTINGS, STARTED
+from devbus.bus.keys import (
+    BUDGET,
+    CATALOGUE,
+    CONNECTIONS,
+    DISPATCHER,
+    ENDPOINTS,
+    FANOUT,
+    FORWARDER,
+    METRICS,
+    SETTINGS,
+    STARTED,
+)
 from devbus.bus.metrics import Metrics
 from devbus.bus.outputs.catalogue import Catalogue
 from devbus.bus.outputs.forward import Forwarder
@@ -85,6 +97,10 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app[METRICS] = metrics
     app[STARTED] = time.monotonic()
     app[ENDPOINTS] = {}
+    # Built from the open-file limit as it is now: `devbus run` raises it before building the app.
+    app[CONNECTIONS] = ConnectionBudget(
+        connection_limit(settings.max_connections), idle_timeout=settings.zmq_idle_timeout, metrics=metrics
+    )
     store = create_store(
         settings.store, history=settings.history, history_bytes=settings.history_bytes, key=settings.store_key
     )

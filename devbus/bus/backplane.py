@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from devbus.bus.inputs.zeromq import Ingest
-from devbus.bus.keys import BUDGET, DISPATCHER, ENDPOINTS, FANOUT, METRICS, SETTINGS
+from devbus.bus.keys import BUDGET, CONNECTIONS, DISPATCHER, ENDPOINTS, FANOUT, METRICS, SETTINGS
 from devbus.bus.outputs.egress import Egress
 
 __all__ = ["backplane"]
@@ -29,12 +29,14 @@ async def backplane(app: web.Application) -> AsyncIterator[None]:
                 max_size=settings.max_message,
                 token=settings.token,
                 message_timeout=settings.body_timeout,
+                connections=app[CONNECTIONS],
             )
             app[ENDPOINTS]["ingest"] = await ingest.bind(settings.ingest)
         if settings.egress:
             egress = Egress(
                 metrics=app[METRICS],
                 budget=app[BUDGET],
+                connections=app[CONNECTIONS],
                 listener_buffer=settings.egress_buffer,
                 message_timeout=settings.body_timeout,
             )
@@ -49,3 +51,4 @@ async def backplane(app: web.Application) -> AsyncIterator[None]:
             remove_output()
         if egress is not None:
             egress.close()
+        app[CONNECTIONS].close()

@@ -1,18 +1,17 @@
-"""The HTTP listening socket: a connection cap within the open-file limit, and one-line errors.
+"""The HTTP listening socket: connections seated in the bus's connection budget, and one-line errors.
 
-Every connection holds a file descriptor. At the process's limit accept() fails and
-the kernel's queue fills, so a pile of idle or slow connections (a slow-loris) would
-make the bus unreachable, /health included. The site below keeps the number of
-connections under the limit: past it, a new connection first displaces the oldest
-one that has not yet sent a whole request head, else it is refused at once with a
-503. Connections that never finish their headers are closed after --header-timeout
-(aiohttp's keep-alive timer, which also runs from the moment a connection opens).
+Every connection holds a file descriptor, and HTTP shares the budget with ZeroMQ
+(``connection_budget.py``): a pile of idle or slow connections (a slow-loris) must
+not make the bus unreachable, /health included. Past the budget, a new connection
+first displaces the oldest one that has not yet sent a whole request head, then
+the quietest ZeroMQ peer, else it is refused at once with a 503. Connections that
+never finish their headers are closed after --header-timeout (aiohttp's keep-alive
+timer, which also runs from the moment a connection opens).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import resource
@@ -23,18 +22,14 @@ from typing import Any
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
+from devbus.bus.acceptor import Acceptor, listening_socket
+from devbus.bus.connection_budget import ConnectionBudget
 from devbus.bus.metrics import Metrics
 
-__all__ = ["FD_RESERVE", "LimitedSite", "RequestErrorLog", "connection_limit", "raise_fd_limit"]
+__all__ = ["LimitedSite", "RequestErrorLog", "raise_fd_limit"]
 
 log = logging.getLogger(__name__)
 
-ACCEPT_BURST = 64  # connections accepted per wake-up, so a storm cannot starve the loop
-ACCEPT_RETRY = 0.1  # seconds to wait when the process is out of descriptors
-REFUSAL_GRACE = 0.5  # seconds a refused peer has to read its 503
-# Descriptors kept back from HTTP connections: ZeroMQ sockets and peers, log
-# files, the event loop's own, and the accept that finds the bus full.
-FD_RESERVE = 64
 _REFUSAL_BODY = b'{"success":false,"error":"Too many connections to devbus; retry shortly"}'
 REFUSAL = (
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
@@ -57,17 +52,12 @@ def raise_fd_limit() -> int:
     return soft
 
 
-def connection_limit(fd_limit: int) -> int:
-    """HTTP connections the bus accepts at once with ``fd_limit`` descriptors."""
-    return max(fd_limit - FD_RESERVE, 16)
-
-
 class LimitedSite(web.BaseSite):
-    """A TCP site that accepts only as many connections as it has descriptors for.
+    """A TCP site whose connections take seats in the bus's connection budget.
 
-    It runs its own accept loop (asyncio's keeps accepting until the process runs
-    out of descriptors, then stalls for a second and floods the log), and decides
-    for each accepted connection whether it is served, displaces one, or is refused.
+    It accepts through an :class:`Acceptor` (asyncio's loop keeps accepting until the
+    process runs out of descriptors, then stalls for a second and floods the log), and
+    decides for each accepted connection whether it is served, displaces one, or is refused.
 
     This leans on aiohttp internals, which is why pyproject.toml keeps aiohttp below 4:
     BaseSite's ``_runner``, ``_backlog`` and ``_server`` (what its stop() closes), the
@@ -75,20 +65,24 @@ class LimitedSite(web.BaseSite):
     ``_request_count``. Each place says which test fails if that changes.
     """
 
-    __slots__ = ("_full", "_host", "_limit", "_metrics", "_open", "_paused", "_port", "_refusing", "_tasks")
+    __slots__ = ("_acceptor", "_budget", "_host", "_metrics", "_port", "_tasks")
 
     def __init__(
-        self, runner: web.BaseRunner, host: str, port: int, *, limit: int, backlog: int, metrics: Metrics
+        self,
+        runner: web.BaseRunner,
+        host: str,
+        port: int,
+        *,
+        budget: ConnectionBudget,
+        backlog: int,
+        metrics: Metrics,
     ) -> None:
         super().__init__(runner, backlog=backlog)
         self._host = host
         self._port = port
-        self._limit = limit
+        self._budget = budget
         self._metrics = metrics
-        self._full = False
-        self._paused = False
-        self._open = 0  # connections handed to aiohttp and not yet closed
-        self._refusing = 0  # refused connections waiting to be closed
+        self._acceptor: Acceptor | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
 
     @property
@@ -100,95 +94,52 @@ class LimitedSite(web.BaseSite):
         """Bind, listen with the site's backlog, and accept on the running loop."""
         await super().start()
         loop = asyncio.get_running_loop()
-        listener = _listen(self._host, self._port, backlog=self._backlog)
+        family, _, _, _, where = socket.getaddrinfo(
+            self._host, self._port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        listener = listening_socket(family, where, backlog=self._backlog)
         # A Server that never serves, so that aiohttp finds the socket and closes it: BaseSite.stop()
         # closes self._server (private). tests/test_run.py's
         # test_run_serves_posts_streams_and_stops_on_sigterm fails if the bus then does not stop cleanly.
         self._server = await loop.create_server(asyncio.Protocol, sock=listener, start_serving=False)
-        loop.add_reader(listener.fileno(), self._accept, listener)
+        self._acceptor = Acceptor(listener, self._take, what="HTTP")
+        self._acceptor.start()
 
     async def stop(self) -> None:
         """Stop accepting, then close the listening sockets."""
-        if isinstance(self._server, asyncio.Server):
-            loop = asyncio.get_running_loop()
-            for sock in self._server.sockets:
-                loop.remove_reader(sock.fileno())
+        if self._acceptor is not None:
+            self._acceptor.stop()
         await super().stop()
 
-    def _accept(self, listener: socket.socket) -> None:
+    def _take(self, conn: socket.socket) -> None:
         server = self._runner.server
         assert server is not None
-        loop = asyncio.get_running_loop()
-        for _ in range(ACCEPT_BURST):
-            try:
-                conn, _ = listener.accept()
-            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
-                return
-            except OSError as exc:
-                # Out of descriptors all the same (other files, ZeroMQ peers): wait a moment.
-                self._pause(loop, listener, exc)
-                return
-            if self._open >= self._limit and not self._displace(server.connections):
-                self._refuse(loop, conn)
-                continue
-            self._paused = False
-            conn.setblocking(False)
-            self._open += 1
-            # As aiohttp's Server.__call__ makes its handlers (its _kwargs are private). Every HTTP
-            # request to a `devbus run` goes through here: all of tests/test_run.py fails if that changes.
-            handler = _CountedHandler(server, self._lost, loop=loop, **server._kwargs)
-            task = loop.create_task(loop.connect_accepted_socket(functools.partial(_same, handler), conn))
-            self._tasks.add(task)
-            task.add_done_callback(self._started)
-
-    def _refuse(self, loop: asyncio.AbstractEventLoop, conn: socket.socket) -> None:
-        self._metrics.reject("too_many_connections")
-        with contextlib.suppress(OSError):
-            conn.setblocking(False)
-            conn.send(REFUSAL)
-            conn.shutdown(socket.SHUT_WR)
-        if self._refusing >= FD_RESERVE // 2:
-            conn.close()  # a storm: no time for the peer to read the 503
+        if not self._seat(server.connections):
+            self._metrics.reject("too_many_connections")
+            self._budget.turn_away(conn, REFUSAL)
             return
-        # Closing with the request unread would reset the connection, and the peer
-        # might lose the 503 it has not read yet: give it a moment.
-        self._refusing += 1
-        loop.call_later(REFUSAL_GRACE, self._refused, conn)
+        loop = asyncio.get_running_loop()
+        conn.setblocking(False)
+        # As aiohttp's Server.__call__ makes its handlers (its _kwargs are private). Every HTTP
+        # request to a `devbus run` goes through here: all of tests/test_run.py fails if that changes.
+        handler = _CountedHandler(server, self._budget.release_http, loop=loop, **server._kwargs)
+        task = loop.create_task(loop.connect_accepted_socket(functools.partial(_same, handler), conn))
+        self._tasks.add(task)
+        task.add_done_callback(functools.partial(self._started, handler))
 
-    def _refused(self, conn: socket.socket) -> None:
-        self._refusing -= 1
-        conn.close()
+    def _seat(self, connections: list[RequestHandler]) -> bool:
+        """Take a seat in the budget: a free one, else one a quiet connection gives up."""
+        budget = self._budget
+        if budget.take_http():
+            return True
+        return (self._displace(connections) or budget.displace()) and budget.take_http()
 
-    def _started(self, task: asyncio.Task[Any]) -> None:
+    def _started(self, handler: _CountedHandler, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            self._open -= 1  # the peer was gone before its transport was made
-
-    def _pause(self, loop: asyncio.AbstractEventLoop, listener: socket.socket, exc: OSError) -> None:
-        if not self._paused:  # once until an accept succeeds again
-            log.warning("cannot accept HTTP connections (%s); retrying every %.1f s", exc.strerror, ACCEPT_RETRY)
-        self._paused = True
-        loop.remove_reader(listener.fileno())
-
-        def resume() -> None:
-            if listener.fileno() != -1:
-                loop.add_reader(listener.fileno(), self._accept, listener)
-
-        loop.call_later(ACCEPT_RETRY, resume)
-
-    def _lost(self) -> None:
-        self._open -= 1
-        if self._full and self._open < self._limit * 9 // 10:
-            self._full = False
+            handler.release()  # the peer was gone before its transport was made
 
     def _displace(self, connections: list[RequestHandler]) -> bool:
-        if not self._full:
-            self._full = True
-            log.warning(
-                "%d HTTP connections open, the most this bus can hold; closing connections that "
-                "have sent no request yet, refusing others with 503",
-                self._open,
-            )
         # aiohttp counts a request once its head is parsed (RequestHandler._request_count,
         # private): zero means the peer has not finished a request line and headers.
         # test_connection_pile_up_leaves_health_reachable fails if that changes.
@@ -203,21 +154,6 @@ class LimitedSite(web.BaseSite):
 
 def _same(handler: RequestHandler) -> RequestHandler:
     return handler
-
-
-def _listen(host: str, port: int, *, backlog: int) -> socket.socket:
-    """A listening socket on the first address ``host`` resolves to."""
-    family, kind, proto, _, where = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
-    listener = socket.socket(family, kind, proto)
-    try:
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(where)
-        listener.listen(backlog)
-        listener.setblocking(False)
-    except OSError:
-        listener.close()
-        raise
-    return listener
 
 
 class _CountedHandler(RequestHandler):

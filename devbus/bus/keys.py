@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from devbus.bus.budget import MemoryBudget
+from devbus.bus.connection_budget import ConnectionBudget
 from devbus.bus.dispatcher import Dispatcher
 from devbus.bus.metrics import Metrics
 from devbus.bus.outputs.catalogue import Catalogue
@@ -12,7 +13,18 @@ from devbus.bus.outputs.forward import Forwarder
 from devbus.bus.outputs.sse import Fanout
 from devbus.bus.settings import Settings
 
-__all__ = ["BUDGET", "CATALOGUE", "DISPATCHER", "ENDPOINTS", "FANOUT", "FORWARDER", "METRICS", "SETTINGS", "STARTED"]
+__all__ = [
+    "BUDGET",
+    "CATALOGUE",
+    "CONNECTIONS",
+    "DISPATCHER",
+    "ENDPOINTS",
+    "FANOUT",
+    "FORWARDER",
+    "METRICS",
+    "SETTINGS",
+    "STARTED",
+]
 
 SETTINGS = web.AppKey("settings", Settings)
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
@@ -28,6 +40,9 @@ ENDPOINTS = web.AppKey("endpoints", dict[str, str])
 
 # Forward targets (devbus run --forward), for the health endpoint.
 FORWARDER = web.AppKey("forwarder", Forwarder)
+
+# The seats of every HTTP and ZeroMQ connection (--max-connections, --zmq-idle-timeout).
+CONNECTIONS = web.AppKey("connections", ConnectionBudget)
 
 # What each event type looks like (GET /types).
 CATALOGUE = web.AppKey("catalogue", Catalogue)

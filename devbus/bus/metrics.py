@@ -88,6 +88,17 @@ class Metrics:
             "devbus_egress_listeners", "ZeroMQ egress listeners with a subscription.", registry=self.registry
         )
         self.subscribers = Gauge("devbus_subscribers", "Connected SSE subscribers.", registry=self.registry)
+        self.connections = Gauge(
+            "devbus_connections",
+            "Connections holding a seat in the connection budget (--max-connections), by kind (http, zmq).",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.connection_limit = Gauge(
+            "devbus_connection_limit",
+            "Seats in the connection budget, HTTP and ZeroMQ together (--max-connections).",
+            registry=self.registry,
+        )
         # The memory budget (devbus run --memory-budget): what connections hold for their peers.
         self.memory_budget = Gauge(
             "devbus_memory_budget_bytes", "What connections may hold for their peers together.", registry=self.registry

@@ -18,8 +18,8 @@ from aiohttp.abc import AbstractAccessLogger
 
 from devbus.bus.allowlists import check_allowlists, is_loopback_host
 from devbus.bus.app import create_app
-from devbus.bus.connections import LimitedSite, RequestErrorLog, connection_limit, raise_fd_limit
-from devbus.bus.keys import DISPATCHER, ENDPOINTS, FANOUT, METRICS
+from devbus.bus.connections import LimitedSite, RequestErrorLog, raise_fd_limit
+from devbus.bus.keys import CONNECTIONS, DISPATCHER, ENDPOINTS, FANOUT, METRICS
 from devbus.bus.outputs.console import EventPrinter
 from devbus.bus.outputs.forward import parse_target
 from devbus.bus.preflight import check_addresses_free, check_options
@@ -184,7 +184,7 @@ async def serve(settings: Settings, *, quiet: bool = False, write: Callable[[str
     check_exposure(settings)
     check_allowlists(settings)
     check_addresses_free(settings)
-    fd_limit = raise_fd_limit()
+    raise_fd_limit()  # before the app is built: its connection budget is sized from the limit
     _tune_gc()
     _tune_malloc()
     app = create_app(settings)
@@ -206,7 +206,7 @@ async def serve(settings: Settings, *, quiet: bool = False, write: Callable[[str
             runner,
             settings.host,
             settings.port,
-            limit=connection_limit(fd_limit),
+            budget=app[CONNECTIONS],
             backlog=settings.max_subscribers + BACKLOG_MARGIN,
             metrics=app[METRICS],
         )

@@ -33,6 +33,8 @@ class Settings:
     body_timeout: float = 30.0
     max_message: int = MIB
     max_subscribers: int = 1000
+    max_connections: int | None = None  # None: as many as the open-file limit allows (connection_budget.py)
+    zmq_idle_timeout: float = 300.0
     subscriber_buffer: int = 4 * MIB
     egress_buffer: int = 16 * MIB
     memory_budget: int = 128 * MIB

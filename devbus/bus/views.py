@@ -9,7 +9,7 @@ from importlib import resources
 
 from aiohttp import web
 
-from devbus.bus.keys import BUDGET, CATALOGUE, DISPATCHER, FANOUT, FORWARDER, METRICS, STARTED
+from devbus.bus.keys import BUDGET, CATALOGUE, CONNECTIONS, DISPATCHER, FANOUT, FORWARDER, METRICS, STARTED
 from devbus.bus.metrics import CONTENT_TYPE_LATEST
 from devbus.version import __version__
 
@@ -26,6 +26,7 @@ async def health(request: web.Request) -> web.Response:
             "version": __version__,
             "uptime_s": round(time.monotonic() - request.app[STARTED], 3),
             "subscribers": request.app[FANOUT].subscribers,
+            "connections": request.app[CONNECTIONS].status(),
             "events": dispatcher.total,
             "retained": len(dispatcher.store),
             "run": dispatcher.run,

@@ -18,7 +18,14 @@ connection does whatever its role:
 - refusals: a peer refused at READY, for its mechanism or for breaking the
   protocol after its greeting is sent an ERROR command saying why (ZMTP 3.1;
   libzmq reports it as a failed handshake) before the connection closes, and
-  every refusal is counted and logged through :class:`Refusals`;
+  every refusal is counted by reason and logged through :class:`Refusals`,
+  once per reason a minute. A peer that hangs up during its handshake is one
+  too (``hangup``): libzmq set up for CURVE or PLAIN, or speaking ZMTP 2, sends
+  its 10-byte signature, reads our greeting, and resets the connection;
+- a seat in the connection budget (``connection_budget.py``): taken before the
+  connection is made, given up when it closes; every read and every write
+  tells the budget the peer is active, so that only a quiet one is closed as
+  idle or displaced (:meth:`ZmtpPeer.expire`);
 - subscriptions, for the PUB end: ZMTP 3.0 subscription messages and ZMTP 3.1
   SUBSCRIBE/CANCEL commands, both handed to the role as :meth:`on_subscribe`
   and :meth:`on_cancel`;
@@ -47,10 +54,12 @@ import socket
 from typing import ClassVar
 
 from devbus.bus.budget import MemoryBudget
+from devbus.bus.connection_budget import ConnectionBudget
 from devbus.bus.deadline import Deadline, Silence
-from devbus.bus.metrics import Metrics
+from devbus.bus.refusals import Refusals
 from devbus.zmtp import (
     GREETING,
+    GREETING_SIZE,
     FrameReader,
     Greeting,
     HandshakeError,
@@ -62,6 +71,7 @@ from devbus.zmtp import (
     ready,
 )
 
+# Refusals is re-exported: the roles count what they refuse through it.
 __all__ = ["HANDSHAKE_TIMEOUT", "Item", "Refusals", "ZmtpPeer"]
 
 log = logging.getLogger(__name__)
@@ -72,24 +82,6 @@ REST_READ = 64 * 1024  # bytes read at a time from a connection lost to a write 
 
 # What one read brings a role, in the order it came: whole messages, and those the reader refused.
 Item = list[bytes] | Rejected
-
-
-class Refusals:
-    """Refusals of one listener (messages or connections): each counted by reason, the first of each logged."""
-
-    def __init__(self, metrics: Metrics, *, what: str) -> None:
-        self._metrics = metrics
-        self._what = what
-        self._logged: set[str] = set()
-
-    def __call__(self, reason: str, text: str) -> None:
-        """Count one refusal for ``reason`` (a metrics label); log it if it is the first of its kind."""
-        self._metrics.reject(reason)
-        if reason not in self._logged:
-            self._logged.add(reason)
-            log.warning("refused %s (%s): %s; further ones are only counted", self._what, reason, text)
-        else:
-            log.debug("refused %s (%s): %s", self._what, reason, text)
 
 
 class ZmtpPeer(asyncio.BufferedProtocol):
@@ -114,6 +106,7 @@ class ZmtpPeer(asyncio.BufferedProtocol):
         message_timeout: float,
         read_buffer: memoryview,
         budget: MemoryBudget,
+        connections: ConnectionBudget,
     ) -> None:
         self.reader = FrameReader(max_message=max_message, max_frames=max_frames)
         self.transport: asyncio.Transport | None = None
@@ -125,8 +118,10 @@ class ZmtpPeer(asyncio.BufferedProtocol):
         self._read_buffer = read_buffer
         self._greeting = Greeting()
         self._budget = budget
+        self._connections = connections
         self._paused = False  # not reading the peer now
         self._held_back = False  # the role does not want the peer read now
+        self._closing = False  # the bus closes the connection: it is not the peer hanging up
         self._deadline = Deadline(self._too_slow, message_timeout=message_timeout)
         self._silence = Silence(self._silent)  # the TTL of the peer's last PING
         self._takes_subscriptions = self.SOCKET_TYPE in PUBLISHERS
@@ -155,7 +150,8 @@ class ZmtpPeer(asyncio.BufferedProtocol):
         """The peer cancelled its subscription to ``prefix`` (a PUB end only)."""
 
     def on_refused(self, kind: str, text: str) -> None:
-        """The connection is closed for ``kind`` ("handshake", "timeout" or "error", the peer's ERROR)."""
+        """The connection is closed for ``kind``: a HandshakeError's reason, "hangup" (during the handshake),
+        "timeout", "error" (the peer's ERROR), "displaced" or "idle" (by the connection budget)."""
 
     def socket_type_for(self, peer_type: bytes) -> bytes:
         """Our socket type for a peer of ``peer_type`` (one of ACCEPTS)."""
@@ -169,6 +165,7 @@ class ZmtpPeer(asyncio.BufferedProtocol):
         if transport is not None and not transport.is_closing():
             transport.write(data)
             self._budget.charge(len(data))
+            self._connections.touch(self)
 
     @property
     def kind(self) -> str:
@@ -187,6 +184,7 @@ class ZmtpPeer(asyncio.BufferedProtocol):
 
     def drop(self) -> None:
         """Close the connection now, throwing away what the peer has not taken (the memory budget is full)."""
+        self._closing = True
         if self.transport is not None:
             self.transport.abort()
 
@@ -201,8 +199,23 @@ class ZmtpPeer(asyncio.BufferedProtocol):
 
     def close(self) -> None:
         """Close the connection (what is written still goes out first)."""
+        self._closing = True
         if self.transport is not None:
             self.transport.close()
+
+    def expire(self, kind: str, text: str) -> None:
+        """Close the connection for the connection budget (``displaced``, ``idle``), counted and logged."""
+        self.on_refused(kind, text)
+        self.close()
+
+    @property
+    def kept_waiting(self) -> bool:
+        """Whether the role does not read the peer now, for the bus's reasons (see :meth:`pause_reading`).
+
+        Not when only the peer's socket is backed up: a peer that reads nothing the bus sends
+        it (its acks, PONGs) is quiet by its own doing, and may be closed as idle or displaced.
+        """
+        return self._held_back
 
     def pause_reading(self, paused: bool) -> None:
         """Stop reading the peer (it then waits, its socket's queue full), or read it again.
@@ -243,6 +256,9 @@ class ZmtpPeer(asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        if self._closing:  # given up its seat while the transport was being made
+            transport.close()
+            return
         self._socket = transport.get_extra_info("socket")
         self._budget.join(self)
         self.write(GREETING)
@@ -257,7 +273,23 @@ class ZmtpPeer(asyncio.BufferedProtocol):
         if exc is not None:
             self._read_rest()
         self._socket = None
+        self._connections.release(self)
+        if not self.ready and not self._closing:
+            self.on_refused("hangup", self._hung_up())
         self.on_lost()
+
+    def _hung_up(self) -> str:
+        # Without a byte too: libzmq reads our greeting before it sends its own when ours is
+        # there first, and a socket that cannot accept it then closes having sent nothing
+        # (measured: 1 CURVE or PLAIN socket in 20). A port probe looks the same.
+        taken = self._greeting.taken
+        if taken < GREETING_SIZE:
+            return (
+                f"the peer hung up after {taken} bytes of its {GREETING_SIZE}-byte greeting: a ZeroMQ socket does "
+                "so when it reads a greeting it cannot accept, e.g. one set up for CURVE or PLAIN security, or "
+                "one speaking ZMTP 2 (libzmq 3.x); devbus speaks ZMTP 3 with the NULL mechanism only"
+            )
+        return "the peer hung up during its handshake, before its READY was accepted"
 
     def _read_rest(self) -> None:
         """Hand on what the peer sent before the connection failed (asyncio drops what it did not read).
@@ -306,6 +338,7 @@ class ZmtpPeer(asyncio.BufferedProtocol):
 
     def data_received(self, data: bytes) -> None:
         """Take bytes from the peer: its greeting, then commands and messages."""
+        self._connections.touch(self)
         self.on_read()
         if self._silence.seconds:
             self._silence.heard()
@@ -381,5 +414,5 @@ class ZmtpPeer(asyncio.BufferedProtocol):
             # The peer speaks ZMTP 3: tell it why before closing (its greeting may not have
             # been accepted, for a mechanism other than NULL, but it has one of ours).
             self.write(error(str(exc)))
-        self.on_refused("handshake", f"closed a connection: {exc}")
+        self.on_refused(exc.reason, f"closed a connection: {exc}")
         self.close()

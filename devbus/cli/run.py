@@ -194,6 +194,23 @@ def _url_default(part: str) -> str | int:
     help="Concurrent SSE subscribers (503 beyond).",
 )
 @click.option(
+    "--max-connections",
+    envvar="DEVBUS_MAX_CONNECTIONS",
+    type=click.IntRange(8),
+    default=None,
+    show_default="the open-file limit less 64",
+    help="HTTP and ZeroMQ connections held at once, together (the last 16 kept for HTTP, so /health gets in); "
+    "beyond, a connection quiet for 1 s is displaced, else the new one is refused.",
+)
+@click.option(
+    "--zmq-idle-timeout",
+    envvar="DEVBUS_ZMQ_IDLE_TIMEOUT",
+    type=click.FloatRange(1, 86400),
+    default=DEFAULTS.zmq_idle_timeout,
+    show_default=True,
+    help="Seconds a ZeroMQ peer may send nothing (no event, no PING) and be sent nothing before it is closed.",
+)
+@click.option(
     "--subscriber-buffer",
     envvar="DEVBUS_SUBSCRIBER_BUFFER",
     callback=_size,

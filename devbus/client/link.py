@@ -27,6 +27,7 @@ import zmq
 from zmq.utils.monitor import parse_monitor_message
 
 from devbus.client.outbox import Outbox, State
+from devbus.defaults import ZMQ_HEARTBEAT_MS, ZMQ_HEARTBEAT_TIMEOUT_MS
 from devbus.errors import ConfigError, MalformedInput
 from devbus.frames import ACK, Ack, decode_ack, encode_hello, seq_frame
 
@@ -57,6 +58,8 @@ class Link:
         # The window bounds what is in flight; the socket's queue never refuses less.
         self._socket.setsockopt(zmq.SNDHWM, outbox.hold + 16)
         self._socket.setsockopt(zmq.LINGER, 0)
+        self._socket.setsockopt(zmq.HEARTBEAT_IVL, ZMQ_HEARTBEAT_MS)
+        self._socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, ZMQ_HEARTBEAT_TIMEOUT_MS)
         self._monitor = self._socket.get_monitor_socket(_WATCHED)
         try:
             self._socket.connect(outbox.address)

@@ -10,6 +10,7 @@ import zmq
 import zmq.asyncio
 
 from devbus.client.config import resolve
+from devbus.defaults import ZMQ_HEARTBEAT_MS, ZMQ_HEARTBEAT_TIMEOUT_MS
 from devbus.envelope import Event
 from devbus.errors import BusUnavailable
 from devbus.frames import decode_event_frames
@@ -44,6 +45,8 @@ class _Filtered:
     def setup(self, socket: zmq.Socket[Any]) -> Any:
         """Subscribe and connect; return a monitor socket that reports the handshake."""
         socket.setsockopt(zmq.LINGER, 0)
+        socket.setsockopt(zmq.HEARTBEAT_IVL, ZMQ_HEARTBEAT_MS)
+        socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, ZMQ_HEARTBEAT_TIMEOUT_MS)
         for prefix in prefixes(self.patterns):
             socket.setsockopt(zmq.SUBSCRIBE, prefix)
         monitor = socket.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)

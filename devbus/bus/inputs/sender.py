@@ -15,6 +15,7 @@ import asyncio
 from typing import Protocol
 
 from devbus.bus.budget import MemoryBudget
+from devbus.bus.connection_budget import ConnectionBudget
 from devbus.bus.inputs.acks import Producer
 from devbus.bus.zmtp_peer import PUBLISHERS, Item, ZmtpPeer
 
@@ -53,7 +54,10 @@ class IngestSide(Protocol):
         """Take one read of an acknowledged sender."""
 
     def reject(self, reason: str, text: str) -> None:
-        """Count (and log once per reason) something refused."""
+        """Count (and log once per reason a minute) a message refused."""
+
+    def refused(self, reason: str, text: str) -> None:
+        """Count (and log once per reason a minute) a connection refused or closed."""
 
     def repeated(self, count: int) -> None:
         """Count events an acknowledged sender sent again."""
@@ -74,6 +78,7 @@ class Sender(ZmtpPeer):
         message_timeout: float,
         read_buffer: memoryview,
         budget: MemoryBudget,
+        connections: ConnectionBudget,
     ) -> None:
         super().__init__(
             max_message=max_message,
@@ -81,6 +86,7 @@ class Sender(ZmtpPeer):
             message_timeout=message_timeout,
             read_buffer=read_buffer,
             budget=budget,
+            connections=connections,
         )
         self.ingest = ingest
         self.committing = 0  # batches read from this sender not committed yet
@@ -126,4 +132,4 @@ class Sender(ZmtpPeer):
             self.ingest.accept(self, items)
 
     def on_refused(self, kind: str, text: str) -> None:
-        self.ingest.reject(f"zmq_{kind}", text)
+        self.ingest.refused(f"zmq_{kind}", text)

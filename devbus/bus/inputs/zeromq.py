@@ -29,6 +29,7 @@ import logging
 from collections.abc import Callable
 
 from devbus.bus.budget import MemoryBudget
+from devbus.bus.connection_budget import ConnectionBudget
 from devbus.bus.dispatcher import Dispatcher
 from devbus.bus.endpoints import Listening, listen
 from devbus.bus.inputs.acks import Batch, Producer
@@ -80,8 +81,10 @@ class Ingest:
         max_size: int,
         token: str | None = None,
         message_timeout: float = 30.0,
+        connections: ConnectionBudget,
     ) -> None:
         self._dispatcher = dispatcher
+        self._connections = connections
         self._message_timeout = message_timeout
         self._metrics = metrics
         self._budget = budget
@@ -99,11 +102,14 @@ class Ingest:
         self._closing = False
         self._drained = False  # stopping, and what senders wrote before is read: read no more
         self.reject = Refusals(metrics, what="a ZeroMQ message")
+        self.refused = Refusals(metrics, what="a ZeroMQ ingest connection")
         self.last_read = 0.0
 
     async def bind(self, endpoint: str) -> str:
         """Listen on ``endpoint`` (tcp:// or ipc://); return the address senders should use."""
-        self._listening = await listen(endpoint, self._peer, role="ingest", option="--ingest")
+        self._listening = await listen(
+            endpoint, self._peer, role="ingest", option="--ingest", connections=self._connections, refused=self.refused
+        )
         return self._listening.address
 
     def _peer(self) -> Sender:
@@ -113,6 +119,7 @@ class Ingest:
             message_timeout=self._message_timeout,
             read_buffer=self.read_buffer,
             budget=self._budget,
+            connections=self._connections,
         )
 
     async def close(self) -> None:

@@ -38,6 +38,8 @@ import socket
 from collections.abc import Sequence
 from typing import Any, cast
 
+from redis.exceptions import RedisError
+
 from devbus.bus.record import Deliver, Record
 from devbus.bus.store.base import Appended, Claim, Resume, Store
 from devbus.bus.store.checked import Checker
@@ -46,13 +48,14 @@ from devbus.bus.store.redis_codec import FORMAT, Entry
 from devbus.bus.store.redis_link import FAILURES, Link
 from devbus.bus.store.redis_reader import StreamReader
 from devbus.bus.store.redis_reads import StreamReads
+from devbus.bus.store.redis_script import script_keys
 from devbus.bus.store.redis_shared import SharedStream
 from devbus.bus.store.redis_writer import AppendWriter
 from devbus.bus.store.sequence import new_run
 from devbus.envelope import Draft
 from devbus.errors import ConfigError
 
-__all__ = ["DEFAULT_KEY", "RedisStore"]
+__all__ = ["DEFAULT_KEY", "RedisStore", "WrongKeyType"]
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +63,21 @@ DEFAULT_KEY = "devbus"
 MIN_VERSION = (6, 2)  # XAUTOCLAIM, exclusive XRANGE bounds
 CLOSE_TIMEOUT = 2.0
 REFRESH_TIMEOUT = 0.5  # longest health or /metrics waits for Redis to count the stream
+# What each key under --store-key holds (see the module docstring and redis_script).
+_KEY_TYPES = {
+    "meta": "hash",
+    "events": "stream",
+    "producers": "hash",
+    "producers:seen": "zset",
+    "keys": "hash",
+    "keys:seen": "zset",
+    "calls": "hash",
+    "calls:seen": "zset",
+}
+
+
+class WrongKeyType(RedisError):
+    """A key of the store holds another type than devbus writes there: the store is down while it does."""
 
 
 class RedisStore(Store):
@@ -148,12 +166,10 @@ class RedisStore(Store):
             raise ConfigError(
                 f"The store {self.name} runs Redis {version}; devbus needs Redis 6.2 or later (or Valkey)"
             )
-        kind = cast(bytes, await redis.type(self._stream)).decode()
-        if kind not in ("none", "stream"):
-            raise ConfigError(
-                f"The key {self._stream} on {self.name} holds a {kind}, not a stream: choose another --store-key"
-            )
-        found = await self._meta_values()
+        try:
+            found = await self._meta_values()
+        except WrongKeyType as exc:
+            raise ConfigError(f"{exc}: choose another --store-key") from exc
         if found != FORMAT:
             raise ConfigError(
                 f"The events under {self.key}:* on {self.name} were written by another devbus version "
@@ -163,7 +179,23 @@ class RedisStore(Store):
         return (newest[0][0].decode() if newest else None), await redis.xlen(self._stream)
 
     async def _meta_values(self) -> str:
-        """Create the meta hash if missing; note the run; return the format found."""
+        """Check that every key holds what devbus writes there; create the meta hash if missing; note the run;
+        return the format found.
+
+        Also what the reader checks once Redis answers again after a failure: a key that
+        another program gave another type fails every call, and while it does the store
+        stays down, logged once, instead of coming "back" between two failures (one such
+        key logged about 190 lines in 10 s).
+        """
+        keys = [self._meta, *script_keys(self.key)]
+        async with self._link.redis.pipeline(transaction=True) as pipe:
+            for key in keys:
+                pipe.type(key)
+            kinds = await pipe.execute()
+        for key, kind in zip(keys, kinds, strict=True):
+            wanted = _KEY_TYPES[key.removeprefix(f"{self.key}:")]
+            if kind.decode() not in ("none", wanted):
+                raise WrongKeyType(f"The key {key} on {self.name} holds a {kind.decode()}, not a {wanted}")
         async with self._link.redis.pipeline(transaction=True) as pipe:
             pipe.hsetnx(self._meta, "format", FORMAT)
             pipe.hsetnx(self._meta, "run", new_run())

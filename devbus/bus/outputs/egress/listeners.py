@@ -20,6 +20,7 @@ import logging
 from collections.abc import Sequence
 
 from devbus.bus.budget import MemoryBudget
+from devbus.bus.connection_budget import ConnectionBudget
 from devbus.bus.endpoints import Listening, listen
 from devbus.bus.metrics import Metrics
 from devbus.bus.outputs.egress.subscriptions import ENTRY_COST, Subscriptions, TooManySubscriptions
@@ -48,9 +49,18 @@ class Egress:
     even encoded.
     """
 
-    def __init__(self, *, metrics: Metrics, budget: MemoryBudget, listener_buffer: int, message_timeout: float) -> None:
+    def __init__(
+        self,
+        *,
+        metrics: Metrics,
+        budget: MemoryBudget,
+        connections: ConnectionBudget,
+        listener_buffer: int,
+        message_timeout: float,
+    ) -> None:
         self.listener_buffer = listener_buffer
         self.budget = budget
+        self._connections = connections
         self._message_timeout = message_timeout
         self._metrics = metrics
         self._listening: Listening | None = None
@@ -63,11 +73,20 @@ class Egress:
 
     async def bind(self, endpoint: str) -> str:
         """Listen on ``endpoint`` (tcp:// or ipc://); return the address listeners should use."""
-        self._listening = await listen(endpoint, self._listener, role="egress", option="--egress")
+        self._listening = await listen(
+            endpoint,
+            self._listener,
+            role="egress",
+            option="--egress",
+            connections=self._connections,
+            refused=self.refused,
+        )
         return self._listening.address
 
     def _listener(self) -> _Listener:
-        return _Listener(self, message_timeout=self._message_timeout, read_buffer=self._read_buffer)
+        return _Listener(
+            self, message_timeout=self._message_timeout, read_buffer=self._read_buffer, connections=self._connections
+        )
 
     def changed(self) -> None:
         """A listener's subscriptions changed, or it left: match each type again."""
@@ -119,13 +138,16 @@ class _Listener(ZmtpPeer):
     ACCEPTS = LISTENERS
     ROLE = "egress"
 
-    def __init__(self, egress: Egress, *, message_timeout: float, read_buffer: memoryview) -> None:
+    def __init__(
+        self, egress: Egress, *, message_timeout: float, read_buffer: memoryview, connections: ConnectionBudget
+    ) -> None:
         super().__init__(
             max_message=MAX_SUBSCRIPTION,
             max_frames=1,
             message_timeout=message_timeout,
             read_buffer=read_buffer,
             budget=egress.budget,
+            connections=connections,
         )
         self.egress = egress
         self.subscriptions = Subscriptions()
