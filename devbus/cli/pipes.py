@@ -87,7 +87,11 @@ def exit_when_stdout_closes() -> Iterator[None]:
     armed = True
 
     def raise_broken_pipe(signum: int, frame: FrameType | None) -> None:
+        nonlocal armed
+        # Once only: the watcher and a failed write may both signal, and a second ReaderGone
+        # raised while the first unwinds (closing the bus's connection) would print a traceback.
         if armed:
+            armed = False
             raise ReaderGone
 
     previous = signal.signal(signal.SIGPIPE, raise_broken_pipe)
