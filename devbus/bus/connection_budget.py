@@ -105,7 +105,6 @@ class ConnectionBudget:
         self.http = 0
         self._zmq_limit = limit - min(HTTP_ROOM, limit // 4)
         self._peers: OrderedDict[Seated, float] = OrderedDict()
-        self._metrics = metrics
         self._full = False  # logged once per episode of being full
         self._refusing = 0
         self._sweep_every = min(max(idle_timeout / 4, MIN_SWEEP), MAX_SWEEP)

@@ -198,9 +198,9 @@ def _url_default(part: str) -> str | int:
     envvar="DEVBUS_MAX_CONNECTIONS",
     type=click.IntRange(8),
     default=None,
-    show_default="the open-file limit less 64",
     help="HTTP and ZeroMQ connections held at once, together (the last 16 kept for HTTP, so /health gets in); "
-    "beyond, a connection quiet for 1 s is displaced, else the new one is refused.",
+    "beyond, a connection quiet for 1 s is displaced, else the new one is refused.  "
+    "[default: the open-file limit less 64]",
 )
 @click.option(
     "--zmq-idle-timeout",
