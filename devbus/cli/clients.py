@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import sys
@@ -149,19 +150,22 @@ def listen(types: str | None, since: str | None, as_json: bool, url: str | None,
         try:
             while True:
                 try:
-                    for event_id, raw in stream(config, types=types, since=last):
-                        if not event_id:
-                            ever_connected = True
-                            click.echo(f"listening to {config.api}/events (Ctrl-C to stop)", err=True)
-                            continue
-                        last = event_id
-                        if as_json:
-                            click.echo(raw.decode())
-                            continue
-                        cut_before = lines.cut_any
-                        click.echo(lines(json.loads(raw)))
-                        if lines.cut_any and not cut_before:
-                            click.echo(CUT_NOTE, err=True)
+                    # Closed here, not when collected: a generator closed by the collector reports
+                    # an exception raised in its `finally` (the reader's departure) as a traceback.
+                    with contextlib.closing(stream(config, types=types, since=last)) as events:
+                        for event_id, raw in events:
+                            if not event_id:
+                                ever_connected = True
+                                click.echo(f"listening to {config.api}/events (Ctrl-C to stop)", err=True)
+                                continue
+                            last = event_id
+                            if as_json:
+                                click.echo(raw.decode())
+                                continue
+                            cut_before = lines.cut_any
+                            click.echo(lines(json.loads(raw)))
+                            if lines.cut_any and not cut_before:
+                                click.echo(CUT_NOTE, err=True)
                 except BusUnavailable:
                     if not ever_connected:
                         raise

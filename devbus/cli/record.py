@@ -41,8 +41,9 @@ def record(
     # Recording to stdout (FILE `-`) ends, like any filter, when its reader goes.
     to_stdout = exit_when_stdout_closes() if str(file) == "-" else contextlib.nullcontext()
     try:
-        with to_stdout, target:
-            for event_id, raw in stream(config, types=types, since=since):
+        # The stream is closed here, not when collected (see `devbus listen`).
+        with to_stdout, target, contextlib.closing(stream(config, types=types, since=since)) as events:
+            for event_id, raw in events:
                 if not event_id:
                     click.echo(f"recording {config.api}/events to {file} (Ctrl-C to stop)", err=True)
                     continue

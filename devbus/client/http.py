@@ -7,7 +7,7 @@ import json
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Generator
 from typing import Any
 
 from devbus.client.config import ClientConfig
@@ -70,7 +70,9 @@ def get_json(config: ClientConfig, path: str, query: dict[str, str] | None = Non
         return json.load(response)
 
 
-def stream(config: ClientConfig, *, types: str | None = None, since: str | None = None) -> Iterator[tuple[str, bytes]]:
+def stream(
+    config: ClientConfig, *, types: str | None = None, since: str | None = None
+) -> Generator[tuple[str, bytes], None, None]:
     """Yield ``(id, data)`` for each frame of the SSE stream until it ends.
 
     The first is the connected frame, whose id is ``""``; heartbeats are comments.
